@@ -1,0 +1,635 @@
+"""FlexTrainJob: one global depth-flexible model trained by tiers of devices
+(namespaced, short name `ftj`).
+
+Each tier names a DeviceTier, a number of replicas (devices) and the depth (number of
+residual blocks) its devices train: a fixed integer or `auto` (derived from the
+DeviceTier's capacity). An aggregator merges the tiers' per-layer updates each round.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Final, Literal
+
+from pydantic import Field, WithJsonSchema, model_validator
+
+from flextrain.api.catalog import DATASETS, MODEL_FAMILIES, RESNET_LAYERS, num_blocks
+from flextrain.api.common import (
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    ApiModel,
+    Conditions,
+    FieldProblem,
+    ObjectMeta,
+    cel,
+    rules_config,
+    schema_extra,
+)
+from flextrain.api.conditions import JobPhase
+
+KIND: Final[str] = "FlexTrainJob"
+PLURAL: Final[str] = "flextrainjobs"
+SHORT_NAMES: Final[tuple[str, ...]] = ("ftj",)
+
+MAX_TIERS: Final[int] = 32
+MAX_REPLICAS: Final[int] = 1000
+#: Tier names become part of child object names (`<job>-<tier>`), hence the short limit.
+MAX_TIER_NAME: Final[int] = 40
+
+BUILTIN_DATASETS: Final[tuple[str, ...]] = tuple(n for n, d in DATASETS.items() if d.builtin)
+
+
+def _blocks_cel(layers: str) -> str:
+    # num_blocks for ResNets, written in CEL: 3 stages of (layers - 2) / 6 blocks.
+    return f"(({layers} - 2) / 6 * 3)"
+
+
+class ModelSpec(ApiModel):
+    """The global model every tier trains a prefix of."""
+
+    family: Literal["resnet"] = Field(
+        default="resnet",
+        description="family: model family; resnet = CIFAR-style ResNet with parameter-free "
+        "shortcuts and one shared head.",
+    )
+    layers: Literal[8, 20, 32, 44, 56, 110] = Field(
+        default=20,
+        description="layers: weight layers of the ResNet (6n+2: 8, 20, 32, 44, 56 or 110); "
+        "the model has 3n residual blocks, the deepest depth a tier can train.",
+    )
+    num_classes: int | None = Field(
+        default=None,
+        ge=2,
+        le=100000,
+        description="numClasses: outputs of the classifier head, 2 to 100000; defaults to the "
+        "dataset's number of classes.",
+    )
+
+    @property
+    def num_blocks(self) -> int:
+        """Residual blocks K of the model."""
+        return num_blocks(self.family, self.layers)
+
+
+class PersistentVolumeClaimSource(ApiModel):
+    """A PersistentVolumeClaim in the job's namespace."""
+
+    claim_name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="claimName: name of the PersistentVolumeClaim in the job's namespace.",
+    )
+    sub_path: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="subPath: directory inside the volume to use instead of its root.",
+    )
+
+
+class HostPathSource(ApiModel):
+    """A directory on the node (data that lives on the devices of a node pool)."""
+
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        pattern=r"^/",
+        description="path: absolute directory on the node holding the data.",
+    )
+
+
+class DataSource(ApiModel):
+    """Where the dataset files are; exactly one of path, persistentVolumeClaim, hostPath."""
+
+    model_config = rules_config(
+        cel(
+            "(has(self.path) ? 1 : 0) + (has(self.persistentVolumeClaim) ? 1 : 0) "
+            "+ (has(self.hostPath) ? 1 : 0) == 1",
+            "source needs exactly one of path, persistentVolumeClaim, hostPath",
+        )
+    )
+
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="path: a directory the trainers can read: a local directory for "
+        "`flextrain run`, or a directory inside the trainer image in a cluster.",
+    )
+    persistent_volume_claim: PersistentVolumeClaimSource | None = Field(
+        default=None,
+        description="persistentVolumeClaim: a claim mounted read-only into every trainer pod.",
+    )
+    host_path: HostPathSource | None = Field(
+        default=None,
+        description="hostPath: a node directory mounted read-only into the tier's trainer pods.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DataSource:
+        given = [n for n in ("path", "persistent_volume_claim", "host_path") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(
+                "source needs exactly one of path, persistentVolumeClaim, hostPath; "
+                f"got {len(given)}"
+            )
+        return self
+
+
+class PartitionSpec(ApiModel):
+    """How the training set is split over the devices (one shard per trainer replica)."""
+
+    model_config = rules_config(
+        cel(
+            "self.scheme == 'dirichlet' ? has(self.alpha) : !has(self.alpha)",
+            "partition.alpha is required for scheme dirichlet and not allowed for iid",
+        )
+    )
+
+    scheme: Literal["iid", "dirichlet"] = Field(
+        default="iid",
+        description="scheme: iid (shuffled equal shards) or dirichlet (per-class shares drawn "
+        "from Dirichlet(alpha): non-IID label skew).",
+    )
+    alpha: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e6,
+        description="alpha: Dirichlet concentration, > 0; small (0.1) is very skewed, large "
+        "(100) is near IID. Required for dirichlet only.",
+    )
+
+    @model_validator(mode="after")
+    def _alpha_with_dirichlet(self) -> PartitionSpec:
+        if self.scheme == "dirichlet" and self.alpha is None:
+            raise ValueError("alpha is required when scheme is dirichlet (e.g. alpha: 0.5)")
+        if self.scheme == "iid" and self.alpha is not None:
+            raise ValueError("alpha is only allowed when scheme is dirichlet")
+        return self
+
+
+class DatasetSpec(ApiModel):
+    """The training data."""
+
+    model_config = rules_config(
+        cel(
+            "self.name in " + str(list(BUILTIN_DATASETS)) + " || has(self.source)",
+            "dataset.source is required for datasets that do not ship with a package "
+            "(fashion-mnist, cifar10, cifar100)",
+        )
+    )
+
+    name: Literal["digits", "synthetic", "fashion-mnist", "cifar10", "cifar100"] = Field(
+        description="name: the dataset: digits and synthetic ship with the software; "
+        "fashion-mnist, cifar10 and cifar100 need a source.",
+    )
+    source: DataSource | None = Field(
+        default=None,
+        description="source: where the dataset files are; required unless the dataset is built in.",
+    )
+    partition: PartitionSpec = Field(
+        default_factory=PartitionSpec,
+        description="partition: how training examples are split over the trainer replicas.",
+    )
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**31 - 1,
+        description="seed: seed of the partition, the holdout split and model initialisation.",
+    )
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        description="limit: use at most this many training examples (stratified), for quick "
+        "runs; unset uses all.",
+    )
+
+    @model_validator(mode="after")
+    def _source_when_needed(self) -> DatasetSpec:
+        info = DATASETS[self.name]
+        if not info.builtin and self.source is None:
+            raise ValueError(f"source is required for dataset {self.name}: {info.how_to_obtain}")
+        return self
+
+
+class OptimizerSpec(ApiModel):
+    """The optimiser every trainer uses for its local epochs."""
+
+    name: Literal["sgd", "adam"] = Field(
+        default="sgd", description="name: sgd (with momentum) or adam."
+    )
+    learning_rate: float = Field(
+        default=0.05,
+        gt=0,
+        le=10,
+        description="learningRate: step size, > 0 and <= 10 (paper: 0.05).",
+    )
+    momentum: float = Field(
+        default=0.9,
+        ge=0,
+        lt=1,
+        description="momentum: SGD momentum in [0, 1) (paper: 0.9); ignored by adam.",
+    )
+    weight_decay: float = Field(
+        default=1e-3,
+        ge=0,
+        le=1,
+        description="weightDecay: L2 penalty in [0, 1] (paper: 0.001).",
+    )
+
+
+class DistillationSpec(ApiModel):
+    """Auto-distillation: each device's depth teaches the prefix one block shorter."""
+
+    beta: float = Field(
+        default=0.2,
+        ge=0,
+        le=100,
+        description="beta: weight of the distillation term (paper: 0.2); 0 disables it.",
+    )
+
+
+class TrainingSpec(ApiModel):
+    """Rounds and local training of each device."""
+
+    rounds: int = Field(
+        default=10,
+        ge=1,
+        le=100000,
+        description="rounds: federated rounds to run, 1 to 100000 (paper: 160).",
+    )
+    local_epochs: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="localEpochs: passes over its shard each device makes per round (paper: 10).",
+    )
+    batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=65536,
+        description="batchSize: examples per mini-batch on each device (paper: 64).",
+    )
+    optimizer: OptimizerSpec = Field(
+        default_factory=OptimizerSpec,
+        description="optimizer: optimiser and its hyper-parameters.",
+    )
+    distillation: DistillationSpec = Field(
+        default_factory=DistillationSpec,
+        description="distillation: the auto-distillation loss term.",
+    )
+
+
+class AggregationSpec(ApiModel):
+    """How the aggregator merges updates and closes rounds."""
+
+    strategy: Literal["pad", "holder-weighted"] = Field(
+        default="pad",
+        description="strategy: pad (the paper's: missing deep blocks padded with the global "
+        "copy, uniform mean) or holder-weighted (mean over the devices that sent each tensor, "
+        "weighted by their example counts).",
+    )
+    quorum: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="quorum: fraction of the round's expected devices, in (0, 1], whose "
+        "updates let a round close when its timeout passes; late updates are then stale.",
+    )
+    round_timeout_seconds: int = Field(
+        default=600,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="roundTimeoutSeconds: seconds after which a round closes with quorum, "
+        "1 to 604800.",
+    )
+    evaluate_every_rounds: int = Field(
+        default=1,
+        ge=1,
+        le=100000,
+        description="evaluateEveryRounds: evaluate every tier depth on the held-out set every "
+        "N rounds (and always after the last).",
+    )
+    compression: Literal["none", "float16", "bfloat16"] = Field(
+        default="none",
+        description="compression: dtype of tensors on the wire (none = float32); the "
+        "aggregator always merges in float32.",
+    )
+
+
+Depth = Annotated[
+    Annotated[int, Field(ge=1)] | Literal["auto"],
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "minimum": 1,
+            "pattern": "^auto$",
+        }
+    ),
+]
+
+
+class TierSpec(ApiModel):
+    """One tier of devices: a DeviceTier, how many replicas, and the depth they train."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_TIER_NAME,
+        pattern=DNS_LABEL_PATTERN,
+        description=f"name: the tier's name, unique in the job (RFC 1123 label, at most "
+        f"{MAX_TIER_NAME} characters); names the tier's Job.",
+    )
+    device_tier_ref: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="deviceTierRef: name of the DeviceTier whose nodes run this tier.",
+    )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_REPLICAS,
+        description=f"replicas: devices (trainer pods) in this tier, 1 to {MAX_REPLICAS}; each "
+        "trains its own data shard.",
+    )
+    depth: Depth = Field(
+        description="depth: residual blocks this tier trains, 1 to the model's block count, or "
+        "auto to take the deepest prefix that fits the DeviceTier's capacity.",
+    )
+    data_source: DataSource | None = Field(
+        default=None,
+        description="dataSource: where this tier's devices find the data, overriding "
+        "dataset.source (e.g. a hostPath on edge boxes).",
+    )
+
+
+class CheckpointSpec(ApiModel):
+    """Where the aggregator keeps its checkpoints (and the final model)."""
+
+    model_config = rules_config(
+        cel(
+            "!(has(self.path) && has(self.persistentVolumeClaim))",
+            "checkpoint takes path or persistentVolumeClaim, not both",
+        )
+    )
+
+    persistent_volume_claim: PersistentVolumeClaimSource | None = Field(
+        default=None,
+        description="persistentVolumeClaim: a claim mounted into the aggregator; checkpoints "
+        "survive pod restarts and the final model stays there.",
+    )
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="path: checkpoint directory for `flextrain run` (default "
+        "runs/<job>/checkpoints); in a cluster, a directory inside the aggregator pod.",
+    )
+    every_rounds: int = Field(
+        default=1,
+        ge=1,
+        le=100000,
+        description="everyRounds: write a checkpoint every N completed rounds (and after the "
+        "last).",
+    )
+
+    @model_validator(mode="after")
+    def _one_location(self) -> CheckpointSpec:
+        if self.path is not None and self.persistent_volume_claim is not None:
+            raise ValueError("checkpoint takes path or persistentVolumeClaim, not both")
+        return self
+
+
+_TIERS_CEL = [
+    cel(
+        "self.all(t, self.exists_one(u, u.name == t.name))",
+        "tiers[].name must be unique within the job",
+    ),
+]
+
+
+class FlexTrainJobSpec(ApiModel):
+    """Desired state of a FlexTrainJob."""
+
+    model_config = rules_config(
+        cel(
+            "self.tiers.all(t, type(t.depth) == string || int(t.depth) <= "
+            + _blocks_cel("self.model.layers")
+            + ")",
+            "tiers[].depth must not exceed the model's number of residual blocks "
+            "(3 * (layers - 2) / 6, e.g. 9 for layers 20, 27 for layers 56)",
+        ),
+    )
+
+    model: ModelSpec = Field(
+        default_factory=ModelSpec,
+        description="model: the global model; immutable once created.",
+        json_schema_extra=schema_extra(
+            x_kubernetes_validations=[
+                cel("self == oldSelf", "model is immutable: create a new FlexTrainJob")
+            ]
+        ),
+    )
+    dataset: DatasetSpec = Field(
+        description="dataset: training data, source and partition over devices; immutable.",
+        json_schema_extra=schema_extra(
+            x_kubernetes_validations=[
+                cel("self == oldSelf", "dataset is immutable: create a new FlexTrainJob")
+            ]
+        ),
+    )
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec, description="training: rounds and local training."
+    )
+    aggregation: AggregationSpec = Field(
+        default_factory=AggregationSpec,
+        description="aggregation: merge strategy, quorum and round timeout.",
+    )
+    tiers: list[TierSpec] = Field(
+        min_length=1,
+        max_length=MAX_TIERS,
+        description=f"tiers: the device tiers, 1 to {MAX_TIERS}, each with its DeviceTier, "
+        "replicas and depth; immutable once set (a running job's trainers and checkpoints "
+        "depend on them).",
+        json_schema_extra=schema_extra(
+            x_kubernetes_list_type="map",
+            x_kubernetes_list_map_keys=["name"],
+            x_kubernetes_validations=[
+                *_TIERS_CEL,
+                cel(
+                    "self == oldSelf",
+                    "tiers are immutable: delete and re-create the FlexTrainJob (or create a "
+                    "new one) to change tiers",
+                    reason="FieldValueForbidden",
+                ),
+            ],
+        ),
+    )
+    checkpoint: CheckpointSpec | None = Field(
+        default=None,
+        description="checkpoint: where checkpoints and the final model are kept; unset keeps "
+        "them in the aggregator pod only (lost if the pod is deleted).",
+    )
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="image: trainer and aggregator image for this job; a DeviceTier's image "
+        "overrides it for its trainers; unset uses the operator's default.",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="suspend: true stops every trainer and keeps the checkpoint; false resumes "
+        "(a job may be created suspended, e.g. for Kueue).",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="activeDeadlineSeconds: seconds after start when a still-running job is "
+        "failed with reason DeadlineExceeded.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="ttlSecondsAfterFinished: seconds after Succeeded or Failed when the job "
+        "(and its children) are deleted; unset keeps it.",
+    )
+
+    @model_validator(mode="after")
+    def _tiers_consistent(self) -> FlexTrainJobSpec:
+        seen: set[str] = set()
+        blocks = self.model.num_blocks
+        for i, tier in enumerate(self.tiers):
+            if tier.name in seen:
+                raise FieldProblem(
+                    ("tiers", i, "name"),
+                    tier.name,
+                    f"tier name {tier.name!r} is used by another tier",
+                )
+            seen.add(tier.name)
+            if isinstance(tier.depth, int) and not 1 <= tier.depth <= blocks:
+                raise FieldProblem(
+                    ("tiers", i, "depth"),
+                    tier.depth,
+                    f"depth {tier.depth} is out of range: a resnet with "
+                    f"{self.model.layers} layers has {blocks} blocks, so depth must be 1 to "
+                    f"{blocks} or auto",
+                )
+        return self
+
+
+class TierStatus(ApiModel):
+    """Observed state of one tier."""
+
+    name: str = Field(description="name: the tier's name.")
+    depth: int | None = Field(
+        default=None, ge=1, description="depth: the depth in use (resolved when auto)."
+    )
+    depth_source: Literal["fixed", "auto"] | None = Field(
+        default=None, description="depthSource: fixed (from the spec) or auto (from capacity)."
+    )
+    replicas: int = Field(default=0, ge=0, description="replicas: trainer pods wanted.")
+    ready: int = Field(default=0, ge=0, description="ready: trainer pods running and ready.")
+    failed: int = Field(default=0, ge=0, description="failed: trainer pods that failed.")
+    last_round_pushed: int | None = Field(
+        default=None,
+        ge=0,
+        description="lastRoundPushed: the latest round for which the tier's updates reached the "
+        "aggregator.",
+    )
+
+
+class DepthAccuracy(ApiModel):
+    """Held-out accuracy of the global model's prefix of one depth."""
+
+    depth: int = Field(ge=1, description="depth: prefix depth evaluated (residual blocks).")
+    accuracy: float = Field(
+        ge=0, le=1, description="accuracy: fraction of held-out examples classified right."
+    )
+    round: int = Field(ge=0, description="round: the round after which it was measured.")
+
+
+class FlexTrainJobStatus(ApiModel):
+    """Observed state of a FlexTrainJob, written by the operator."""
+
+    phase: JobPhase | None = Field(
+        default=None,
+        description="phase: Pending, Running, Degraded, Suspended, Succeeded or Failed.",
+    )
+    round: int | None = Field(default=None, ge=0, description="round: rounds completed so far.")
+    total_rounds: int | None = Field(
+        default=None, ge=1, description="totalRounds: rounds the job will run."
+    )
+    tiers_ready: str | None = Field(
+        default=None,
+        description="tiersReady: tiers with all replicas ready, as ready/total (e.g. 2/3).",
+    )
+    best_accuracy: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="bestAccuracy: the highest accuracy over depths in the latest evaluation.",
+    )
+    accuracy: list[DepthAccuracy] | None = Field(
+        default=None,
+        max_length=MAX_TIERS,
+        description="accuracy: the latest held-out accuracy per tier depth.",
+    )
+    tiers: list[TierStatus] | None = Field(
+        default=None, max_length=MAX_TIERS, description="tiers: per-tier state."
+    )
+    conditions: Conditions | None = Field(
+        default=None,
+        description="conditions: TiersAvailable, AggregatorReady, Progressing, Degraded, "
+        "Suspended, Complete, Failed, with reasons.",
+    )
+    start_time: datetime | None = Field(
+        default=None, description="startTime: when training started."
+    )
+    completion_time: datetime | None = Field(
+        default=None, description="completionTime: when the job succeeded or failed."
+    )
+    model_location: str | None = Field(
+        default=None,
+        description="modelLocation: where the final model is (checkpoint volume and path).",
+    )
+    aggregator_endpoint: str | None = Field(
+        default=None, description="aggregatorEndpoint: host:port of the aggregator's gRPC service."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="observedGeneration: the spec generation last observed."
+    )
+
+
+class FlexTrainJob(ApiModel):
+    """A federated FlexTrain training job over tiers of devices."""
+
+    api_version: Literal["flextrain.dev/v1alpha1"] = Field(
+        default="flextrain.dev/v1alpha1", description="apiVersion: flextrain.dev/v1alpha1."
+    )
+    kind: Literal["FlexTrainJob"] = Field(default="FlexTrainJob", description="kind: FlexTrainJob.")
+    metadata: ObjectMeta
+    spec: FlexTrainJobSpec
+    status: FlexTrainJobStatus | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the head: the spec's numClasses or the dataset's."""
+        return self.spec.model.num_classes or DATASETS[self.spec.dataset.name].num_classes
+
+
+__all__ = [
+    "KIND",
+    "MODEL_FAMILIES",
+    "RESNET_LAYERS",
+    "AggregationSpec",
+    "CheckpointSpec",
+    "DataSource",
+    "DatasetSpec",
+    "FlexTrainJob",
+    "FlexTrainJobSpec",
+    "FlexTrainJobStatus",
+    "ModelSpec",
+    "TierSpec",
+]

@@ -1,0 +1,92 @@
+"""The `flextrain` command line. Each subcommand imports its own layer lazily, so
+`flextrain validate` never pays for torch and `flextrain operator` never loads it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flextrain import __version__
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from flextrain.api.validation import validate_files
+
+    result = validate_files(args.files, check_references=not args.skip_references)
+    print(result.to_json() if args.output == "json" else result.to_text())
+    return 0 if result.ok else 1
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from flextrain.api.crdgen import generated_files, render_reference
+
+    wanted = {args.dir / name: text for name, text in generated_files().items()}
+    wanted[args.reference] = render_reference()
+    if args.check:
+        stale = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
+        for path in stale:
+            print(f"stale: {path} differs from the typed models; run `flextrain crds`")
+        return 1 if stale else 0
+    for path, text in wanted.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flextrain",
+        description="Train one depth-flexible network across heterogeneous devices.",
+    )
+    parser.add_argument("--version", action="version", version=f"flextrain {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "validate",
+        help="check FlexTrainJob and DeviceTier manifests",
+        description="Validate manifests against the typed API, the generated CRD schema "
+        "(including its CEL rules) and each other. Exit code 0 when valid, 1 otherwise.",
+    )
+    p.add_argument("files", nargs="+", type=Path, help="YAML files (multi-document allowed)")
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    p.add_argument(
+        "--skip-references",
+        action="store_true",
+        help="do not require referenced DeviceTiers to be in the given files "
+        "(they already exist in the cluster)",
+    )
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser(
+        "crds",
+        help="write the CustomResourceDefinitions generated from the typed API",
+        description="Generate crds/*.yaml from flextrain.api (never edit them by hand).",
+    )
+    p.add_argument(
+        "--dir", type=Path, default=Path("crds"), help="output directory (default: crds)"
+    )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        default=Path("docs/api.md"),
+        help="API reference page to write (default: docs/api.md)",
+    )
+    p.add_argument("--check", action="store_true", help="exit 1 when the files are stale")
+    p.set_defaults(func=_cmd_crds)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The embedded runner behind `flextrain run`: aggregator + trainer processes on one machine."""

@@ -1,0 +1,1 @@
+"""The Kubernetes operator: pure reconcile and builders; handlers.py is the only kopf import."""
