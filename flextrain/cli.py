@@ -76,6 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--check", action="store_true", help="exit 1 when the files are stale")
     p.set_defaults(func=_cmd_crds)
+
+    from flextrain.aggregator import main as aggregator_main
+    from flextrain.trainer import main as trainer_main
+
+    p = sub.add_parser(
+        "aggregator",
+        help="run a job's gRPC aggregator",
+        description=(aggregator_main.__doc__ or "").split("\n\n")[0],
+    )
+    aggregator_main.add_arguments(p)
+    p.set_defaults(func=aggregator_main.run)
+
+    p = sub.add_parser(
+        "trainer",
+        help="run one trainer (configured by FLEXTRAIN_* environment variables)",
+        description="One device's trainer; see flextrain/trainer/config.py for the environment.",
+    )
+    trainer_main.add_arguments(p)
+    p.set_defaults(func=trainer_main.run)
     return parser
 
 

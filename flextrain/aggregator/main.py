@@ -1,0 +1,132 @@
+"""`flextrain aggregator`: run one job's aggregator until SIGTERM.
+
+Every flag has an environment variable (the operator sets those in the Deployment):
+
+| flag | env | meaning |
+|---|---|---|
+| --plan FILE | FLEXTRAIN_PLAN (JSON text) | the job and its resolved tier depths |
+| --token-file FILE | FLEXTRAIN_TOKEN | per-job token every RPC must carry |
+| --host / --port | FLEXTRAIN_PORT | gRPC listen address (port 0: any free port) |
+| --port-file FILE | | write the bound port there once listening |
+| --metrics-port | FLEXTRAIN_METRICS_PORT | Prometheus /metrics port (0: off) |
+| --checkpoint-dir | FLEXTRAIN_CHECKPOINT_DIR | round checkpoints; resumes from the newest |
+| --data-dir | FLEXTRAIN_DATA_DIR | dataset directory for held-out evaluation |
+| --tls-cert/--tls-key/--tls-client-ca | FLEXTRAIN_TLS_* | optional TLS (client CA: mTLS) |
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flextrain.logs import setup_logging
+
+if TYPE_CHECKING:
+    from flextrain.aggregator.servicer import AggregatorServer
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", type=Path, help="JobPlan JSON file (default: $FLEXTRAIN_PLAN text)")
+    p.add_argument("--token-file", type=Path, help="file holding the job token (default: $FLEXTRAIN_TOKEN)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=int(_env("FLEXTRAIN_PORT", "50051") or 50051))
+    p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    p.add_argument("--metrics-port", type=int, default=int(_env("FLEXTRAIN_METRICS_PORT", "0") or 0))
+    p.add_argument("--checkpoint-dir", type=Path, default=_path("FLEXTRAIN_CHECKPOINT_DIR"))
+    p.add_argument("--data-dir", type=Path, default=_path("FLEXTRAIN_DATA_DIR"))
+    p.add_argument("--tls-cert", type=Path, default=_path("FLEXTRAIN_TLS_CERT"))
+    p.add_argument("--tls-key", type=Path, default=_path("FLEXTRAIN_TLS_KEY"))
+    p.add_argument("--tls-client-ca", type=Path, default=_path("FLEXTRAIN_TLS_CLIENT_CA"))
+    p.add_argument("--device", default=_env("FLEXTRAIN_DEVICE", "auto"), help="evaluation device: auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=int(_env("FLEXTRAIN_THREADS", "0") or 0), help="torch threads (0: default)")
+    p.add_argument("--log-format", choices=["text", "json"], default=_env("FLEXTRAIN_LOG_FORMAT", "json"))
+
+
+def _path(env: str) -> Path | None:
+    value = _env(env)
+    return Path(value) if value else None
+
+
+class ConfigError(Exception):
+    """The aggregator was started without what it needs; exit code 2."""
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_format)
+    try:
+        server_args = _configure(args)
+    except ConfigError as exc:
+        print(f"flextrain aggregator: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(*server_args, port_file=args.port_file))
+
+
+def _configure(args: argparse.Namespace) -> tuple[Callable[[], AggregatorServer]]:
+    import torch
+
+    from flextrain.aggregator.metrics import AggregatorMetrics
+    from flextrain.aggregator.service import AggregatorService, Settings
+    from flextrain.aggregator.servicer import AggregatorServer, TlsFiles
+    from flextrain.jobplan import JobPlan, PlanError
+
+    plan_text = args.plan.read_text() if args.plan else _env("FLEXTRAIN_PLAN")
+    if not plan_text:
+        raise ConfigError("no job plan: pass --plan FILE or set FLEXTRAIN_PLAN")
+    try:
+        plan = JobPlan.from_json(plan_text)
+    except (ValueError, KeyError, PlanError) as exc:
+        raise ConfigError(f"invalid job plan: {exc}") from exc
+    token = args.token_file.read_text().strip() if args.token_file else _env("FLEXTRAIN_TOKEN")
+    if not token:
+        raise ConfigError("no job token: pass --token-file FILE or set FLEXTRAIN_TOKEN")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+    metrics = AggregatorMetrics(plan.name)
+    settings = Settings(checkpoint_dir=args.checkpoint_dir, data_dir=args.data_dir, device=device)
+    try:
+        service = AggregatorService(plan, settings, metrics)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+    if args.metrics_port:
+        try:
+            metrics.serve(args.metrics_port)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on port {args.metrics_port}: {exc}") from exc
+
+    def make_server() -> AggregatorServer:  # grpc.aio needs the running event loop
+        return AggregatorServer(service, token, host=args.host, port=args.port, tls=tls)
+
+    return (make_server,)
+
+
+async def _serve(make_server: Callable[[], AggregatorServer], *, port_file: Path | None) -> int:
+    try:
+        server = make_server()
+    except OSError as exc:
+        print(f"flextrain aggregator: {exc}", file=sys.stderr)
+        return 2
+
+    def announce(port: int) -> None:
+        if port_file:  # written atomically: readers never see a partial number
+            tmp = port_file.with_name(port_file.name + ".tmp")
+            tmp.write_text(str(port))
+            tmp.replace(port_file)
+
+    await server.serve_until_signal(on_started=announce)
+    return 0

@@ -1,0 +1,390 @@
+"""The aggregator service: rounds, merge, evaluation, checkpoints and status, on an
+asyncio event loop but without any gRPC (the servicer is a thin shim over this).
+
+Concurrency: the event loop only does bookkeeping. Decoding, value checks, folding,
+merging, evaluation and checkpoint writes run on ONE worker thread, so they are
+serialised without locks and the loop keeps serving PullModel / GetStatus meanwhile.
+At most `max_concurrent_pushes` update payloads are buffered at any moment; memory is
+O(model size x that bound), whatever the number of clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from flextrain.aggregator.errors import Rejected, invalid
+from flextrain.aggregator.metrics import AggregatorMetrics
+from flextrain.aggregator.state import Aggregation, ClientInfo, TierCounters
+from flextrain.aggregator.store import Checkpoint, CheckpointStore
+from flextrain.api.catalog import DATASETS
+from flextrain.core.arch import profile
+from flextrain.core.centralised import evaluate
+from flextrain.core.models import ModelSpec
+from flextrain.jobplan import JobPlan
+from flextrain.wire.tensors import Encoded, Spec, decode, encode
+
+log = logging.getLogger("flextrain.aggregator")
+
+
+@dataclass
+class Settings:
+    """Process settings of an aggregator (the job itself comes from the JobPlan)."""
+
+    #: Directory of round checkpoints; None keeps no checkpoints (not resumable).
+    checkpoint_dir: Path | None = None
+    #: Dataset directory for the held-out evaluation (built-in datasets need none).
+    data_dir: Path | None = None
+    #: Longest a PullModel call waits for the next round, in seconds.
+    max_wait_seconds: float = 30.0
+    #: Update payloads received at once; more pushes wait their turn.
+    max_concurrent_pushes: int = 4
+    #: Held-out examples per evaluation batch.
+    eval_batch_size: int = 512
+    #: Seconds between deadline checks of the open round.
+    tick_seconds: float = 0.25
+    #: torch device for evaluation ("cpu" or "cuda").
+    device: str = "cpu"
+    #: Checkpoints kept on disk.
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class JoinInfo:
+    client: ClientInfo
+    round: int
+    total_rounds: int
+    done: bool
+    model: ModelSpec
+    num_parameters: int
+    prefix_parameters: int
+    shard_index: int
+    num_shards: int
+    distill: bool
+
+
+@dataclass
+class PullResult:
+    ready: bool
+    done: bool
+    round: int
+    encoded: Encoded | None = None
+
+
+@dataclass
+class PushTicket:
+    client: ClientInfo
+    round: int
+    num_examples: int
+    specs: list[Spec]
+    expected_bytes: int
+    started: float = field(default_factory=time.monotonic)
+
+
+def model_spec_of(plan: JobPlan) -> ModelSpec:
+    info = DATASETS[plan.job.spec.dataset.name]
+    return ModelSpec(
+        plan.job.spec.model.family,
+        plan.job.spec.model.layers,
+        plan.job.num_classes,
+        info.channels,
+        info.image_size,
+    )
+
+
+def initial_state(plan: JobPlan) -> dict[str, Tensor]:
+    """The round-0 global model, identical for a given job seed."""
+    torch.manual_seed(plan.job.spec.dataset.seed)
+    model = model_spec_of(plan).build()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class AggregatorService:
+    """One job's aggregator."""
+
+    def __init__(self, plan: JobPlan, settings: Settings | None = None, metrics: AggregatorMetrics | None = None) -> None:
+        self.plan = plan
+        self.settings = settings or Settings()
+        self.metrics = metrics or AggregatorMetrics(plan.name)
+        self.model_spec = model_spec_of(plan)
+        self.store = CheckpointStore(self.settings.checkpoint_dir, self.settings.keep_checkpoints) if self.settings.checkpoint_dir else None
+        self.accuracy_history: list[dict[str, Any]] = []
+        self.rejections: dict[str, int] = {}
+        self.accepted = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator")
+        self._changed: asyncio.Condition | None = None
+        self._push_slots: asyncio.Semaphore | None = None
+        self._encoded: dict[tuple[int, int], Encoded] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._closing = False
+        self._eval_loader: Any = None
+        self._round_started = time.monotonic()
+        self.agg = self._restore_or_start()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _restore_or_start(self) -> Aggregation:
+        checkpoint = self.store.load_latest(self.plan.name) if self.store else None
+        if checkpoint is None:
+            log.info("starting job %s from a fresh model", self.plan.name, extra={"round": 1})
+            return Aggregation(self.plan, initial_state(self.plan))
+        if checkpoint.depths != self.plan.depths:
+            raise ValueError(
+                f"checkpoint depths {checkpoint.depths} differ from the job's {self.plan.depths}; "
+                "use a new checkpoint directory for a changed job"
+            )
+        self.accuracy_history = list(checkpoint.accuracy_history)
+        self.rejections = dict(checkpoint.counters.get("rejections", {}))
+        self.accepted = int(checkpoint.counters.get("accepted", 0))
+        counters = {name: TierCounters(**c) for name, c in checkpoint.tier_counters.items()}
+        self.metrics.round.set(checkpoint.completed_rounds)
+        log.info(
+            "resumed job %s after round %d from %s",
+            self.plan.name,
+            checkpoint.completed_rounds,
+            self.store.path_for(checkpoint.completed_rounds) if self.store else "-",
+            extra={"round": checkpoint.completed_rounds + 1},
+        )
+        return Aggregation(self.plan, checkpoint.global_state, completed_rounds=checkpoint.completed_rounds, tier_counters=counters)
+
+    async def start(self) -> None:
+        self._changed = asyncio.Condition()
+        self._push_slots = asyncio.Semaphore(self.settings.max_concurrent_pushes)
+        self._round_started = time.monotonic()
+        self._ticker = asyncio.create_task(self._tick(), name="round-deadline")
+
+    async def stop(self) -> None:
+        self._closing = True
+        if self._ticker:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._changed:
+            async with self._changed:
+                self._changed.notify_all()
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick_seconds)
+            if not self.agg.done and self.agg.round.pushed and self.agg.can_close():
+                log.warning(
+                    "round deadline passed with %d of %d updates (quorum %d): closing",
+                    len(self.agg.round.pushed),
+                    self.agg.expected_clients,
+                    self.agg.quorum_count,
+                    extra={"round": self.agg.round.number},
+                )
+                await self._close_round()
+
+    # -- RPC bodies ------------------------------------------------------------------
+
+    def join(self, job: str, tier: str, replica: int, depth: int) -> JoinInfo:
+        try:
+            client = self.agg.join(job, tier, replica, depth)
+        except Rejected as exc:
+            self._count_rejection(exc)
+            raise
+        self.metrics.clients_connected.set(len(self.agg.clients))
+        arch = profile(self.model_spec.family, self.model_spec.layers, self.model_spec.num_classes, self.model_spec.in_channels, self.model_spec.image_size)
+        tier_plan = self.plan.tier(tier)
+        log.info("client joined: tier %s replica %d depth %d", tier, replica, depth, extra={"client": client.client_id, "round": self.agg.round.number})
+        return JoinInfo(
+            client=client,
+            round=self.agg.round.number,
+            total_rounds=self.agg.total_rounds,
+            done=self.agg.done,
+            model=self.model_spec,
+            num_parameters=arch.parameters(arch.num_blocks),
+            prefix_parameters=arch.parameters(depth),
+            shard_index=tier_plan.shard_offset + replica,
+            num_shards=self.plan.num_shards,
+            distill=tier_plan.depth > self.plan.weakest_depth,
+        )
+
+    async def pull(self, client_id: str, min_round: int, wait_seconds: float) -> PullResult:
+        assert self._changed is not None, "start() first"
+        client = self.agg.client(client_id)
+        wait = max(0.0, min(wait_seconds, self.settings.max_wait_seconds))
+        deadline = time.monotonic() + wait
+        async with self._changed:
+            while not self.agg.done and self.agg.round.number < min_round and not self._closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return PullResult(ready=False, done=False, round=self.agg.round.number)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+        if self.agg.done:
+            return PullResult(ready=False, done=True, round=self.agg.round.number)
+        number = self.agg.round.number
+        key = (number, client.depth)
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            encoded = await self._run(lambda: encode(self.agg.prefix_state(client.depth), self.agg.compression))
+            self._encoded = {k: v for k, v in self._encoded.items() if k[0] == number}
+            self._encoded[key] = encoded
+        self.agg.record_sent(client_id, len(encoded.payload))
+        self.metrics.sent(client.tier, len(encoded.payload))
+        return PullResult(ready=True, done=False, round=number, encoded=encoded)
+
+    def begin_push(self, client_id: str, round_number: int, num_examples: int, specs: list[Spec]) -> PushTicket:
+        """Check an update's header; raises Rejected before any byte is read."""
+        try:
+            client = self.agg.check_header(client_id, round_number, num_examples, specs)
+        except Rejected as exc:
+            self._count_rejection(exc)
+            raise
+        return PushTicket(client, round_number, num_examples, specs, sum(s.num_bytes for s in specs))
+
+    @contextlib.asynccontextmanager
+    async def push_slot(self) -> Any:
+        """Bounds how many update payloads are buffered at once."""
+        assert self._push_slots is not None, "start() first"
+        async with self._push_slots:
+            yield
+
+    async def finish_push(self, ticket: PushTicket, payload: bytearray) -> int:
+        """Decode, check and fold an update; returns the round it was counted in."""
+        try:
+            complete = await self._run(self._fold, ticket, payload)
+        except Rejected as exc:
+            self._count_rejection(exc)
+            raise
+        self.accepted += 1
+        self.metrics.received(ticket.client.tier, len(payload))
+        log.info(
+            "update accepted: %d examples, %d bytes (%d/%d this round)",
+            ticket.num_examples,
+            len(payload),
+            len(self.agg.round.pushed),
+            self.agg.expected_clients,
+            extra={"client": ticket.client.client_id, "round": ticket.round},
+        )
+        if complete:
+            await self._close_round()
+        return ticket.round
+
+    def reject_payload(self, exc: Rejected) -> None:
+        self._count_rejection(exc)
+
+    def _fold(self, ticket: PushTicket, payload: bytearray) -> bool:
+        # Re-check on the worker thread: the round may have closed while bytes arrived.
+        self.agg.check_header(ticket.client.client_id, ticket.round, ticket.num_examples, ticket.specs)
+        try:
+            tensors = decode(ticket.specs, payload)
+        except ValueError as exc:
+            raise invalid("malformed", str(exc)) from exc
+        return self.agg.fold(ticket.client.client_id, tensors, ticket.num_examples, len(payload))
+
+    async def _close_round(self) -> None:
+        assert self._changed is not None
+        closed = await self._run(self._close_round_sync)
+        if closed is None:
+            return
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _close_round_sync(self) -> int | None:
+        agg = self.agg
+        if agg.done or not agg.round.pushed or not agg.can_close():
+            return None  # another path closed it first
+        pushed = len(agg.round.pushed)
+        closed = agg.close_round()
+        seconds = time.monotonic() - self._round_started
+        self._round_started = time.monotonic()
+        self.metrics.rounds_completed.inc()
+        self.metrics.round_seconds.observe(seconds)
+        self.metrics.round.set(closed)
+        spec = self.plan.job.spec
+        last = closed >= agg.total_rounds
+        if last or closed % spec.aggregation.evaluate_every_rounds == 0:
+            self._evaluate(closed)
+        every = spec.checkpoint.every_rounds if spec.checkpoint else 1
+        if self.store and (last or closed % every == 0):
+            self.store.save(self.checkpoint())
+        latest = {a["depth"]: a["accuracy"] for a in self.accuracy_history if a["round"] == closed}
+        log.info(
+            "round %d closed: %d/%d updates merged in %.2fs%s",
+            closed,
+            pushed,
+            agg.expected_clients,
+            seconds,
+            "; accuracy " + ", ".join(f"depth {d}: {a:.3f}" for d, a in sorted(latest.items())) if latest else "",
+            extra={"round": closed},
+        )
+        if last:
+            log.info("training complete after %d rounds", closed, extra={"round": closed})
+        return closed
+
+    def _eval_batches(self) -> Any:
+        if self._eval_loader is None:
+            from flextrain.data import load_dataset, make_loader
+
+            ds = self.plan.job.spec.dataset
+            splits = load_dataset(ds.name, self.settings.data_dir, seed=ds.seed, limit=ds.limit)
+            self._eval_loader = make_loader(splits.test, batch_size=self.settings.eval_batch_size)
+        return self._eval_loader
+
+    def _evaluate(self, closed: int) -> None:
+        model = self.model_spec.build()
+        model.load_state_dict(self.agg.global_state)
+        model.to(self.settings.device)
+        depths = sorted({t.depth for t in self.plan.tiers})
+        accuracy = evaluate(model, self._eval_batches(), depths, self.settings.device)
+        for depth, acc in accuracy.items():
+            self.accuracy_history.append({"round": closed, "depth": depth, "accuracy": acc})
+            self.metrics.set_accuracy(depth, acc)
+
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(
+            job=self.plan.name,
+            completed_rounds=self.agg.completed_rounds,
+            strategy=self.plan.job.spec.aggregation.strategy,
+            global_state=self.agg.global_state,
+            depths=self.plan.depths,
+            tier_counters={name: vars(c).copy() for name, c in self.agg.tiers.items()},
+            accuracy_history=list(self.accuracy_history),
+            counters={"rejections": dict(self.rejections), "accepted": self.accepted},
+        )
+
+    def _count_rejection(self, exc: Rejected) -> None:
+        self.rejections[exc.reason] = self.rejections.get(exc.reason, 0) + 1
+        self.metrics.rejected(exc.reason)
+        log.warning("rejected (%s): %s", exc.reason, exc)
+
+    # -- status ----------------------------------------------------------------------
+
+    def latest_accuracy(self) -> dict[int, tuple[float, int]]:
+        """depth -> (accuracy, round) of the latest evaluation of each depth."""
+        out: dict[int, tuple[float, int]] = {}
+        for entry in self.accuracy_history:
+            out[int(entry["depth"])] = (float(entry["accuracy"]), int(entry["round"]))
+        return out
+
+    def tier_rows(self) -> Iterator[dict[str, Any]]:
+        for tier in self.plan.tiers:
+            clients = [c for c in self.agg.clients.values() if c.tier == tier.name]
+            counters = self.agg.tiers[tier.name]
+            yield {
+                "tier": tier.name,
+                "depth": tier.depth,
+                "replicas": tier.replicas,
+                "joined": len(clients),
+                "pushed_this_round": sum(1 for c in clients if c.client_id in self.agg.round.pushed),
+                "last_round_pushed": counters.last_round_pushed,
+                "bytes_received": counters.bytes_received,
+                "bytes_sent": counters.bytes_sent,
+            }

@@ -1,0 +1,260 @@
+"""The gRPC face of the aggregator: the only module of the aggregator that imports
+grpc. Each RPC is a thin shim over AggregatorService; domain rejections map to status
+codes here and nowhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from flextrain.aggregator.errors import Kind, Rejected
+from flextrain.aggregator.service import AggregatorService
+from flextrain.proto.v1 import aggregator_pb2 as pb
+from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
+from flextrain.wire.auth import REASON_KEY, token_matches
+from flextrain.wire.tensors import (
+    MAX_MESSAGE_BYTES,
+    WireFormatError,
+    dtype_to_proto,
+    spec_from_proto,
+    spec_to_proto,
+)
+
+log = logging.getLogger("flextrain.aggregator")
+
+STATUS: dict[Kind, grpc.StatusCode] = {
+    Kind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Kind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    Kind.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Kind.DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Kind.EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    Kind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Kind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+}
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class AggregatorServicer(pb_grpc.AggregatorServicer):
+    def __init__(self, service: AggregatorService, token: str) -> None:
+        self.service = service
+        self._token = token
+
+    async def _check(self, context: grpc.aio.ServicerContext) -> None:
+        if not token_matches(context.invocation_metadata(), self._token):
+            exc = Rejected(Kind.UNAUTHENTICATED, "unauthenticated", "missing or wrong job token")
+            self.service.reject_payload(exc)
+            await self._abort(context, exc)
+
+    async def _abort(self, context: grpc.aio.ServicerContext, exc: Rejected) -> None:
+        context.set_trailing_metadata(((REASON_KEY, exc.reason),))
+        await context.abort(STATUS[exc.kind], str(exc))
+
+    async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
+        await self._check(context)
+        try:
+            info = self.service.join(request.job, request.tier, request.replica_index, request.depth)
+        except Rejected as exc:
+            await self._abort(context, exc)
+            raise  # unreachable: abort raises
+        spec = self.service.plan.job.spec
+        data = spec.dataset
+        return pb.JoinResponse(
+            client_id=info.client.client_id,
+            round=info.round,
+            total_rounds=info.total_rounds,
+            done=info.done,
+            model=pb.ModelDescription(
+                family=info.model.family,
+                layers=info.model.layers,
+                num_classes=info.model.num_classes,
+                in_channels=info.model.in_channels,
+                image_size=info.model.image_size,
+                num_blocks=info.model.num_blocks,
+                num_parameters=info.num_parameters,
+                prefix_parameters=info.prefix_parameters,
+            ),
+            data=pb.DataAssignment(
+                dataset=data.name,
+                scheme=data.partition.scheme,
+                alpha=data.partition.alpha or 0.0,
+                seed=data.seed,
+                shard_index=info.shard_index,
+                num_shards=info.num_shards,
+                limit=data.limit or 0,
+            ),
+            training=pb.TrainingConfig(
+                local_epochs=spec.training.local_epochs,
+                batch_size=spec.training.batch_size,
+                optimizer=spec.training.optimizer.name,
+                learning_rate=spec.training.optimizer.learning_rate,
+                momentum=spec.training.optimizer.momentum,
+                weight_decay=spec.training.optimizer.weight_decay,
+                distillation_beta=spec.training.distillation.beta,
+                distillation_target=spec.training.distillation.target,
+                distill=info.distill,
+                wire_dtype=dtype_to_proto(self.service.agg.compression),  # type: ignore[arg-type]
+            ),
+        )
+
+    async def PullModel(self, request: pb.PullModelRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelChunk]:
+        await self._check(context)
+        try:
+            result = await self.service.pull(request.client_id, request.min_round, request.wait_seconds)
+        except Rejected as exc:
+            await self._abort(context, exc)
+            return
+        encoded = result.encoded
+        yield pb.ModelChunk(
+            header=pb.ModelHeader(
+                ready=result.ready,
+                done=result.done,
+                round=result.round,
+                tensors=[spec_to_proto(s) for s in encoded.specs] if encoded else [],
+                total_bytes=len(encoded.payload) if encoded else 0,
+            )
+        )
+        if encoded is not None:
+            for chunk in encoded.chunks():
+                yield pb.ModelChunk(data=chunk)
+
+    async def PushUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk], context: grpc.aio.ServicerContext) -> pb.PushUpdateResponse:
+        await self._check(context)
+        stream = request_iterator.__aiter__()
+        try:
+            first = await stream.__anext__()
+        except StopAsyncIteration:
+            first = None
+        try:
+            if first is None or first.WhichOneof("chunk") != "header":
+                raise Rejected(Kind.INVALID, "malformed", "the first chunk of an update must be its header")
+            header = first.header
+            try:
+                specs = [spec_from_proto(t) for t in header.tensors]
+            except WireFormatError as exc:
+                raise Rejected(Kind.INVALID, "malformed", str(exc)) from exc
+            ticket = self.service.begin_push(header.client_id, header.round, header.num_examples, specs)
+            async with self.service.push_slot():
+                payload = bytearray()
+                async for chunk in stream:
+                    if chunk.WhichOneof("chunk") != "data":
+                        raise Rejected(Kind.INVALID, "malformed", "only data chunks may follow the header")
+                    if len(payload) + len(chunk.data) > ticket.expected_bytes:
+                        raise Rejected(
+                            Kind.EXHAUSTED,
+                            "too_large",
+                            f"update carries more than the {ticket.expected_bytes} bytes its header describes",
+                        )
+                    payload += chunk.data
+                if len(payload) != ticket.expected_bytes:
+                    raise Rejected(
+                        Kind.INVALID,
+                        "truncated",
+                        f"update carries {len(payload)} bytes, its header describes {ticket.expected_bytes}",
+                    )
+                counted = await self.service.finish_push(ticket, payload)
+        except Rejected as exc:
+            if exc.reason in ("malformed", "too_large", "truncated"):
+                self.service.reject_payload(exc)
+            await self._abort(context, exc)
+            raise
+        return pb.PushUpdateResponse(accepted=True, round=counted, bytes_received=len(payload))
+
+    async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
+        await self._check(context)
+        svc = self.service
+        agg = svc.agg
+        return pb.GetStatusResponse(
+            job=svc.plan.name,
+            round=agg.completed_rounds,
+            total_rounds=agg.total_rounds,
+            done=agg.done,
+            tiers=[pb.TierProgress(**row) for row in svc.tier_rows()],
+            accuracy=[pb.DepthAccuracy(depth=d, accuracy=a, round=r) for d, (a, r) in sorted(svc.latest_accuracy().items())],
+            updates_rejected=svc.rejections,
+            updates_accepted=svc.accepted,
+            clients_connected=len(agg.clients),
+            round_started_unix=agg.round.opened_at,
+            round_deadline_unix=agg.round.deadline,
+        )
+
+
+@dataclass
+class TlsFiles:
+    """Server certificate and key, and optionally a CA to require client certificates."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        ca = self.client_ca.read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
+
+class AggregatorServer:
+    """The running gRPC server: servicer + health service + graceful stop."""
+
+    def __init__(self, service: AggregatorService, token: str, *, host: str = "0.0.0.0", port: int = 50051, tls: TlsFiles | None = None) -> None:
+        self.service = service
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        pb_grpc.add_AggregatorServicer_to_server(AggregatorServicer(service, token), self.server)  # type: ignore[no-untyped-call]
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        address = f"{host}:{port}"
+        self.port = (
+            self.server.add_secure_port(address, tls.credentials()) if tls else self.server.add_insecure_port(address)
+        )
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}: the port is in use or not allowed")
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", "flextrain.v1.Aggregator"):
+            result: Any = self.health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def start(self) -> None:
+        await self.service.start()
+        await self.server.start()
+        await self._set_health(True)
+        log.info("aggregator for job %s listening on port %d", self.service.plan.name, self.port)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self._set_health(False)
+        await self.server.stop(grace)
+        await self.service.stop()
+
+    async def serve_until_signal(self, on_started: Callable[[int], None] | None = None) -> None:
+        """Serve until SIGTERM/SIGINT, then stop gracefully (in-flight RPCs get `grace`)."""
+        await self.start()
+        if on_started:
+            on_started(self.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("signal received: stopping gracefully")
+        await self.stop()

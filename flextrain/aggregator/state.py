@@ -1,0 +1,261 @@
+"""The aggregator's round logic, free of gRPC: who is expected, what an update must
+look like, when a round closes, and the merge.
+
+A round closes when every expected client has pushed, or when its deadline has passed
+and at least `quorum` of the expected clients have pushed; pushes for a closed round
+are then stale and the stragglers join the next round. Each update is checked
+completely (header first, before its bytes are read; then every value) and only then
+folded into the strategy's running sums, so a rejected update changes nothing and the
+aggregator never holds more than the updates being received at that moment.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from flextrain.aggregator.errors import Kind, Rejected, invalid, precondition
+from flextrain.core.merge import get_strategy
+from flextrain.core.merge.base import Accumulator, MergeError
+from flextrain.core.partition import prefix_keys
+from flextrain.jobplan import JobPlan, TierPlan
+from flextrain.wire.tensors import Spec, wire_dtype_for
+
+
+@dataclass
+class ClientInfo:
+    """A trainer replica that joined."""
+
+    client_id: str
+    tier: str
+    replica: int
+    depth: int
+    joined_at: float
+    last_round_pushed: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+
+
+@dataclass
+class TierCounters:
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    last_round_pushed: int = 0
+
+
+def client_id_for(tier: str, replica: int) -> str:
+    """Stable id: a restarted trainer or aggregator maps the same replica to the same id."""
+    return f"{tier}-{replica}"
+
+
+@dataclass
+class RoundState:
+    """Bookkeeping of the open round."""
+
+    number: int
+    opened_at: float
+    deadline: float
+    pushed: set[str] = field(default_factory=set)
+    examples: int = 0
+
+
+class Aggregation:
+    """Global model + the open round. Not thread-safe: callers serialise mutations."""
+
+    def __init__(
+        self,
+        plan: JobPlan,
+        global_state: Mapping[str, Tensor],
+        *,
+        completed_rounds: int = 0,
+        tier_counters: Mapping[str, TierCounters] | None = None,
+        clock: Callable[[], float] = time.time,
+        max_update_bytes: int | None = None,
+    ) -> None:
+        spec = plan.job.spec
+        self.plan = plan
+        self.total_rounds = spec.training.rounds
+        self.quorum = spec.aggregation.quorum
+        self.round_timeout = float(spec.aggregation.round_timeout_seconds)
+        self.compression = {"none": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
+            spec.aggregation.compression
+        ]
+        self.strategy = get_strategy(spec.aggregation.strategy)
+        self._clock = clock
+        self.global_state: dict[str, Tensor] = {k: v.detach().clone() for k, v in global_state.items()}
+        self.completed_rounds = completed_rounds
+        self.clients: dict[str, ClientInfo] = {}
+        self.tiers: dict[str, TierCounters] = {t.name: TierCounters() for t in plan.tiers}
+        for name, counters in (tier_counters or {}).items():
+            if name in self.tiers:
+                self.tiers[name] = TierCounters(**vars(counters))
+        self._keys = list(self.global_state)
+        self._expected: dict[int, dict[str, Spec]] = {}
+        self.max_update_bytes = max_update_bytes
+        self.round = self._open_round(completed_rounds + 1)
+        self._acc: Accumulator = self.strategy.begin(self.global_state, self.expected_clients)
+
+    # -- plan ------------------------------------------------------------------------
+
+    @property
+    def expected_clients(self) -> int:
+        return self.plan.num_shards
+
+    @property
+    def quorum_count(self) -> int:
+        return max(1, math.ceil(self.quorum * self.expected_clients - 1e-9))
+
+    @property
+    def done(self) -> bool:
+        return self.completed_rounds >= self.total_rounds
+
+    def expected_specs(self, depth: int) -> dict[str, Spec]:
+        """Names, shapes and wire dtypes of the tensors of the depth-`depth` prefix."""
+        if depth not in self._expected:
+            self._expected[depth] = {
+                name: Spec(
+                    name,
+                    tuple(self.global_state[name].shape),
+                    wire_dtype_for(self.global_state[name].dtype, self.compression),
+                )
+                for name in prefix_keys(self._keys, depth)
+            }
+        return self._expected[depth]
+
+    def prefix_state(self, depth: int) -> dict[str, Tensor]:
+        return {name: self.global_state[name] for name in self.expected_specs(depth)}
+
+    # -- join ------------------------------------------------------------------------
+
+    def join(self, job: str, tier: str, replica: int, depth: int) -> ClientInfo:
+        if job != self.plan.name:
+            raise Rejected(Kind.NOT_FOUND, "wrong_job", f"this aggregator serves job {self.plan.name!r}, not {job!r}")
+        try:
+            tier_plan: TierPlan = self.plan.tier(tier)
+        except KeyError as exc:
+            raise Rejected(Kind.NOT_FOUND, "unknown_tier", str(exc.args[0])) from None
+        if not 0 <= replica < tier_plan.replicas:
+            raise invalid(
+                "bad_replica",
+                f"replica_index {replica} is out of range for tier {tier!r} (0..{tier_plan.replicas - 1})",
+            )
+        if depth != tier_plan.depth:
+            raise precondition(
+                "depth_mismatch",
+                f"tier {tier!r} trains depth {tier_plan.depth}, the trainer says {depth}",
+            )
+        cid = client_id_for(tier, replica)
+        info = self.clients.get(cid)
+        if info is None:
+            info = ClientInfo(cid, tier, replica, depth, self._clock())
+            self.clients[cid] = info
+        return info
+
+    def client(self, client_id: str) -> ClientInfo:
+        info = self.clients.get(client_id)
+        if info is None:
+            raise precondition("unknown_client", f"client {client_id!r} has not joined (call Join first)")
+        return info
+
+    # -- updates ---------------------------------------------------------------------
+
+    def check_header(self, client_id: str, round_number: int, num_examples: int, specs: list[Spec]) -> ClientInfo:
+        """Everything that can be checked before reading the update's bytes."""
+        info = self.client(client_id)
+        if self.done:
+            raise precondition("job_done", "training is complete; no more updates are taken")
+        if round_number < self.round.number:
+            raise precondition(
+                "stale_round",
+                f"update for round {round_number} arrived after it closed; round {self.round.number} is open: pull the model again",
+            )
+        if round_number > self.round.number:
+            raise invalid("future_round", f"round {round_number} has not opened; round {self.round.number} is open")
+        if client_id in self.round.pushed:
+            raise Rejected(Kind.EXISTS, "duplicate", f"client {client_id!r} already pushed for round {round_number}")
+        if isinstance(num_examples, bool) or num_examples <= 0:
+            raise invalid("bad_examples", f"num_examples must be positive, got {num_examples}")
+        expected = self.expected_specs(info.depth)
+        all_specs = self.expected_specs(self.plan.job.spec.model.num_blocks)
+        seen: set[str] = set()
+        for spec in specs:
+            if spec.name in seen:
+                raise invalid("duplicate_tensor", f"tensor {spec.name!r} is sent twice")
+            seen.add(spec.name)
+            if spec.name not in expected:
+                if spec.name in all_specs:
+                    raise Rejected(
+                        Kind.DENIED,
+                        "too_deep",
+                        f"tensor {spec.name!r} lies beyond depth {info.depth} of tier {info.tier!r}",
+                    )
+                raise invalid("unknown_tensor", f"tensor {spec.name!r} is not part of the model")
+            want = expected[spec.name]
+            if spec.shape != want.shape:
+                raise invalid(
+                    "shape_mismatch", f"tensor {spec.name!r} has shape {list(spec.shape)}, expected {list(want.shape)}"
+                )
+            if spec.dtype != want.dtype:
+                raise invalid(
+                    "dtype_mismatch", f"tensor {spec.name!r} has dtype {spec.dtype}, expected {want.dtype}"
+                )
+        missing = [name for name in expected if name not in seen]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise invalid("missing_tensor", f"tensor {missing[0]!r}{more} of depth {info.depth} is missing")
+        total = sum(s.num_bytes for s in specs)
+        if self.max_update_bytes is not None and total > self.max_update_bytes:
+            raise Rejected(Kind.EXHAUSTED, "too_large", f"update of {total} bytes exceeds the limit {self.max_update_bytes}")
+        return info
+
+    def fold(self, client_id: str, tensors: Mapping[str, Tensor], num_examples: int, nbytes: int) -> bool:
+        """Check values and fold a decoded update into the round; True when the round is
+        now complete (every expected client pushed). Nothing changes if it raises."""
+        info = self.client(client_id)
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise invalid("non_finite", f"tensor {name!r} holds NaN or infinite values")
+        try:
+            self._acc.add(tensors, num_examples)
+        except MergeError as exc:  # defensive: the header check should have caught it
+            raise invalid("merge_rejected", str(exc)) from exc
+        self.round.pushed.add(client_id)
+        self.round.examples += num_examples
+        info.last_round_pushed = self.round.number
+        info.bytes_received += nbytes
+        tier = self.tiers[info.tier]
+        tier.bytes_received += nbytes
+        tier.last_round_pushed = self.round.number
+        return len(self.round.pushed) >= self.expected_clients
+
+    def record_sent(self, client_id: str, nbytes: int) -> None:
+        info = self.client(client_id)
+        info.bytes_sent += nbytes
+        self.tiers[info.tier].bytes_sent += nbytes
+
+    # -- closing ---------------------------------------------------------------------
+
+    def can_close(self, now: float | None = None) -> bool:
+        pushed = len(self.round.pushed)
+        if pushed >= self.expected_clients:
+            return True
+        now = self._clock() if now is None else now
+        return now >= self.round.deadline and pushed >= self.quorum_count
+
+    def close_round(self) -> int:
+        """Merge the round into the global model and open the next; returns the closed round."""
+        closed = self.round.number
+        self.global_state = self._acc.finish()
+        self.completed_rounds = closed
+        self.round = self._open_round(closed + 1)
+        self._acc = self.strategy.begin(self.global_state, self.expected_clients)
+        return closed
+
+    def _open_round(self, number: int) -> RoundState:
+        now = self._clock()
+        return RoundState(number, now, now + self.round_timeout)

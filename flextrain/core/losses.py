@@ -1,0 +1,154 @@
+"""FlexTrain's auto-distillation losses (arXiv 2310.20457, Algorithms 1 and 2).
+
+The network teaches itself: the output of a prefix one block deeper is a fixed
+(stop-gradient) target for a shallower prefix.
+
+* Centralised (Algorithm 1): ``CE(z_k, y) + beta * ||z_k - sg(z_{k+1})||^2``; the
+  teacher is one block deeper than the sampled depth k; no term at k = K.
+* Federated client (Algorithm 2): ``CE(z_{k_j}, y) + beta * ||sg(z_{k_j}) - z_{k_j-1}||^2``;
+  the device's own depth teaches the prefix one block shorter; the weakest tier does
+  not distil.
+
+Reduction: the squared L2 norm over classes per example, then the mean over the batch.
+``beta = 0`` disables the term (and skips the extra head evaluation).
+
+What ``z`` is, the paper leaves open. Two readings are implemented (``target``):
+
+``"probs"`` (default)
+    softmax probabilities. Bounded (the term is at most 2 per example) and stable.
+``"logits"``
+    raw logits (the method doc's inference). With the paper's recipe (SGD 0.05,
+    momentum 0.9, beta 0.2) this *diverges* in our runs: teacher and student share the
+    trunk and the head, so a step that moves the student towards the stop-gradient
+    target moves the target further (for the head alone the gap is multiplied by
+    ``1 - 2*lr*beta*<p_k, p_k - p_{k+1}>`` per step, > 1 whenever the deeper pooled
+    features are larger, which residual ReLU blocks make typical). On 8x8 synthetic
+    tasks with ResNet-8/20 the term grew to NaN within 2-4 epochs for every seed tried,
+    also at lr 0.01, centralised and federated; at beta 0.02 it did not blow up within
+    10 epochs but kept growing and cost about 15 accuracy points (one seed). Kept for
+    experiments, not as the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flextrain.core.models import FlexResNet
+
+#: The paper's distillation weight.
+DEFAULT_BETA: Final[float] = 0.2
+
+#: What the distance is measured on; see the module docstring.
+DISTILL_TARGETS: Final[tuple[str, ...]] = ("probs", "logits")
+DEFAULT_DISTILL_TARGET: Final[str] = "probs"
+
+
+class TrainingDiverged(RuntimeError):
+    """A training loss became NaN or infinite."""
+
+
+def distillation_term(
+    student: Tensor, teacher: Tensor, target: str = DEFAULT_DISTILL_TARGET
+) -> Tensor:
+    """Mean over the batch of ``||f(student) - stopgrad(f(teacher))||^2`` (sum over classes).
+
+    ``f`` is softmax for ``target="probs"`` and the identity for ``"logits"``. Both
+    arguments are logits ``(B, classes)``. No gradient flows into ``teacher``.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)}")
+    t = teacher.detach()  # (B, classes)
+    if target == "probs":
+        diff = F.softmax(student, dim=1) - F.softmax(t, dim=1)  # (B, classes)
+    elif target == "logits":
+        diff = student - t  # (B, classes)
+    else:
+        raise ValueError(
+            f"distillation target must be one of {list(DISTILL_TARGETS)}, got {target!r}"
+        )
+    return diff.pow(2).sum(dim=1).mean()  # ()
+
+
+@dataclass
+class LossParts:
+    """A training loss and its parts, for logging."""
+
+    #: The value to backpropagate.
+    total: Tensor
+    #: Cross-entropy of the trained depth's logits (detached scalar; no device sync).
+    ce: Tensor
+    #: Distillation term before the ``beta`` weight (detached scalar; 0 when absent).
+    distill: Tensor
+    #: Logits of the trained depth (B, classes), for accuracy bookkeeping.
+    logits: Tensor
+
+
+def _plain(model: FlexResNet, x: Tensor, y: Tensor, depth: int) -> LossParts:
+    z = model(x, depth)  # (B, classes)
+    ce = F.cross_entropy(z, y)
+    return LossParts(total=ce, ce=ce.detach(), distill=torch.zeros_like(ce.detach()), logits=z)
+
+
+def _check(beta: float, target: str) -> None:
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if target not in DISTILL_TARGETS:
+        raise ValueError(
+            f"distillation target must be one of {list(DISTILL_TARGETS)}, got {target!r}"
+        )
+
+
+def centralised_loss(
+    model: FlexResNet,
+    x: Tensor,
+    y: Tensor,
+    depth: int,
+    beta: float = DEFAULT_BETA,
+    target: str = DEFAULT_DISTILL_TARGET,
+) -> LossParts:
+    """Algorithm 1 loss at sampled depth ``depth``; the teacher is ``depth + 1``.
+
+    Teacher and student share one trunk pass (:meth:`FlexResNet.forward_multi`). The
+    teacher's extra block runs in training mode (its BatchNorm running statistics see
+    the batch) but, being behind a stop-gradient, receives no gradient.
+    """
+    _check(beta, target)
+    k = model.check_depth(depth)
+    if beta == 0 or k == model.num_blocks:
+        return _plain(model, x, y, k)
+    zs = model.forward_multi(x, (k, k + 1))
+    z, teacher = zs[k], zs[k + 1]  # (B, classes) each
+    ce = F.cross_entropy(z, y)
+    dist = distillation_term(z, teacher, target)
+    return LossParts(total=ce + beta * dist, ce=ce.detach(), distill=dist.detach(), logits=z)
+
+
+def client_loss(
+    model: FlexResNet,
+    x: Tensor,
+    y: Tensor,
+    depth: int,
+    beta: float = DEFAULT_BETA,
+    distill: bool = True,
+    target: str = DEFAULT_DISTILL_TARGET,
+) -> LossParts:
+    """Algorithm 2 device loss at the device's depth ``depth`` (its tier k_j).
+
+    The device's own output ``z_k`` is the teacher of ``z_{k-1}``. No term when
+    ``distill`` is False (the weakest tier), ``beta == 0`` or ``depth < 2`` (the
+    student would have no block of its own).
+    """
+    _check(beta, target)
+    k = model.check_depth(depth)
+    if not distill or beta == 0 or k < 2:
+        return _plain(model, x, y, k)
+    zs = model.forward_multi(x, (k - 1, k))
+    z, student = zs[k], zs[k - 1]  # (B, classes) each
+    ce = F.cross_entropy(z, y)
+    dist = distillation_term(student, z, target)
+    return LossParts(total=ce + beta * dist, ce=ce.detach(), distill=dist.detach(), logits=z)

@@ -1,0 +1,78 @@
+"""Server-side merge strategies for federated FlexTrain (arXiv 2310.20457, Algorithm 2).
+
+``"pad"`` (the paper's, default) and ``"holder-weighted"`` (HeteroFL/DepthFL style).
+Select one by name with :func:`get_strategy`; merge in a streaming fashion with
+``strategy.begin(global_state, expected_clients)`` / ``acc.add`` / ``acc.finish``, or
+all at once with :func:`merge` (a convenience built on the same accumulator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from torch import Tensor
+
+from flextrain.core.merge.base import Accumulator, AccumulatorClosed, MergeError, MergeStrategy
+from flextrain.core.merge.holder_weighted import HolderWeightedMerge
+from flextrain.core.merge.pad import PadMerge
+
+#: The paper's strategy, used when a spec names none.
+DEFAULT_STRATEGY: Final[str] = "pad"
+
+_REGISTRY: Final[dict[str, type[MergeStrategy]]] = {
+    PadMerge.name: PadMerge,
+    HolderWeightedMerge.name: HolderWeightedMerge,
+}
+
+#: Names accepted by :func:`get_strategy`.
+STRATEGIES: Final[tuple[str, ...]] = tuple(_REGISTRY)
+
+
+class UnknownStrategy(ValueError):
+    """No merge strategy is registered under the requested name."""
+
+
+def get_strategy(name: str) -> MergeStrategy:
+    """A new instance of the strategy registered as ``name`` (``"pad"``, ``"holder-weighted"``)."""
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise UnknownStrategy(
+            f"unknown merge strategy {name!r}; known: {list(STRATEGIES)}"
+        ) from None
+
+
+def merge(
+    strategy_name: str,
+    global_state: Mapping[str, Tensor],
+    updates: Sequence[tuple[Mapping[str, Tensor], int]],
+) -> dict[str, Tensor]:
+    """Merge ``(tensors, num_examples)`` updates into a new global state in one call.
+
+    Pure: ``global_state`` and the updates are not mutated. Built on the streaming
+    accumulator (this convenience holds all updates; servers should stream instead).
+
+    Raises:
+        UnknownStrategy: no strategy named ``strategy_name``.
+        MergeError: an update was rejected.
+    """
+    acc = get_strategy(strategy_name).begin(global_state, expected_clients=len(updates))
+    for tensors, num_examples in updates:
+        acc.add(tensors, num_examples)
+    return acc.finish()
+
+
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "STRATEGIES",
+    "Accumulator",
+    "AccumulatorClosed",
+    "HolderWeightedMerge",
+    "MergeError",
+    "MergeStrategy",
+    "PadMerge",
+    "UnknownStrategy",
+    "get_strategy",
+    "merge",
+]

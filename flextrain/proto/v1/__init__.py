@@ -1,0 +1,1 @@
+"""Generated stubs of flextrain.v1 (tools/gen_proto.py)."""

@@ -1,0 +1,5 @@
+import sys
+
+from flextrain.trainer.main import main
+
+sys.exit(main())

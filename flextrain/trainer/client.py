@@ -1,0 +1,168 @@
+"""The trainer's side of the protocol: the only trainer module that imports grpc.
+
+Maps gRPC outcomes to what the loop must do: retry later (the aggregator is restarting
+or unreachable), re-join (the aggregator restarted and forgot us), skip to the next
+round (our update was stale), or give up (wrong token, wrong job, invalid config).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import grpc
+from torch import Tensor
+
+from flextrain.proto.v1 import aggregator_pb2 as pb
+from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
+from flextrain.trainer.config import TrainerConfig
+from flextrain.wire.auth import REASON_KEY, metadata
+from flextrain.wire.tensors import (
+    MAX_MESSAGE_BYTES,
+    decode,
+    dtype_from_proto,
+    encode,
+    spec_from_proto,
+    spec_to_proto,
+)
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
+
+
+class Retry(Exception):
+    """Transient: the aggregator is unavailable; back off and try again."""
+
+
+class Rejoin(Exception):
+    """The aggregator does not know this client (it restarted): join again."""
+
+
+class Stale(Exception):
+    """The update's round closed before it arrived: pull the next round."""
+
+
+class Fatal(Exception):
+    """Permanent: retrying cannot help (auth, wrong job, bad configuration)."""
+
+
+def _classify(error: grpc.RpcError) -> Exception:
+    code = error.code()
+    reason = dict(error.trailing_metadata() or ()).get(REASON_KEY, "")
+    message = f"{code.name}: {error.details()}"
+    if code in _RETRYABLE:
+        return Retry(message)
+    if reason == "unknown_client":
+        return Rejoin(message)
+    if reason in ("stale_round", "duplicate"):
+        return Stale(message)
+    return Fatal(message)
+
+
+@dataclass
+class Joined:
+    client_id: str
+    round: int
+    total_rounds: int
+    done: bool
+    model: pb.ModelDescription
+    data: pb.DataAssignment
+    training: pb.TrainingConfig
+
+
+@dataclass
+class Pulled:
+    ready: bool
+    done: bool
+    round: int
+    tensors: dict[str, Tensor]
+    nbytes: int
+
+
+class AggregatorClient:
+    """Blocking client of one aggregator."""
+
+    def __init__(self, config: TrainerConfig) -> None:
+        self.config = config
+        self._metadata = metadata(config.token)
+        if config.tls_ca:
+            key = config.tls_key.read_bytes() if config.tls_key else None
+            cert = config.tls_cert.read_bytes() if config.tls_cert else None
+            creds = grpc.ssl_channel_credentials(config.tls_ca.read_bytes(), key, cert)
+            self.channel = grpc.secure_channel(config.aggregator, creds, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.insecure_channel(config.aggregator, options=CHANNEL_OPTIONS)
+        self.stub = pb_grpc.AggregatorStub(self.channel)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def join(self) -> Joined:
+        c = self.config
+        try:
+            r = self.stub.Join(
+                pb.JoinRequest(job=c.job, tier=c.tier, replica_index=c.replica_index, depth=c.depth),
+                metadata=self._metadata,
+                timeout=30,
+            )
+        except grpc.RpcError as exc:
+            raise _classify(exc) from None
+        return Joined(r.client_id, r.round, r.total_rounds, r.done, r.model, r.data, r.training)
+
+    def pull(self, client_id: str, min_round: int, wait_seconds: float = 30.0) -> Pulled:
+        try:
+            stream = self.stub.PullModel(
+                pb.PullModelRequest(client_id=client_id, min_round=min_round, wait_seconds=wait_seconds),
+                metadata=self._metadata,
+                timeout=wait_seconds + 300,
+            )
+            header = next(stream).header
+            payload = bytearray()
+            for chunk in stream:
+                payload += chunk.data
+        except grpc.RpcError as exc:
+            raise _classify(exc) from None
+        if not header.ready:
+            return Pulled(False, header.done, header.round, {}, 0)
+        specs = [spec_from_proto(t) for t in header.tensors]
+        return Pulled(True, False, header.round, decode(specs, payload), len(payload))
+
+    def push(self, client_id: str, round_number: int, tensors: Mapping[str, Tensor], num_examples: int, wire_dtype: int, train_loss: float, train_seconds: float) -> int:
+        encoded = encode(tensors, dtype_from_proto(wire_dtype))
+
+        def chunks() -> Iterator[pb.UpdateChunk]:
+            yield pb.UpdateChunk(
+                header=pb.UpdateHeader(
+                    client_id=client_id,
+                    round=round_number,
+                    num_examples=num_examples,
+                    tensors=[spec_to_proto(s) for s in encoded.specs],
+                    train_loss=train_loss,
+                    train_seconds=train_seconds,
+                )
+            )
+            for data in encoded.chunks():
+                yield pb.UpdateChunk(data=data)
+
+        try:
+            self.stub.PushUpdate(chunks(), metadata=self._metadata, timeout=600)
+        except grpc.RpcError as exc:
+            raise _classify(exc) from None
+        return len(encoded.payload)
+
+
+def backoff_delays(base: float = 0.5, cap: float = 30.0, seed: int | None = None) -> Iterator[float]:
+    """Exponential backoff with full jitter: 0..base, 0..2*base, ... capped at `cap`."""
+    import random
+
+    rng = random.Random(seed if seed is not None else time.time_ns())
+    attempt = 0
+    while True:
+        yield rng.uniform(0, min(cap, base * 2**attempt))
+        attempt += 1

@@ -1,0 +1,221 @@
+"""Pad and holder-weighted merges on small hand-computed tensors, streaming and validated."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+import torch
+from torch import Tensor
+
+from flextrain.core.merge import (
+    STRATEGIES,
+    AccumulatorClosed,
+    MergeError,
+    UnknownStrategy,
+    get_strategy,
+    merge,
+)
+
+BOTH = ["pad", "holder-weighted"]
+
+
+def make_global() -> dict[str, Tensor]:
+    """w: sent by both clients; b: only client 1; deep: nobody; n: an int64 BN counter."""
+    return {
+        "w": torch.tensor([0.0, 0.0]),
+        "b": torch.tensor([10.0]),
+        "deep": torch.tensor([[1.0, -1.0]]),
+        "n": torch.tensor(5, dtype=torch.int64),
+    }
+
+
+def client_1() -> dict[str, Tensor]:
+    return {"w": torch.tensor([2.0, 4.0]), "b": torch.tensor([20.0]), "n": torch.tensor(7)}
+
+
+def client_2() -> dict[str, Tensor]:
+    return {"w": torch.tensor([4.0, 8.0]), "n": torch.tensor(6)}
+
+
+def copy(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.clone() for k, v in state.items()}
+
+
+def assert_states_equal(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_registry_names_both_strategies() -> None:
+    assert set(STRATEGIES) == {"pad", "holder-weighted"}
+    assert get_strategy("pad").name == "pad"
+    assert get_strategy("holder-weighted").name == "holder-weighted"
+    with pytest.raises(UnknownStrategy, match="fedprox"):
+        get_strategy("fedprox")
+
+
+def test_pad_fills_missing_tensors_with_the_global_copy_and_averages_uniformly() -> None:
+    new = merge("pad", make_global(), [(client_1(), 1), (client_2(), 3)])
+    assert_states_equal(
+        new,
+        {
+            "w": torch.tensor([3.0, 6.0]),  # (2 + 4) / 2, (4 + 8) / 2: counts ignored
+            "b": torch.tensor([15.0]),  # (20 + pad 10) / 2
+            "deep": torch.tensor([[1.0, -1.0]]),  # nobody sent it
+            "n": torch.tensor(7),  # max over holders
+        },
+    )
+
+
+def test_holder_weighted_averages_over_senders_by_example_count() -> None:
+    new = merge("holder-weighted", make_global(), [(client_1(), 1), (client_2(), 3)])
+    assert_states_equal(
+        new,
+        {
+            "w": torch.tensor([3.5, 7.0]),  # (1*2 + 3*4) / 4, (1*4 + 3*8) / 4
+            "b": torch.tensor([20.0]),  # only client 1 sent it
+            "deep": torch.tensor([[1.0, -1.0]]),
+            "n": torch.tensor(7),
+        },
+    )
+
+
+def test_a_deep_tensor_moves_by_the_share_of_holders_under_pad_only() -> None:
+    g = {"deep": torch.tensor([0.0]), "stem": torch.tensor([0.0])}
+    strong = ({"deep": torch.tensor([4.0]), "stem": torch.tensor([1.0])}, 10)
+    weak = [({"stem": torch.tensor([1.0])}, 10)] * 3
+    # one holder among four clients: pad moves it by 1/4 of the holder's update
+    assert merge("pad", g, [strong, *weak])["deep"].item() == pytest.approx(1.0)
+    assert merge("holder-weighted", g, [strong, *weak])["deep"].item() == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_single_client_gives_its_tensors_and_global_values_elsewhere(name: str) -> None:
+    new = merge(name, make_global(), [(client_1(), 17)])
+    expected = make_global() | client_1()
+    assert_states_equal(new, expected)
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_zero_clients_return_a_copy_of_the_global_state(name: str) -> None:
+    g = make_global()
+    new = get_strategy(name).begin(g, expected_clients=3).finish()
+    assert_states_equal(new, g)
+    for key in g:
+        assert new[key].data_ptr() != g[key].data_ptr()
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_merge_never_mutates_the_global_state_or_the_updates(name: str) -> None:
+    g, c1, c2 = make_global(), client_1(), client_2()
+    g0, c10, c20 = copy(g), copy(c1), copy(c2)
+    new = merge(name, g, [(c1, 2), (c2, 5)])
+    assert_states_equal(g, g0)
+    assert_states_equal(c1, c10)
+    assert_states_equal(c2, c20)
+    new["deep"].add_(1.0)  # result does not alias the global state either
+    assert_states_equal(g, g0)
+
+
+@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize(
+    ("bad_update", "num_examples", "message"),
+    [
+        ({"w": torch.tensor([1.0, 1.0]), "zzz": torch.tensor([1.0])}, 1, "zzz"),
+        ({"w": torch.tensor([1.0, 1.0, 1.0])}, 1, "'w' has shape"),
+        ({"w": torch.tensor([1.0, float("nan")])}, 1, "'w' holds NaN"),
+        ({"b": torch.tensor([float("inf")])}, 1, "'b' holds NaN"),
+        ({"n": torch.tensor(2.5)}, 1, "'n' must be integer"),
+        ({"w": torch.tensor([1, 2])}, 1, "'w' must be floating"),
+        ({"w": torch.tensor([1.0, 1.0])}, 0, "num_examples"),
+        ({"w": torch.tensor([1.0, 1.0])}, True, "num_examples"),
+        ({}, 1, "no tensors"),
+    ],
+)
+def test_rejected_add_names_the_problem_and_leaves_the_accumulator_unchanged(
+    name: str, bad_update: dict[str, Tensor], num_examples: int, message: str
+) -> None:
+    acc = get_strategy(name).begin(make_global(), expected_clients=3)
+    acc.add(client_1(), 1)
+    with pytest.raises(MergeError, match=message):
+        acc.add(bad_update, num_examples)
+    assert acc.num_clients == 1
+    acc.add(client_2(), 3)
+    assert_states_equal(
+        acc.finish(), merge(name, make_global(), [(client_1(), 1), (client_2(), 3)])
+    )
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_more_updates_than_expected_are_rejected(name: str) -> None:
+    acc = get_strategy(name).begin(make_global(), expected_clients=1)
+    acc.add(client_1(), 1)
+    with pytest.raises(MergeError, match="expects 1"):
+        acc.add(client_2(), 1)
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_a_finished_accumulator_accepts_nothing(name: str) -> None:
+    acc = get_strategy(name).begin(make_global(), expected_clients=2)
+    acc.finish()
+    with pytest.raises(AccumulatorClosed):
+        acc.add(client_1(), 1)
+    with pytest.raises(AccumulatorClosed):
+        acc.finish()
+
+
+def test_pad_with_quorum_averages_over_the_clients_that_pushed() -> None:
+    acc = get_strategy("pad").begin(make_global(), expected_clients=5)
+    acc.add(client_1(), 1)
+    acc.add(client_2(), 1)
+    new = acc.finish()  # 3 expected clients never pushed: N = 2
+    torch.testing.assert_close(new["w"], torch.tensor([3.0, 6.0]))
+
+
+@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.bfloat16])
+def test_merged_tensors_keep_the_global_dtype(name: str, dtype: torch.dtype) -> None:
+    g = {"w": torch.tensor([0.0, 0.0], dtype=dtype), "n": torch.tensor(3)}
+    new = merge(name, g, [({"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(4)}, 2)])
+    assert new["w"].dtype == dtype
+    assert new["n"].dtype == torch.int64
+    torch.testing.assert_close(new["w"], torch.tensor([1.0, 2.0], dtype=dtype))
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_integer_buffers_take_the_maximum_over_holders(name: str) -> None:
+    g = {"n": torch.tensor(100), "w": torch.zeros(1)}
+    new = merge(name, g, [({"n": torch.tensor(3)}, 1), ({"n": torch.tensor(9)}, 1)])
+    assert new["n"].item() == 9  # holders' max, even below the global value
+    assert merge(name, g, [({"w": torch.ones(1)}, 1)])["n"].item() == 100
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_streaming_equals_the_convenience_merge(name: str) -> None:
+    torch.manual_seed(0)
+    g = {"a": torch.randn(3, 4), "b": torch.randn(5)}
+    updates = [({"a": torch.randn(3, 4), "b": torch.randn(5)}, 4), ({"a": torch.randn(3, 4)}, 9)]
+    acc = get_strategy(name).begin(g, expected_clients=2)
+    for tensors, n in updates:
+        acc.add(tensors, n)
+    assert_states_equal(acc.finish(), merge(name, g, updates))
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_accumulator_memory_does_not_grow_with_clients(name: str) -> None:
+    g = {"a": torch.zeros(1000)}
+    acc = get_strategy(name).begin(g, expected_clients=50)
+    for i in range(50):
+        acc.add({"a": torch.full((1000,), float(i))}, 1)
+    held = [v for v in vars(acc).values() if isinstance(v, dict)]
+    tensors = [t for d in held for t in d.values() if isinstance(t, Tensor)]
+    assert sum(t.numel() for t in tensors) <= 2 * 1000
+    torch.testing.assert_close(acc.finish()["a"], torch.full((1000,), 24.5))
+
+
+def test_merge_error_is_a_value_error() -> None:
+    assert issubclass(MergeError, ValueError)
+    assert issubclass(AccumulatorClosed, MergeError)

@@ -1,0 +1,94 @@
+"""The wire: stubs fresh, tensors round-trip exactly, tokens compared safely."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from flextrain.proto.v1 import aggregator_pb2 as pb
+from flextrain.wire.auth import metadata, new_token, token_matches
+from flextrain.wire.tensors import (
+    CHUNK_BYTES,
+    Spec,
+    WireFormatError,
+    decode,
+    encode,
+    spec_from_proto,
+    spec_to_proto,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_checked_in_stubs_match_the_proto() -> None:
+    done = subprocess.run(
+        [sys.executable, "tools/gen_proto.py", "--check"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {
+        "stem.conv.weight": torch.randn(16, 3, 3, 3),
+        "stem.bn.num_batches_tracked": torch.tensor(7),
+        "head.fc.bias": torch.randn(10),
+        "empty": torch.zeros(0, 4),
+    }
+
+
+def test_float32_round_trip_is_exact_and_keeps_order() -> None:
+    state = _state()
+    encoded = encode(state)
+    back = decode(encoded.specs, b"".join(encoded.chunks(1000)))
+    assert list(back) == list(state)
+    for key, tensor in state.items():
+        assert back[key].dtype == tensor.dtype and torch.equal(back[key], tensor), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compressed_transport_halves_float_bytes_and_decodes_to_float32(dtype: torch.dtype) -> None:
+    state = _state()
+    full, small = encode(state), encode(state, dtype)
+    ints = 8  # the int64 counter is never compressed
+    assert len(small.payload) - ints == (len(full.payload) - ints) // 2
+    back = decode(small.specs, small.payload)
+    assert back["stem.conv.weight"].dtype == torch.float32
+    assert back["stem.bn.num_batches_tracked"].dtype == torch.int64
+    assert torch.allclose(back["stem.conv.weight"], state["stem.conv.weight"], atol=0.02)
+
+
+def test_specs_round_trip_through_protobuf() -> None:
+    spec = Spec("blocks.3.conv1.weight", (32, 16, 3, 3), torch.bfloat16)
+    assert spec_from_proto(pb.TensorSpec.FromString(spec_to_proto(spec).SerializeToString())) == spec
+
+
+def test_payload_size_must_match_the_specs() -> None:
+    encoded = encode(_state())
+    with pytest.raises(WireFormatError, match="bytes"):
+        decode(encoded.specs, encoded.payload[:-1])
+    with pytest.raises(WireFormatError, match="unknown wire dtype"):
+        spec_from_proto(pb.TensorSpec(name="x", shape=[1], dtype=0))
+    with pytest.raises(WireFormatError, match="negative"):
+        spec_from_proto(pb.TensorSpec(name="x", shape=[-1], dtype=pb.DTYPE_FLOAT32))
+
+
+def test_chunks_respect_the_protocol_size() -> None:
+    encoded = encode({"big": torch.zeros(3 * CHUNK_BYTES // 4 + 5)})
+    sizes = [len(c) for c in encoded.chunks()]
+    assert max(sizes) == CHUNK_BYTES and 1 << 20 <= CHUNK_BYTES <= 4 << 20
+    assert sum(sizes) == len(encoded.payload)
+
+
+def test_token_check() -> None:
+    token = new_token()
+    assert len(token) >= 40
+    assert token_matches(metadata(token), token)
+    assert not token_matches(metadata(token + "x"), token)
+    assert not token_matches((("authorization", token),), token)  # no Bearer scheme
+    assert not token_matches(None, token)
+    assert not token_matches((("other", "Bearer " + token),), token)
