@@ -78,7 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_crds)
 
     from flextrain.aggregator import main as aggregator_main
+    from flextrain.local import main as run_main
     from flextrain.trainer import main as trainer_main
+
+    p = sub.add_parser(
+        "run",
+        help="run a FlexTrainJob on this machine (aggregator + trainers on loopback)",
+        description=(
+            "Run the job with the same processes a cluster runs, show progress, and write "
+            "report.md, an accuracy plot, the checkpoint and one sub-model per tier."
+        ),
+    )
+    run_main.add_arguments(p)
+    p.set_defaults(func=run_main.run)
 
     p = sub.add_parser(
         "aggregator",

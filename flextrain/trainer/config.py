@@ -16,6 +16,7 @@ comes from the aggregator's Join answer, so the job spec has one source of truth
 | FLEXTRAIN_THREADS | no | torch CPU threads (default: torch's choice) |
 | FLEXTRAIN_TLS_CA | no | CA certificate file: connect with TLS |
 | FLEXTRAIN_TLS_CERT / _KEY | no | client certificate for mutual TLS |
+| FLEXTRAIN_TRAINING_SLOTS | no | `DIR:N`: at most N trainers of this machine train at once (`flextrain run`) |
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class TrainerConfig:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    slots_dir: Path | None = None
+    slots: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TrainerConfig:
@@ -80,7 +83,15 @@ class TrainerConfig:
             value = get(name)
             return Path(value) if value else None
 
+        slots_dir, slots = None, 0
+        if raw := get("FLEXTRAIN_TRAINING_SLOTS"):
+            where, _, count = raw.rpartition(":")
+            if not where:
+                raise ConfigError(f"FLEXTRAIN_TRAINING_SLOTS={raw!r} must be DIR:N")
+            slots_dir, slots = Path(where), integer("FLEXTRAIN_TRAINING_SLOTS", count, 1)
         return cls(
+            slots_dir=slots_dir,
+            slots=slots,
             aggregator=address,
             token=need("FLEXTRAIN_TOKEN"),
             job=need("FLEXTRAIN_JOB"),

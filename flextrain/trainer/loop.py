@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -27,6 +28,7 @@ from flextrain.trainer.client import (
     backoff_delays,
 )
 from flextrain.trainer.config import ConfigError, TrainerConfig, partition_label
+from flextrain.trainer.slots import TrainingSlots
 
 log = logging.getLogger("flextrain.trainer")
 
@@ -136,13 +138,17 @@ class Trainer:
             if not pulled.ready:
                 continue
             self.stats.bytes_received += pulled.nbytes
-            started = time.monotonic()
+            slot: AbstractContextManager[object] = (
+                TrainingSlots(self.config.slots_dir, self.config.slots) if self.config.slots_dir else nullcontext()
+            )
             try:
-                result = client_update(
-                    pulled.tensors, spec, self.config.depth, loader, t.local_epochs, optimizer,
-                    beta=t.distillation_beta, distill=t.distill, device=self.device,
-                    distill_target=t.distillation_target or "probs", max_steps_per_epoch=self.max_steps,
-                )
+                with slot:
+                    started = time.monotonic()
+                    result = client_update(
+                        pulled.tensors, spec, self.config.depth, loader, t.local_epochs, optimizer,
+                        beta=t.distillation_beta, distill=t.distill, device=self.device,
+                        distill_target=t.distillation_target or "probs", max_steps_per_epoch=self.max_steps,
+                    )
             except TrainingDiverged as exc:
                 # Nothing sensible to send: skip this round (it closes by quorum) and retry
                 # from the next global model.

@@ -1,0 +1,76 @@
+"""A small, torch-free GetStatus client: the local runner's progress display and the
+operator's status timer read the aggregator through it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+
+from flextrain.proto.v1 import aggregator_pb2 as pb
+from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
+from flextrain.wire.auth import metadata
+
+
+@dataclass(frozen=True)
+class TierStatus:
+    tier: str
+    depth: int
+    replicas: int
+    joined: int
+    pushed_this_round: int
+    last_round_pushed: int
+    bytes_received: int
+    bytes_sent: int
+
+
+@dataclass(frozen=True)
+class AggregatorStatus:
+    job: str
+    round: int
+    total_rounds: int
+    done: bool
+    tiers: list[TierStatus]
+    #: depth -> (accuracy, round of the evaluation)
+    accuracy: dict[int, tuple[float, int]]
+    rejected: dict[str, int] = field(default_factory=dict)
+    accepted: int = 0
+    clients_connected: int = 0
+    round_deadline_unix: float = 0.0
+
+
+class StatusUnavailable(Exception):
+    """The aggregator could not be reached or refused the call."""
+
+
+class StatusClient:
+    def __init__(self, address: str, token: str, *, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.channel = (
+            grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+        )
+        self.stub = pb_grpc.AggregatorStub(self.channel)  # type: ignore[no-untyped-call]
+        self._metadata = metadata(token)
+
+    def get(self, timeout: float = 5.0) -> AggregatorStatus:
+        try:
+            r = self.stub.GetStatus(pb.GetStatusRequest(), metadata=self._metadata, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise StatusUnavailable(f"{exc.code().name}: {exc.details()}") from None
+        return AggregatorStatus(
+            job=r.job,
+            round=r.round,
+            total_rounds=r.total_rounds,
+            done=r.done,
+            tiers=[
+                TierStatus(t.tier, t.depth, t.replicas, t.joined, t.pushed_this_round, t.last_round_pushed, t.bytes_received, t.bytes_sent)
+                for t in r.tiers
+            ],
+            accuracy={a.depth: (a.accuracy, a.round) for a in r.accuracy},
+            rejected=dict(r.updates_rejected),
+            accepted=r.updates_accepted,
+            clients_connected=r.clients_connected,
+            round_deadline_unix=r.round_deadline_unix,
+        )
+
+    def close(self) -> None:
+        self.channel.close()
