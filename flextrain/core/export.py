@@ -37,7 +37,8 @@ class SubModel(nn.Module):
         self.depth = model.check_depth(depth)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x, depth=self.depth)  # (B, classes)
+        logits: Tensor = self.model(x, depth=self.depth)  # (B, classes)
+        return logits
 
 
 def export_submodel(

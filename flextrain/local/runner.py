@@ -78,10 +78,9 @@ def data_dir_for(plan: JobPlan, base: Path) -> Path | None:
     info = DATASETS[dataset.name]
     if info.builtin:
         return None
-    sources = {t.data_source.path if t.data_source else None for t in plan.tiers}
+    sources: set[str] = {t.data_source.path for t in plan.tiers if t.data_source and t.data_source.path}
     if dataset.source and dataset.source.path:
         sources.add(dataset.source.path)
-    sources.discard(None)
     if not sources:
         raise RunError(
             f"dataset {dataset.name} needs a local directory for `flextrain run`: set "
@@ -90,7 +89,7 @@ def data_dir_for(plan: JobPlan, base: Path) -> Path | None:
         )
     if len(sources) > 1:
         raise RunError(f"`flextrain run` needs one local data directory; the job names {sorted(sources)}")
-    path = Path(str(sources.pop()))
+    path = Path(sources.pop())
     path = path if path.is_absolute() else (base / path)
     if not path.is_dir():
         raise RunError(f"dataset directory {path} does not exist. Obtain the data: {info.how_to_obtain}")
