@@ -108,7 +108,6 @@ class LocalRun:
     def __init__(self, options: RunOptions) -> None:
         self.options = options
         self.plan, _ = load_job(options.files)
-        self.base = options.files[0].resolve().parent
         self.data_dir = data_dir_for(self.plan, Path.cwd())
         self.out = (options.out or Path("runs") / self.plan.name).resolve()
         checkpoint = self.plan.job.spec.checkpoint
