@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flextrain.core.models import ModelSpec
-from flextrain.trainer.client import AggregatorClient, Fatal
+from flextrain.trainer.client import AggregatorClient
 from flextrain.trainer.config import TrainerConfig
 from tests.integration.conftest import Status
 from tests.integration.procs import TOKEN, make_cluster, tiny_job, wait_for
@@ -63,7 +63,8 @@ def test_float16_transport_halves_bytes_metrics_and_graceful_stop(tmp_path: Path
         cluster.close()
 
 
-def _certificates(tmp: Path) -> tuple[Path, Path, Path]:
+def _certificates(tmp: Path) -> dict[str, Path]:
+    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -72,50 +73,63 @@ def _certificates(tmp: Path) -> tuple[Path, Path, Path]:
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "flextrain test CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
-        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
+
+    def build(subject: x509.Name, public_key: object, serial: int) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name)
+            .public_key(public_key).serial_number(serial)  # type: ignore[arg-type]
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
         )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = tmp / "ca.pem", tmp / "server.pem", tmp / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return paths
+
+    ca = build(ca_name, ca_key.public_key(), 1).add_extension(
+        x509.BasicConstraints(ca=True, path_length=None), critical=True
+    ).sign(ca_key, hashes.SHA256())
+    out = {"ca": tmp / "ca.pem"}
+    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for name, serial in (("server", 2), ("client", 3)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), key.public_key(), serial)
+        if name == "server":
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+        cert = builder.sign(ca_key, hashes.SHA256())
+        out[name] = tmp / f"{name}.pem"
+        out[f"{name}-key"] = tmp / f"{name}.key"
+        out[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        out[f"{name}-key"].write_bytes(
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+    return out
 
 
-def test_tls_clients_with_the_ca_connect_and_plaintext_clients_do_not(tmp_path: Path) -> None:
-    ca, cert, key = _certificates(tmp_path)
+def _join(port: int, **tls: Path) -> str:
+    client = AggregatorClient(TrainerConfig(f"localhost:{port}", TOKEN, "tls", "deep", 3, 0, **tls))  # type: ignore[arg-type]
+    try:
+        return client.join().client_id
+    finally:
+        client.close()
+
+
+def test_tls_and_mutual_tls(tmp_path: Path) -> None:
+    certs = _certificates(tmp_path)
     cluster = make_cluster(tmp_path / "tls", tiny_job("tls"))
     try:
-        cluster.start_aggregator("--tls-cert", str(cert), "--tls-key", str(key), checkpoints=False)
-        address = f"localhost:{cluster.port}"
-        secure = AggregatorClient(TrainerConfig(address, TOKEN, "tls", "deep", 3, 0, tls_ca=ca))
-        try:
-            assert secure.join().client_id == "deep-0"
-        finally:
-            secure.close()
-        plain = AggregatorClient(TrainerConfig(address, TOKEN, "tls", "deep", 3, 0))
-        try:
-            with pytest.raises(Exception) as info:
-                wait_for(lambda: plain.join(), 5, "a plaintext join")
-            assert not isinstance(info.value, Fatal) or "UNAVAILABLE" in str(info.value)
-        finally:
-            plain.close()
+        cluster.start_aggregator("--tls-cert", str(certs["server"]), "--tls-key", str(certs["server-key"]), checkpoints=False)
+        assert _join(cluster.port, tls_ca=certs["ca"]) == "deep-0"
+        with pytest.raises(Exception):  # noqa: B017 - plaintext against TLS: any transport error
+            wait_for(lambda: _join(cluster.port), 3, "a plaintext join")
+        cluster.close()
+        cluster.procs.clear()
+        cluster.start_aggregator(
+            "--tls-cert", str(certs["server"]), "--tls-key", str(certs["server-key"]),
+            "--tls-client-ca", str(certs["ca"]), checkpoints=False,
+        )
+        assert _join(cluster.port, tls_ca=certs["ca"], tls_cert=certs["client"], tls_key=certs["client-key"]) == "deep-0"
+        with pytest.raises(Exception):  # noqa: B017 - no client certificate: the handshake fails
+            wait_for(lambda: _join(cluster.port, tls_ca=certs["ca"]), 3, "a join without a client certificate")
     finally:
         cluster.close()
