@@ -100,15 +100,19 @@ def test_sigint_keeps_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(400)
-def test_runner_restarts_a_killed_aggregator_and_the_run_completes(tmp_path: Path) -> None:
-    job = write_job(tmp_path, rounds=5)
+def test_runner_restarts_killed_processes_and_the_run_completes(tmp_path: Path) -> None:
+    job = write_job(tmp_path, rounds=6)
     proc = flextrain("run", str(job), cwd=tmp_path)
     run = tmp_path / "runs" / "local"
-    wait_for(lambda: (run / "checkpoints" / "round-000002.pt").exists(), 200, "two rounds")
+    checkpoints = run / "checkpoints"
+    wait_for(lambda: (checkpoints / "round-000002.pt").exists(), 200, "two rounds")
     os.kill(int((run / ".state" / "aggregator.pid").read_text()), signal.SIGKILL)
+    wait_for(lambda: any(p.name >= "round-000004.pt" for p in checkpoints.glob("round-*.pt")), 200, "four rounds")
+    os.kill(int((run / ".state" / "trainer-weak-0.pid").read_text()), signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert "aggregator: crashed (signal 9); restarting" in out
+    assert "trainer-weak-0: crashed (signal 9); restarting" in out
     assert "resumed job local after round" in (run / "logs" / "aggregator.log").read_text()
 
 
