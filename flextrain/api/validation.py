@@ -147,7 +147,7 @@ def load_documents(paths: Iterable[str | Path]) -> tuple[list[Document], list[Pr
             )
             continue
         for i, body in enumerate(bodies, start=1):
-            if body.get("kind") == "List" if isinstance(body, dict) else False:
+            if isinstance(body, dict) and body.get("kind") == "List":
                 for j, item in enumerate(body.get("items") or [], start=1):
                     docs.append(Document(f"{path}[items {j}]", i, item))
             else:
