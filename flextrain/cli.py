@@ -20,9 +20,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
-    from flextrain.api.crdgen import generated_files, render_reference
+    from flextrain.api.crdgen import chart_files, generated_files, render_reference
 
     wanted = {args.dir / name: text for name, text in generated_files().items()}
+    # The Helm chart's copies: the same YAML inside `{{- if .Values.crds.enabled }}`.
+    wanted.update({args.chart_dir / name: text for name, text in chart_files().items()})
     wanted[args.reference] = render_reference()
     if args.check:
         stale = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
@@ -69,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", type=Path, default=Path("crds"), help="output directory (default: crds)"
     )
     p.add_argument(
+        "--chart-dir",
+        type=Path,
+        default=Path("charts/flextrain/templates/crds"),
+        help="where the Helm chart's CRD templates go (default: charts/flextrain/templates/crds)",
+    )
+    p.add_argument(
         "--reference",
         type=Path,
         default=Path("docs/api.md"),
@@ -99,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     aggregator_main.add_arguments(p)
     p.set_defaults(func=aggregator_main.run)
+
+    from flextrain.operator import main as operator_main
+
+    p = sub.add_parser(
+        "operator",
+        help="run the Kubernetes operator (kopf) for FlexTrainJobs and DeviceTiers",
+        description=(operator_main.__doc__ or "").split("\n\n")[0],
+    )
+    operator_main.add_arguments(p)
+    p.set_defaults(func=operator_main.run)
 
     p = sub.add_parser(
         "trainer",

@@ -72,6 +72,11 @@ class JobReason(StrEnum):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SPEC_INVALID = "SpecInvalid"
     TIERS_IMMUTABLE = "TiersImmutable"
+    TRAINERS_STARTING = "TrainersStarting"
+    ALL_TIERS_HEALTHY = "AllTiersHealthy"
+    AGGREGATOR_STOPPED = "AggregatorStopped"
+    CHILD_CONFLICT = "ChildConflict"
+    TTL_EXPIRED = "TTLExpired"
 
 
 class TierConditionType(StrEnum):

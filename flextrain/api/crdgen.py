@@ -11,7 +11,8 @@ Pydantic's JSON schema is not a valid CRD schema as it is. This module turns it 
   exclusiveMinimum: true`; `const` becomes a one-value enum;
 * `x-kubernetes-*` extensions declared on models and fields are kept and merged.
 
-`flextrain crds` writes the result to `crds/`; a test fails when the committed files
+`flextrain crds` writes the result to `crds/` and, wrapped in `{{- if .Values.crds.enabled }}`,
+to the Helm chart's `charts/flextrain/templates/crds/`; tests fail when the committed files
 differ from a fresh generation.
 """
 
@@ -241,6 +242,41 @@ def render(crd: JSON) -> str:
 def generated_files() -> dict[str, str]:
     """File name -> YAML text of every CRD."""
     return {info.filename: render(build_crd(info)) for info in RESOURCES}
+
+
+_CHART_LABELS: Final[str] = "  labels:\n    app.kubernetes.io/part-of: flextrain\n"
+
+
+def chart_template(info: CrdInfo) -> str:
+    """The Helm chart's copy of one CRD: the generated YAML, unchanged but for the Helm
+    labels and the keep annotation, inside `{{- if .Values.crds.enabled }}`. Kept as a
+    template (not in the chart's crds/ folder) so that `helm upgrade` updates it."""
+    text = render(build_crd(info))
+    if "{{" in text or _CHART_LABELS not in text:
+        raise ValueError(f"{info.filename}: cannot be wrapped in a Helm template")
+    helm_meta = (
+        _CHART_LABELS
+        + '    {{- include "flextrain.crdLabels" . | nindent 4 }}\n'
+        + "  {{- if or .Values.crds.keep .Values.crds.annotations }}\n"
+        + "  annotations:\n"
+        + "    {{- if .Values.crds.keep }}\n"
+        + "    helm.sh/resource-policy: keep\n"
+        + "    {{- end }}\n"
+        + "    {{- with .Values.crds.annotations }}\n"
+        + "    {{- toYaml . | nindent 4 }}\n"
+        + "    {{- end }}\n"
+        + "  {{- end }}\n"
+    )
+    return (
+        "{{- if .Values.crds.enabled }}\n"
+        + text.replace(_CHART_LABELS, helm_meta, 1)
+        + "{{- end }}\n"
+    )
+
+
+def chart_files() -> dict[str, str]:
+    """File name -> Helm template text of every CRD (charts/flextrain/templates/crds/)."""
+    return {info.filename: chart_template(info) for info in RESOURCES}
 
 
 def write_crds(directory: Path, *, log: Callable[[str], None] = print) -> list[Path]:

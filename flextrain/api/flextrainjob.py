@@ -407,6 +407,127 @@ class CheckpointSpec(ApiModel):
         return self
 
 
+#: Environment variables the operator always sets itself: a pod template may not name them.
+RESERVED_ENV: Final[tuple[str, ...]] = (
+    "FLEXTRAIN_TOKEN",
+    "FLEXTRAIN_JOB",
+    "FLEXTRAIN_TIER",
+    "FLEXTRAIN_DEPTH",
+    "FLEXTRAIN_PLAN",
+    "FLEXTRAIN_REPLICA_INDEX",
+    "JOB_COMPLETION_INDEX",
+)
+#: Label prefix the operator selects its children by: a pod template may not use it.
+RESERVED_LABEL_PREFIX: Final[str] = "flextrain.dev/"
+
+
+class EnvVar(ApiModel):
+    """An environment variable with a literal value."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$",
+        description="name: the variable's name (letters, digits, '-', '.', '_'; not starting "
+        "with a digit).",
+    )
+    value: str = Field(default="", max_length=32768, description="value: the variable's value.")
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to an object in the job's namespace."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="name: the object's name.",
+    )
+
+
+class PodTemplate(ApiModel):
+    """What users add to every pod the operator creates for the job (trainers and the
+    aggregator). The operator only adds its own defaults around these values and never
+    overwrites them."""
+
+    labels: dict[str, str] | None = Field(
+        default=None,
+        description="labels: extra pod labels; keys under flextrain.dev/ are reserved.",
+        json_schema_extra=schema_extra(
+            x_kubernetes_validations=[
+                cel(
+                    f"self.all(k, !k.startsWith('{RESERVED_LABEL_PREFIX}'))",
+                    f"podTemplate.labels may not use the reserved prefix {RESERVED_LABEL_PREFIX}",
+                )
+            ]
+        ),
+    )
+    annotations: dict[str, str] | None = Field(
+        default=None, description="annotations: extra pod annotations."
+    )
+    env: list[EnvVar] | None = Field(
+        default=None,
+        max_length=64,
+        description="env: extra environment variables of every container; a variable named "
+        "here wins over the operator's default of the same name (e.g. FLEXTRAIN_DEVICE), "
+        "except the reserved " + ", ".join(RESERVED_ENV) + ".",
+        json_schema_extra=schema_extra(
+            x_kubernetes_list_type="map",
+            x_kubernetes_list_map_keys=["name"],
+            x_kubernetes_validations=[
+                cel(
+                    f"self.all(e, !(e.name in {list(RESERVED_ENV)}))",
+                    "podTemplate.env may not set the variables the operator owns: "
+                    + ", ".join(RESERVED_ENV),
+                )
+            ],
+        ),
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="serviceAccountName: service account of the job's pods (default: the "
+        "namespace's default account, with no API token mounted).",
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="priorityClassName: PriorityClass of the job's pods.",
+    )
+    image_pull_secrets: list[LocalObjectReference] | None = Field(
+        default=None,
+        max_length=16,
+        description="imagePullSecrets: Secrets in the job's namespace used to pull the image.",
+    )
+
+    @model_validator(mode="after")
+    def _nothing_reserved(self) -> PodTemplate:
+        for key in self.labels or {}:
+            if key.startswith(RESERVED_LABEL_PREFIX):
+                raise FieldProblem(
+                    ("labels", key),
+                    key,
+                    f"label {key!r}: the prefix {RESERVED_LABEL_PREFIX} is reserved for the "
+                    "operator",
+                )
+        seen: set[str] = set()
+        for i, var in enumerate(self.env or []):
+            if var.name in RESERVED_ENV:
+                raise FieldProblem(
+                    ("env", i, "name"),
+                    var.name,
+                    f"{var.name} is set by the operator and may not be overridden",
+                )
+            if var.name in seen:
+                raise FieldProblem(("env", i, "name"), var.name, f"{var.name} is listed twice")
+            seen.add(var.name)
+        return self
+
+
 _TIERS_CEL = [
     cel(
         "self.all(t, self.exists_one(u, u.name == t.name))",
@@ -483,6 +604,12 @@ class FlexTrainJobSpec(ApiModel):
         max_length=512,
         description="image: trainer and aggregator image for this job; a DeviceTier's image "
         "overrides it for its trainers; unset uses the operator's default.",
+    )
+    pod_template: PodTemplate | None = Field(
+        default=None,
+        description="podTemplate: labels, annotations, environment, service account, priority "
+        "class and image pull secrets added to every pod of the job; never overwritten by the "
+        "operator's defaults.",
     )
     suspend: bool = Field(
         default=False,
@@ -637,5 +764,6 @@ __all__ = [
     "FlexTrainJobSpec",
     "FlexTrainJobStatus",
     "ModelSpec",
+    "PodTemplate",
     "TierSpec",
 ]

@@ -1,0 +1,455 @@
+"""Builders of a FlexTrainJob's children: pure functions returning plain dicts.
+
+Each takes the owner explicitly (an ownerReference dict with controller=true), so the
+same builder serves the operator, tests and `kubectl`-style rendering. The user's
+`spec.podTemplate` is only ever defaulted around, never overwritten: the operator's
+labels, environment and pod settings fill in what the user did not set.
+
+| child | name | what |
+|---|---|---|
+| Secret | `<job>-token` | the per-job token trainers and aggregator authenticate with |
+| Service | `<job>-aggregator` | ClusterIP: gRPC (and metrics) of the aggregator |
+| Deployment | `<job>-aggregator` | 1 replica, Recreate, gRPC health probes, checkpoint volume |
+| Job (batch/v1) | `<job>-<tier>` | Indexed, one completion index per replica = data shard |
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from flextrain.api.devicetier import GPU_RESOURCE, DeviceTier
+from flextrain.api.flextrainjob import DataSource, FlexTrainJob, PodTemplate
+from flextrain.api.quantity import parse_quantity
+from flextrain.jobplan import JobPlan, TierPlan
+from flextrain.operator import names
+from flextrain.operator.config import OperatorSettings
+from flextrain.operator.tiers import node_selector
+
+JSON = dict[str, Any]
+
+TRAINER_CONTAINER = "trainer"
+AGGREGATOR_CONTAINER = "aggregator"
+#: Exit code of a trainer that cannot succeed by retrying (bad environment, rejected
+#: token, unknown job or tier, depth mismatch): that replica's index fails at once.
+PERMANENT_EXIT_CODE = 2
+
+
+def _meta(name: str, namespace: str, labels: Mapping[str, str], owner: JSON) -> JSON:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": dict(labels),
+        "ownerReferences": [dict(owner)],
+    }
+
+
+def plain_job(job: FlexTrainJob) -> FlexTrainJob:
+    """The job with only name and namespace as metadata and no status: what the aggregator
+    is started with (stable whatever the API server adds to metadata)."""
+    meta = type(job.metadata)(name=job.metadata.name, namespace=job.metadata.namespace)
+    return job.model_copy(update={"metadata": meta, "status": None})
+
+
+def tiers_wire(job: FlexTrainJob) -> list[JSON]:
+    """`spec.tiers` in wire form: recorded on the aggregator to detect later edits."""
+    return [t.to_wire() for t in job.spec.tiers]
+
+
+def partition_label(job: FlexTrainJob) -> str:
+    """FLEXTRAIN_PARTITION: `iid` or `dirichlet:<alpha>` (the trainer checks it against Join;
+    same format as flextrain.trainer.config.partition_label, which the operator may not
+    import)."""
+    part = job.spec.dataset.partition
+    return part.scheme if part.scheme == "iid" else f"{part.scheme}:{part.alpha:g}"
+
+
+# -- pod template defaulting ---------------------------------------------------------
+
+
+def _pod_labels(template: PodTemplate | None, ours: Mapping[str, str]) -> dict[str, str]:
+    # The user's labels win over the app.kubernetes.io/* defaults; flextrain.dev/* keys
+    # (the selectors) are reserved by the API, so they cannot collide.
+    reserved = {k: v for k, v in ours.items() if k.startswith("flextrain.dev/")}
+    defaults = {k: v for k, v in ours.items() if k not in reserved}
+    return {**defaults, **((template.labels if template else None) or {}), **reserved}
+
+
+def _pod_annotations(template: PodTemplate | None, ours: Mapping[str, str]) -> dict[str, str]:
+    return {**ours, **((template.annotations if template else None) or {})}
+
+
+def _env(template: PodTemplate | None, ours: Sequence[JSON]) -> list[JSON]:
+    """The operator's variables, with any the user set replacing them by name."""
+    user = {e.name: e.value for e in (template.env if template else None) or []}
+    out = [
+        {"name": e["name"], "value": user.pop(e["name"])} if e["name"] in user else e for e in ours
+    ]
+    out += [{"name": k, "value": v} for k, v in user.items()]
+    return out
+
+
+def _pod_spec_defaults(template: PodTemplate | None, spec: JSON) -> JSON:
+    if template and template.service_account_name:
+        spec["serviceAccountName"] = template.service_account_name
+    else:
+        spec["automountServiceAccountToken"] = False  # neither program talks to the API
+    if template and template.priority_class_name:
+        spec["priorityClassName"] = template.priority_class_name
+    if template and template.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": s.name} for s in template.image_pull_secrets]
+    return spec
+
+
+def _security(settings: OperatorSettings) -> tuple[JSON, JSON]:
+    """(pod securityContext, container securityContext) of the restricted profile."""
+    if not settings.restricted_pods:
+        return {}, {}
+    pod = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    container = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    return pod, container
+
+
+def _token_env(job_name: str) -> JSON:
+    return {
+        "name": "FLEXTRAIN_TOKEN",
+        "valueFrom": {
+            "secretKeyRef": {"name": names.secret_name(job_name), "key": names.TOKEN_KEY}
+        },
+    }
+
+
+def _data_volume(
+    source: DataSource | None, settings: OperatorSettings
+) -> tuple[str | None, list[JSON], list[JSON]]:
+    """(FLEXTRAIN_DATA_DIR, volumes, volumeMounts) for a dataset source."""
+    if source is None:
+        return None, [], []
+    if source.path:
+        return source.path, [], []  # a directory inside the image
+    if source.persistent_volume_claim:
+        pvc = source.persistent_volume_claim
+        volume = {
+            "name": "data",
+            "persistentVolumeClaim": {"claimName": pvc.claim_name, "readOnly": True},
+        }
+        mount: JSON = {"name": "data", "mountPath": settings.data_mount_path, "readOnly": True}
+        if pvc.sub_path:
+            mount["subPath"] = pvc.sub_path
+        return settings.data_mount_path, [volume], [mount]
+    assert source.host_path is not None  # exactly one source is set (API validation)
+    volume = {"name": "data", "hostPath": {"path": source.host_path.path, "type": "Directory"}}
+    mount = {"name": "data", "mountPath": settings.data_mount_path, "readOnly": True}
+    return settings.data_mount_path, [volume], [mount]
+
+
+def _tmp(settings: OperatorSettings) -> tuple[list[JSON], list[JSON], list[JSON]]:
+    """(volumes, mounts, env) giving programs a writable /tmp under a read-only root."""
+    if not settings.restricted_pods:
+        return [], [], []
+    return (
+        [{"name": "tmp", "emptyDir": {}}],
+        [{"name": "tmp", "mountPath": "/tmp"}],
+        [{"name": "HOME", "value": "/tmp"}],
+    )
+
+
+# -- the children ---------------------------------------------------------------------
+
+
+def build_secret(job: FlexTrainJob, token: str, owner: JSON) -> JSON:
+    """The job's Secret holding its random token under key `token`."""
+    name, namespace = job.metadata.name, job.metadata.namespace or "default"
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(names.secret_name(name), namespace, names.job_labels(name), owner),
+        "type": "Opaque",
+        "data": {names.TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+    }
+
+
+def build_aggregator_service(job: FlexTrainJob, owner: JSON, settings: OperatorSettings) -> JSON:
+    """ClusterIP Service in front of the aggregator (gRPC, plus metrics when enabled)."""
+    name, namespace = job.metadata.name, job.metadata.namespace or "default"
+    ports: list[JSON] = [
+        {
+            "name": names.GRPC_PORT_NAME,
+            "port": settings.aggregator_port,
+            "targetPort": names.GRPC_PORT_NAME,
+            "protocol": "TCP",
+            "appProtocol": "kubernetes.io/h2c",
+        }
+    ]
+    if settings.metrics_port:
+        ports.append(
+            {
+                "name": names.METRICS_PORT_NAME,
+                "port": settings.metrics_port,
+                "targetPort": names.METRICS_PORT_NAME,
+                "protocol": "TCP",
+            }
+        )
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(
+            names.aggregator_name(name), namespace, names.aggregator_labels(name), owner
+        ),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": names.aggregator_selector(name),
+            "ports": ports,
+        },
+    }
+
+
+def _checkpoint_volume(job: FlexTrainJob, settings: OperatorSettings) -> tuple[str, JSON, JSON]:
+    """(FLEXTRAIN_CHECKPOINT_DIR, volume, mount): the job's claim, else an emptyDir."""
+    ckpt = job.spec.checkpoint
+    if ckpt and ckpt.persistent_volume_claim:
+        pvc = ckpt.persistent_volume_claim
+        mount: JSON = {"name": "checkpoints", "mountPath": settings.checkpoint_mount_path}
+        if pvc.sub_path:
+            mount["subPath"] = pvc.sub_path
+        volume = {"name": "checkpoints", "persistentVolumeClaim": {"claimName": pvc.claim_name}}
+        return settings.checkpoint_mount_path, volume, mount
+    path = ckpt.path if ckpt and ckpt.path else settings.checkpoint_mount_path
+    return path, {"name": "checkpoints", "emptyDir": {}}, {"name": "checkpoints", "mountPath": path}
+
+
+def aggregator_replicas(job: FlexTrainJob) -> int:
+    """1, or 0 while suspended when a checkpoint claim keeps the model (resuming reloads it);
+    without a claim the aggregator keeps running so the model is not lost."""
+    has_claim = bool(job.spec.checkpoint and job.spec.checkpoint.persistent_volume_claim)
+    return 0 if job.spec.suspend and has_claim else 1
+
+
+def build_aggregator_deployment(
+    plan: JobPlan, owner: JSON, settings: OperatorSettings, *, replicas: int = 1
+) -> JSON:
+    """The aggregator: 1 replica (Recreate: never two aggregators on one checkpoint),
+    started with the job plan, probed through the standard gRPC health service."""
+    job = plan.job
+    name, namespace = job.metadata.name, job.metadata.namespace or "default"
+    template = job.spec.pod_template
+    ckpt_dir, ckpt_volume, ckpt_mount = _checkpoint_volume(job, settings)
+    data_dir, data_volumes, data_mounts = _data_volume(job.spec.dataset.source, settings)
+    tmp_volumes, tmp_mounts, tmp_env = _tmp(settings)
+    pod_security, container_security = _security(settings)
+
+    env: list[JSON] = [
+        {"name": "FLEXTRAIN_PLAN", "value": JobPlan(plain_job(job), plan.tiers).to_json()},
+        _token_env(name),
+        {"name": "FLEXTRAIN_PORT", "value": str(settings.aggregator_port)},
+        {"name": "FLEXTRAIN_METRICS_PORT", "value": str(settings.metrics_port)},
+        {"name": "FLEXTRAIN_CHECKPOINT_DIR", "value": ckpt_dir},
+        {"name": "FLEXTRAIN_DEVICE", "value": "cpu"},
+        {"name": "FLEXTRAIN_LOG_FORMAT", "value": "json"},
+        *tmp_env,
+    ]
+    if data_dir:
+        env.append({"name": "FLEXTRAIN_DATA_DIR", "value": data_dir})
+    ports: list[JSON] = [
+        {"name": names.GRPC_PORT_NAME, "containerPort": settings.aggregator_port, "protocol": "TCP"}
+    ]
+    if settings.metrics_port:
+        ports.append(
+            {
+                "name": names.METRICS_PORT_NAME,
+                "containerPort": settings.metrics_port,
+                "protocol": "TCP",
+            }
+        )
+    grpc_probe = {"grpc": {"port": settings.aggregator_port}}
+    container: JSON = {
+        "name": AGGREGATOR_CONTAINER,
+        "image": job.spec.image or settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["flextrain", "aggregator"],
+        "env": _env(template, env),
+        "ports": ports,
+        # Loading torch and the last checkpoint can take a while: the startup probe allows
+        # 5 minutes before liveness takes over.
+        "startupProbe": {**grpc_probe, "periodSeconds": 5, "failureThreshold": 60},
+        "readinessProbe": {**grpc_probe, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**grpc_probe, "periodSeconds": 10, "failureThreshold": 6},
+        "resources": {
+            "requests": {"cpu": settings.aggregator_cpu, "memory": settings.aggregator_memory},
+            "limits": {"memory": settings.aggregator_memory},
+        },
+        "volumeMounts": [ckpt_mount, *data_mounts, *tmp_mounts],
+    }
+    if container_security:
+        container["securityContext"] = container_security
+    pod_spec: JSON = {
+        "containers": [container],
+        "volumes": [ckpt_volume, *data_volumes, *tmp_volumes],
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+    }
+    if pod_security:
+        pod_spec["securityContext"] = pod_security
+    labels = names.aggregator_labels(name)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            **_meta(names.aggregator_name(name), namespace, labels, owner),
+            "annotations": {
+                names.DEPTHS_ANNOTATION: json.dumps(plan.depths, sort_keys=True),
+                names.TIERS_ANNOTATION: json.dumps(tiers_wire(job), sort_keys=True),
+            },
+        },
+        "spec": {
+            "replicas": replicas,
+            "strategy": {"type": "Recreate"},
+            "revisionHistoryLimit": 2,
+            "selector": {"matchLabels": names.aggregator_selector(name)},
+            "template": {
+                "metadata": {
+                    "labels": _pod_labels(template, labels),
+                    "annotations": _pod_annotations(
+                        template, {"kubectl.kubernetes.io/default-container": AGGREGATOR_CONTAINER}
+                    ),
+                },
+                "spec": _pod_spec_defaults(template, pod_spec),
+            },
+        },
+    }
+
+
+def _trainer_resources(device_tier: DeviceTier) -> JSON:
+    res = device_tier.spec.resources
+    requests: JSON = {str(k): v for k, v in (res.requests or {}).items()}
+    limits: JSON = {str(k): v for k, v in (res.limits or {}).items()}
+    acc = device_tier.spec.accelerator
+    if acc.type == GPU_RESOURCE and acc.count:
+        requests[GPU_RESOURCE] = str(acc.count)
+        limits[GPU_RESOURCE] = str(acc.count)
+    out: JSON = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _threads(device_tier: DeviceTier) -> int | None:
+    """Torch threads for a trainer: the whole cores of its CPU limit (else request)."""
+    res = device_tier.spec.resources
+    cpu = (res.limits or {}).get("cpu") or (res.requests or {}).get("cpu")
+    if cpu is None:
+        return None
+    return max(1, math.floor(parse_quantity(cpu)))
+
+
+def build_tier_job(
+    plan: JobPlan,
+    tier: TierPlan,
+    device_tier: DeviceTier,
+    owner: JSON,
+    settings: OperatorSettings,
+    *,
+    suspend: bool = False,
+) -> JSON:
+    """One tier's Indexed Job: completion index i is replica i and trains data shard
+    `tier.shard_offset + i` (the aggregator maps it from the replica index at Join)."""
+    job = plan.job
+    name, namespace = job.metadata.name, job.metadata.namespace or "default"
+    template = job.spec.pod_template
+    service = names.aggregator_name(name)
+    data_dir, data_volumes, data_mounts = _data_volume(tier.data_source, settings)
+    tmp_volumes, tmp_mounts, tmp_env = _tmp(settings)
+    pod_security, container_security = _security(settings)
+    gpu = device_tier.spec.accelerator.type == GPU_RESOURCE
+
+    env: list[JSON] = [
+        {"name": "FLEXTRAIN_AGGREGATOR", "value": settings.address_of(namespace, name, service)},
+        _token_env(name),
+        {"name": "FLEXTRAIN_JOB", "value": name},
+        {"name": "FLEXTRAIN_TIER", "value": tier.name},
+        {"name": "FLEXTRAIN_DEPTH", "value": str(tier.depth)},
+        {"name": "FLEXTRAIN_PARTITION", "value": partition_label(job)},
+        {"name": "FLEXTRAIN_DEVICE", "value": "cuda" if gpu else "cpu"},
+        {"name": "FLEXTRAIN_LOG_FORMAT", "value": "json"},
+        *tmp_env,
+    ]
+    if data_dir:
+        env.append({"name": "FLEXTRAIN_DATA_DIR", "value": data_dir})
+    if (threads := _threads(device_tier)) is not None:
+        env.append({"name": "FLEXTRAIN_THREADS", "value": str(threads)})
+    container: JSON = {
+        "name": TRAINER_CONTAINER,
+        "image": device_tier.spec.image or job.spec.image or settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["flextrain", "trainer"],
+        # FLEXTRAIN_REPLICA_INDEX is left unset: the trainer reads JOB_COMPLETION_INDEX.
+        "env": _env(template, env),
+        "resources": _trainer_resources(device_tier),
+        "volumeMounts": [*data_mounts, *tmp_mounts],
+    }
+    if container_security:
+        container["securityContext"] = container_security
+    pod_spec: JSON = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "nodeSelector": node_selector(device_tier),
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+    }
+    if device_tier.spec.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in device_tier.spec.tolerations]
+    volumes = [*data_volumes, *tmp_volumes]
+    if volumes:
+        pod_spec["volumes"] = volumes
+    if pod_security:
+        pod_spec["securityContext"] = pod_security
+    labels = names.trainer_labels(name, tier.name)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(names.tier_job_name(name, tier.name), namespace, labels, owner),
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": tier.replicas,
+            "parallelism": tier.replicas,
+            "backoffLimitPerIndex": settings.backoff_limit_per_index,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        # A permanent trainer error fails that replica's index at once.
+                        "action": "FailIndex",
+                        "onExitCodes": {
+                            "containerName": TRAINER_CONTAINER,
+                            "operator": "In",
+                            "values": [PERMANENT_EXIT_CODE],
+                        },
+                    },
+                    {
+                        # Preemption, eviction, node drain: retried, not counted as failures.
+                        "action": "Ignore",
+                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                    },
+                ]
+            },
+            "suspend": suspend,
+            "template": {
+                "metadata": {
+                    "labels": _pod_labels(template, labels),
+                    "annotations": _pod_annotations(
+                        template, {"kubectl.kubernetes.io/default-container": TRAINER_CONTAINER}
+                    ),
+                },
+                "spec": _pod_spec_defaults(template, pod_spec),
+            },
+        },
+    }

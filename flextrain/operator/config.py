@@ -1,0 +1,200 @@
+"""Settings of the FlexTrain operator, read from `FLEXTRAIN_OPERATOR_*` environment
+variables (the Helm chart sets them; `flextrain operator --help` lists the flags that
+override the process-level ones).
+
+| variable | attribute | default |
+|---|---|---|
+| FLEXTRAIN_OPERATOR_IMAGE | image | ghcr.io/flextrain/flextrain:<version> |
+| FLEXTRAIN_OPERATOR_IMAGE_PULL_POLICY | image_pull_policy | IfNotPresent |
+| FLEXTRAIN_OPERATOR_NAMESPACES | namespaces | (empty: cluster-wide) |
+| FLEXTRAIN_OPERATOR_STATUS_INTERVAL | status_interval | 10 (seconds) |
+| FLEXTRAIN_OPERATOR_STATUS_TIMEOUT | status_timeout | 3 (seconds) |
+| FLEXTRAIN_OPERATOR_AGGREGATOR_PORT | aggregator_port | 50051 |
+| FLEXTRAIN_OPERATOR_METRICS_PORT | metrics_port | 9090 |
+| FLEXTRAIN_OPERATOR_AGGREGATOR_ADDRESS | aggregator_address | {service}.{namespace}.svc:{port} |
+| FLEXTRAIN_OPERATOR_AGGREGATOR_ADDRESSES | aggregator_addresses | (none) `ns/job=host:port,...` |
+| FLEXTRAIN_OPERATOR_BACKOFF_LIMIT_PER_INDEX | backoff_limit_per_index | 3 |
+| FLEXTRAIN_OPERATOR_AGGREGATOR_CPU / _MEMORY | aggregator_cpu / aggregator_memory | 1 / 2Gi |
+| FLEXTRAIN_OPERATOR_RESTRICTED_PODS | restricted_pods | true |
+| FLEXTRAIN_OPERATOR_EVENTS | events | true |
+| FLEXTRAIN_OPERATOR_FINISH_GRACE | finish_grace | 60 (seconds) |
+| FLEXTRAIN_OPERATOR_TIER_DEBOUNCE | tier_debounce | 1 (seconds) |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Literal
+
+from flextrain import __version__
+from flextrain.api.quantity import parse_quantity
+
+PREFIX: Final[str] = "FLEXTRAIN_OPERATOR_"
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the operator cannot use; names the variable."""
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """What the operator needs beyond the resources it watches."""
+
+    image: str = f"ghcr.io/flextrain/flextrain:{__version__}"
+    """Default image of the aggregator and the trainers (`flextrain aggregator` /
+    `flextrain trainer`); a FlexTrainJob's `spec.image` and a DeviceTier's `spec.image`
+    override it, in that order."""
+
+    image_pull_policy: PullPolicy = "IfNotPresent"
+    """imagePullPolicy of every container the operator creates."""
+
+    namespaces: tuple[str, ...] = ()
+    """Namespaces whose FlexTrainJobs the operator serves; empty means cluster-wide
+    (DeviceTiers and Nodes are cluster-scoped and always watched cluster-wide)."""
+
+    status_interval: float = 10.0
+    """Seconds between two readings of a running job's aggregator (GetStatus) and
+    re-checks of its deadline; child and node changes are reacted to immediately."""
+
+    status_timeout: float = 3.0
+    """Deadline of one GetStatus call, in seconds; an unreachable aggregator costs at most
+    this per job and interval."""
+
+    aggregator_port: int = 50051
+    """gRPC port of the aggregator container and its Service."""
+
+    metrics_port: int = 9090
+    """Prometheus port of the aggregator container and its Service (0 disables it)."""
+
+    aggregator_address: str = "{service}.{namespace}.svc:{port}"
+    """How the operator and the trainers reach a job's aggregator: a template with
+    {service}, {namespace}, {job} and {port}."""
+
+    aggregator_addresses: Mapping[str, str] = field(default_factory=dict)
+    """Per-job overrides `namespace/job -> host:port` of where the *operator* reads the
+    aggregator's status (trainers always use the Service). For an operator running
+    outside the cluster, e.g. through port-forwards, and for tests on loopback."""
+
+    backoff_limit_per_index: int = 3
+    """Retries of one trainer replica (one completion index) before that index fails."""
+
+    aggregator_cpu: str = "1"
+    """CPU request of the aggregator container (merging and evaluation)."""
+
+    aggregator_memory: str = "2Gi"
+    """Memory request and limit of the aggregator container; it holds a few copies of
+    the model, so size it to about 6x the model plus the evaluation batch."""
+
+    restricted_pods: bool = True
+    """Build pods that meet the `restricted` Pod Security Standard (non-root, no privilege
+    escalation, all capabilities dropped, read-only root filesystem with an emptyDir on
+    /tmp). The image must then run as a non-root numeric user."""
+
+    events: bool = True
+    """Post Kubernetes Events for transitions (depth chosen, tier missing, degraded, ...)."""
+
+    finish_grace: float = 60.0
+    """Seconds after training completes that trainers get to see it and exit 0 on their own;
+    then any tier Job still running is suspended and the aggregator is scaled to 0."""
+
+    tier_debounce: float = 1.0
+    """Seconds the DeviceTier status refresh waits after a node change, so a burst of node
+    updates costs one recomputation."""
+
+    checkpoint_mount_path: str = "/var/lib/flextrain/checkpoints"
+    """Where the checkpoint volume is mounted in the aggregator pod."""
+
+    data_mount_path: str = "/var/lib/flextrain/data"
+    """Where the dataset volume is mounted (read-only) in trainer and aggregator pods."""
+
+    @property
+    def cluster_wide(self) -> bool:
+        return not self.namespaces
+
+    def address_of(self, namespace: str, job: str, service: str) -> str:
+        """host:port of a job's aggregator as trainers reach it (through its Service)."""
+        return self.aggregator_address.format(
+            service=service, namespace=namespace, job=job, port=self.aggregator_port
+        )
+
+    def status_address_of(self, namespace: str, job: str, service: str) -> str:
+        """host:port where the operator reads the aggregator's status."""
+        return self.aggregator_addresses.get(f"{namespace}/{job}") or self.address_of(
+            namespace, job, service
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
+        """Settings from FLEXTRAIN_OPERATOR_* variables; unset or empty ones keep defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper(), "").strip()
+            if raw:
+                values[f.name] = _parse(f.name, raw)
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
+            raise SettingsError(
+                f"{PREFIX}IMAGE_PULL_POLICY={self.image_pull_policy!r}: use Always, "
+                "IfNotPresent or Never"
+            )
+        if self.finish_grace < 0 or self.tier_debounce < 0:
+            raise SettingsError("finish_grace and tier_debounce must be >= 0 seconds")
+        for name in ("status_interval", "status_timeout"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be > 0 seconds")
+        if not 0 < self.aggregator_port < 65536 or not 0 <= self.metrics_port < 65536:
+            raise SettingsError("aggregator and metrics ports must be 1..65535 (metrics: 0 = off)")
+        if self.metrics_port == self.aggregator_port:
+            raise SettingsError("the metrics port must differ from the aggregator port")
+        if self.backoff_limit_per_index < 0:
+            raise SettingsError(f"{PREFIX}BACKOFF_LIMIT_PER_INDEX must be >= 0")
+        for name in ("aggregator_cpu", "aggregator_memory"):
+            try:
+                parse_quantity(getattr(self, name))
+            except ValueError as exc:
+                raise SettingsError(f"{PREFIX}{name.upper()}: {exc}") from None
+        try:
+            self.address_of("ns", "job", "svc")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise SettingsError(
+                f"{PREFIX}AGGREGATOR_ADDRESS={self.aggregator_address!r}: unknown placeholder "
+                f"{exc}; use {{service}}, {{namespace}}, {{job}}, {{port}}"
+            ) from None
+
+
+def _parse(name: str, raw: str) -> Any:
+    var = PREFIX + name.upper()
+    default = OperatorSettings.__dataclass_fields__[name].default
+    if name == "namespaces":
+        return tuple(ns.strip() for ns in raw.split(",") if ns.strip())
+    if name == "aggregator_addresses":
+        pairs: dict[str, str] = {}
+        for item in raw.split(","):
+            key, sep, address = item.strip().partition("=")
+            if not sep or "/" not in key or ":" not in address:
+                raise SettingsError(f"{var}: {item!r} is not namespace/job=host:port")
+            pairs[key.strip()] = address.strip()
+        return pairs
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{var}={raw!r}: use true or false")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"{var}={raw!r} is not an integer") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"{var}={raw!r} is not a number") from None
+    return raw

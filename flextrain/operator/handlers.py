@@ -1,0 +1,296 @@
+"""kopf handlers: the only module that imports kopf.
+
+- Indices (kept current by kopf's watches, complete before any handler runs): DeviceTiers,
+  Nodes, and the children of FlexTrainJobs (tier Jobs, aggregator Deployments, Services,
+  trainer Pods), the latter watched with a server-side `flextrain.dev/job` selector.
+- One daemon per FlexTrainJob runs reconcile passes: at once on start (operator restart
+  included), whenever the job, one of its children, a DeviceTier or a node changes, and
+  every `status_interval` seconds (aggregator status, deadline). Passes of one job never
+  overlap, so its status is written by one writer.
+- DeviceTier statuses are refreshed after node and tier changes (debounced).
+- Liveness: kopf's `/healthz` (main.py passes `--liveness`), with a probe reporting the
+  number of jobs served.
+
+Run it with `flextrain operator` (main.py). The handlers live in their own registry
+(REGISTRY, handed to kopf.operator), not kopf's default one: kopf's default registry
+adds its own login handlers, which read KUBECONFIG at import time; so `kopf run -m` does
+not see these handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import kopf
+
+from flextrain.api.common import GROUP, VERSION
+from flextrain.operator import kube, names, observed
+from flextrain.operator.config import OperatorSettings
+from flextrain.operator.runtime import Runtime, Snapshot, job_key, parse_device_tier
+from flextrain.operator.tiers import NodeInfo, node_info
+
+REGISTRY = kopf.OperatorRegistry()
+FINALIZER = "flextrain.dev/operator"
+ANNOTATIONS_PREFIX = "operator.flextrain.dev"
+JOBS = (GROUP, VERSION, "flextrainjobs")
+TIERS = (GROUP, VERSION, "devicetiers")
+HAS_JOB = {names.JOB_LABEL: kopf.PRESENT}
+log = logging.getLogger("flextrain.operator")
+
+
+def _runtime(memo: Any) -> Runtime:
+    runtime = memo.get("runtime") if isinstance(memo, Mapping) else getattr(memo, "runtime", None)
+    if not isinstance(runtime, Runtime):
+        raise kopf.PermanentError("the operator was started without its runtime")
+    return runtime
+
+
+# -- operator lifecycle -----------------------------------------------------------------
+
+
+@kopf.on.startup(registry=REGISTRY)
+def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    if "runtime" not in memo:  # kopf.operator(registry=REGISTRY) without run_operator()
+        memo["runtime"] = Runtime(OperatorSettings.from_env())
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATIONS_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATIONS_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # our own Events say what happened
+    settings.peering.standalone = True  # one replica (Deployment strategy Recreate)
+    settings.networking.request_timeout = 60
+    settings.watching.server_timeout = 600
+    settings.watching.client_timeout = 660
+    for resource in (
+        ("batch", "v1", "jobs"),
+        ("apps", "v1", "deployments"),
+        ("", "v1", "services"),
+        ("", "v1", "pods"),
+    ):
+        settings.watching.label_selectors[resource] = names.JOB_LABEL
+
+
+@kopf.on.login(registry=REGISTRY)
+async def login(
+    memo: Any,
+    settings: kopf.OperatorSettings,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **kwargs: Any,
+) -> kopf.ConnectionInfo:
+    """In a pod: its service account; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    info = kopf.login_with_service_account(settings=settings, logger=logger, **kwargs)
+    info = info or kopf.login_with_kubeconfig(settings=settings, logger=logger, **kwargs)
+    if info is None:
+        raise kopf.LoginError("no service account and no kubeconfig to log in with")
+
+    def text(value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    _runtime(memo).kube.set_credentials(
+        kube.Credentials(
+            server=info.server,
+            ca_path=text(info.ca_path),
+            ca_data=info.ca_data,
+            insecure=bool(info.insecure),
+            scheme=info.scheme,
+            token=info.token,
+            certificate_path=text(info.certificate_path),
+            certificate_data=info.certificate_data,
+            private_key_path=text(info.private_key_path),
+            private_key_data=info.private_key_data,
+        )
+    )
+    return info
+
+
+@kopf.on.cleanup(registry=REGISTRY)
+async def cleanup(memo: Any, **_: Any) -> None:
+    await _runtime(memo).close()
+
+
+@kopf.on.probe(id="jobs", registry=REGISTRY)
+async def probe_jobs(memo: Any, **_: Any) -> int:
+    return _runtime(memo).jobs
+
+
+# -- indices (in-memory caches kept by kopf's watches) -----------------------------------
+
+
+@kopf.index(*TIERS, registry=REGISTRY)
+def device_tiers(name: str, body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+    tier = parse_device_tier(body)
+    return {name: tier} if tier else None
+
+
+@kopf.index("", "v1", "nodes", registry=REGISTRY)
+def nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeInfo]:
+    return {name: node_info(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels=HAS_JOB, registry=REGISTRY)
+def tier_jobs(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace, labels[names.JOB_LABEL]): observed.tier_job_state(body)}
+
+
+@kopf.index("apps", "v1", "deployments", labels=HAS_JOB, registry=REGISTRY)
+def aggregators(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace, labels[names.JOB_LABEL]): observed.aggregator_state(body)}
+
+
+@kopf.index("", "v1", "services", labels=HAS_JOB, registry=REGISTRY)
+def services(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace, labels[names.JOB_LABEL]): observed.child_state(body)}
+
+
+@kopf.index(
+    "", "v1", "pods", labels={**HAS_JOB, names.COMPONENT_LABEL: names.TRAINER}, registry=REGISTRY
+)
+def trainer_pods(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace, labels[names.JOB_LABEL]): observed.pod_state(body)}
+
+
+# -- wake-ups ----------------------------------------------------------------------------
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=HAS_JOB, registry=REGISTRY)
+@kopf.on.event("apps", "v1", "deployments", labels=HAS_JOB, registry=REGISTRY)
+@kopf.on.event("", "v1", "services", labels=HAS_JOB, registry=REGISTRY)
+@kopf.on.event(
+    "", "v1", "pods", labels={**HAS_JOB, names.COMPONENT_LABEL: names.TRAINER}, registry=REGISTRY
+)
+async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    _runtime(memo).wake((namespace or "", labels[names.JOB_LABEL]))
+
+
+@kopf.on.event(*JOBS, registry=REGISTRY)
+async def job_changed(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    _runtime(memo).wake(job_key(namespace or "", name))
+
+
+@kopf.on.event(*TIERS, registry=REGISTRY)
+async def tier_changed(memo: Any, **kwargs: Any) -> None:
+    device_tiers: kopf.Index[str, Any] = kwargs["device_tiers"]
+    nodes: kopf.Index[str, NodeInfo] = kwargs["nodes"]
+    runtime = _runtime(memo)
+    runtime.wake_all()
+    runtime.tiers.poke(device_tiers, nodes)
+
+
+@kopf.on.event("", "v1", "nodes", registry=REGISTRY)
+async def node_changed(name: str, type: str, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    device_tiers: kopf.Index[str, Any] = kwargs["device_tiers"]
+    nodes: kopf.Index[str, NodeInfo] = kwargs["nodes"]
+    runtime = _runtime(memo)
+    info = None if type == "DELETED" else node_info(body)
+    if runtime.node_changed(name, info):  # heartbeats change nothing the operator reads
+        runtime.wake_all()
+        runtime.tiers.poke(device_tiers, nodes)
+
+
+# -- the per-job loop --------------------------------------------------------------------
+
+
+def _values(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
+    return list(index.get(key, ()))
+
+
+def _tiers(index: kopf.Index[str, Any]) -> dict[str, Any]:
+    return {name: tier for name, store in index.items() for tier in store}
+
+
+def _nodes(index: kopf.Index[str, NodeInfo]) -> list[NodeInfo]:
+    return [n for store in index.values() for n in store]
+
+
+@kopf.daemon(*JOBS, registry=REGISTRY, cancellation_timeout=5.0, backoff=5.0)
+async def flextrainjob(
+    name: str,
+    namespace: str | None,
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **indices: Any,
+) -> None:
+    """Reconcile one FlexTrainJob until it is deleted or the operator stops."""
+    device_tiers: kopf.Index[str, Any] = indices["device_tiers"]
+    nodes: kopf.Index[str, NodeInfo] = indices["nodes"]
+    tier_jobs: kopf.Index[Any, Any] = indices["tier_jobs"]
+    aggregators: kopf.Index[Any, Any] = indices["aggregators"]
+    services: kopf.Index[Any, Any] = indices["services"]
+    trainer_pods: kopf.Index[Any, Any] = indices["trainer_pods"]
+    runtime = _runtime(memo)
+    key = job_key(namespace or "", name)
+    wakeup = runtime.register(key)
+    stop = asyncio.ensure_future(stopped.wait())
+    errors = 0
+    try:
+        while not stopped:
+            wakeup.clear()
+            snapshot = Snapshot(
+                device_tiers=_tiers(device_tiers),
+                nodes=_nodes(nodes),
+                tier_jobs=_values(tier_jobs, key),
+                aggregators=_values(aggregators, key),
+                services=_values(services, key),
+                pods=_values(trainer_pods, key),
+            )
+            try:
+                delay = await runtime.reconcile_job(body, snapshot)
+                errors = 0
+            except kube.KubeError as exc:
+                errors += 1
+                delay = min(60.0, 0.5 * 2**errors)
+                logger.warning("reconcile failed (retry in %.1fs): %s", delay, exc)
+            waiter = asyncio.ensure_future(wakeup.wait())
+            try:
+                await asyncio.wait(
+                    {waiter, stop}, timeout=delay, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                waiter.cancel()
+    finally:
+        stop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stop
+        runtime.forget(key)
+
+
+# -- running -----------------------------------------------------------------------------
+
+
+async def run_operator(
+    settings: OperatorSettings,
+    *,
+    liveness_endpoint: str | None = None,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+    runtime: Runtime | None = None,
+) -> None:
+    """Run the operator in the current event loop until `stop_flag` (or a signal)."""
+    namespaces: Collection[str] = settings.namespaces
+    await kopf.operator(
+        registry=REGISTRY,
+        clusterwide=settings.cluster_wide,
+        namespaces=list(namespaces),
+        liveness_endpoint=liveness_endpoint,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+        standalone=True,
+        memo=kopf.Memo(runtime=runtime or Runtime(settings)),
+    )

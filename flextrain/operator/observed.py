@@ -1,0 +1,196 @@
+"""What the operator keeps of a FlexTrainJob's children: small summaries made from the
+objects the API returns (plain dicts), so the in-memory caches stay small and
+reconcile() reads typed fields instead of digging through dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flextrain.operator import names
+
+
+def controller_uid(body: Mapping[str, Any]) -> str | None:
+    """uid of the object's controlling owner, if any."""
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def _condition(body: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for c in (body.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return dict(c)
+    return None
+
+
+def count_indexes(ranges: str | None) -> int:
+    """Number of indexes in a Job's `status.failedIndexes` ("1,3-5" -> 4)."""
+    total = 0
+    for part in (ranges or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        try:
+            total += (int(high) - int(low) + 1) if high else 1
+        except ValueError:
+            continue
+    return total
+
+
+@dataclass(frozen=True)
+class TierJobState:
+    """A tier's batch/v1 Job as last observed."""
+
+    name: str
+    tier: str
+    controller_uid: str | None
+    suspended: bool
+    completions: int
+    active: int = 0
+    ready: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    failed_indexes: int = 0
+    complete: bool = False
+    failed_reason: str | None = None
+    failed_message: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.complete or self.failed_reason is not None
+
+
+def tier_job_state(body: Mapping[str, Any]) -> TierJobState:
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    failed = _condition(body, "Failed")
+    return TierJobState(
+        name=str(meta.get("name", "")),
+        tier=str((meta.get("labels") or {}).get(names.TIER_LABEL, "")),
+        controller_uid=controller_uid(body),
+        suspended=bool(spec.get("suspend")),
+        completions=int(spec.get("completions") or 0),
+        active=int(status.get("active") or 0),
+        ready=int(status.get("ready") or 0),
+        succeeded=int(status.get("succeeded") or 0),
+        failed=int(status.get("failed") or 0),
+        failed_indexes=count_indexes(status.get("failedIndexes")),
+        complete=_condition(body, "Complete") is not None,
+        failed_reason=str(failed.get("reason") or "Failed") if failed else None,
+        failed_message=str(failed.get("message") or "") if failed else "",
+    )
+
+
+@dataclass(frozen=True)
+class AggregatorState:
+    """The aggregator Deployment as last observed."""
+
+    name: str
+    controller_uid: str | None
+    replicas: int
+    available: int
+    depths: Mapping[str, int] | None = None
+    #: `spec.tiers` (wire form) the aggregator was started with.
+    tiers: Sequence[Mapping[str, Any]] | None = None
+    failure: str | None = None
+
+
+def aggregator_state(body: Mapping[str, Any]) -> AggregatorState:
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    depths: dict[str, int] | None = None
+    try:
+        raw = json.loads(annotations.get(names.DEPTHS_ANNOTATION, "null"))
+        if isinstance(raw, dict):
+            depths = {str(k): int(v) for k, v in raw.items()}
+    except (ValueError, TypeError):
+        depths = None
+    tiers: list[dict[str, Any]] | None = None
+    try:
+        raw_tiers = json.loads(annotations.get(names.TIERS_ANNOTATION, "null"))
+        if isinstance(raw_tiers, list):
+            tiers = [dict(t) for t in raw_tiers if isinstance(t, dict)]
+    except (ValueError, TypeError):
+        tiers = None
+    failure = None
+    for c in status.get("conditions") or []:
+        if c.get("type") == "ReplicaFailure" and c.get("status") == "True":
+            failure = str(c.get("message") or c.get("reason"))
+        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
+            failure = str(c.get("message") or c.get("reason"))
+    replicas = spec.get("replicas")
+    return AggregatorState(
+        name=str(meta.get("name", "")),
+        controller_uid=controller_uid(body),
+        replicas=1 if replicas is None else int(replicas),
+        available=int(status.get("availableReplicas") or 0),
+        depths=depths,
+        tiers=tiers,
+        failure=failure,
+    )
+
+
+@dataclass(frozen=True)
+class PodState:
+    """A trainer pod as last observed (only what status reporting needs)."""
+
+    name: str
+    tier: str
+    phase: str
+    unschedulable: bool = False
+    message: str = ""
+
+
+def pod_state(body: Mapping[str, Any]) -> PodState:
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    unschedulable, message = False, ""
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False":
+            unschedulable = c.get("reason") == "Unschedulable"
+            message = str(c.get("message") or "")
+    return PodState(
+        name=str(meta.get("name", "")),
+        tier=str((meta.get("labels") or {}).get(names.TIER_LABEL, "")),
+        phase=str(status.get("phase") or "Pending"),
+        unschedulable=unschedulable and status.get("phase", "Pending") == "Pending",
+        message=message,
+    )
+
+
+@dataclass(frozen=True)
+class ChildState:
+    """Any other child (Service, Secret): it exists, and who controls it."""
+
+    name: str
+    controller_uid: str | None
+
+
+def child_state(body: Mapping[str, Any]) -> ChildState:
+    return ChildState(
+        name=str((body.get("metadata") or {}).get("name", "")), controller_uid=controller_uid(body)
+    )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything observed about one FlexTrainJob's children."""
+
+    secret: ChildState | None = None
+    service: ChildState | None = None
+    aggregator: AggregatorState | None = None
+    tier_jobs: Mapping[str, TierJobState] = field(default_factory=dict)
+    pods: Sequence[PodState] = ()
+
+    @property
+    def any_child(self) -> bool:
+        return bool(self.aggregator or self.service or self.tier_jobs)

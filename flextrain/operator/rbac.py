@@ -1,0 +1,176 @@
+"""The operator's least-privilege RBAC, written down once: the Helm chart renders these
+rules (a test compares them), docs/operator.md lists them.
+
+Each rule says why the operator needs it. Notably absent: list/watch on Secrets (the
+operator only creates its own and reads them by name), any verb on ConfigMaps, Roles or
+PodExecs, delete on children (ownerReferences let the garbage collector remove them),
+and kopf's peering resources (the operator runs as one replica in standalone mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from flextrain.api.common import GROUP
+
+
+@dataclass(frozen=True)
+class Rule:
+    api_group: str
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    why: str
+    #: cluster: cluster-scoped resources (always a ClusterRole); namespaced: FlexTrainJobs
+    #: and their children (a ClusterRole when watching cluster-wide, else one Role per
+    #: watched namespace).
+    scope: Literal["cluster", "namespaced"]
+    #: always, or only when the operator watches named namespaces (-n) instead of all.
+    when: Literal["always", "namespaced-mode"] = "always"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "apiGroups": [self.api_group],
+            "resources": list(self.resources),
+            "verbs": list(self.verbs),
+        }
+
+
+RULES: Final[tuple[Rule, ...]] = (
+    # Framework (kopf).
+    Rule(
+        "apiextensions.k8s.io",
+        ("customresourcedefinitions",),
+        ("list", "watch"),
+        "kopf discovers the FlexTrain CRDs and notices when they are (re)installed",
+        "cluster",
+    ),
+    Rule(
+        "",
+        ("namespaces",),
+        ("list", "watch"),
+        "kopf lists namespaces when it serves named ones (-n), to notice them come and go; "
+        "without it, it retries the 403 for about a minute before it starts",
+        "cluster",
+        when="namespaced-mode",
+    ),
+    # Cluster-scoped application resources.
+    Rule(
+        GROUP,
+        ("devicetiers",),
+        ("get", "list", "watch"),
+        "DeviceTiers place trainers and size depth: auto",
+        "cluster",
+    ),
+    Rule(
+        GROUP,
+        ("devicetiers/status",),
+        ("get", "patch"),
+        "matching Ready nodes and their allocatable resources",
+        "cluster",
+    ),
+    Rule(
+        "",
+        ("nodes",),
+        ("get", "list", "watch"),
+        "which DeviceTiers match Ready nodes, and their capacity",
+        "cluster",
+    ),
+    # Namespaced application resources.
+    Rule(
+        GROUP,
+        ("flextrainjobs",),
+        ("get", "list", "watch", "patch", "delete"),
+        "the jobs; patch: kopf's finalizer and annotations; delete: ttlSecondsAfterFinished",
+        "namespaced",
+    ),
+    Rule(
+        GROUP,
+        ("flextrainjobs/status",),
+        ("get", "patch"),
+        "phase, rounds, accuracy, conditions",
+        "namespaced",
+    ),
+    Rule(
+        "",
+        ("secrets",),
+        ("get", "create"),
+        "the per-job token Secret: created once, read by name (never listed)",
+        "namespaced",
+    ),
+    Rule(
+        "",
+        ("services",),
+        ("get", "list", "watch", "create"),
+        "the aggregator's Service",
+        "namespaced",
+    ),
+    Rule(
+        "apps",
+        ("deployments",),
+        ("get", "list", "watch", "create", "patch"),
+        "the aggregator; patch: replicas (stop at the end, suspend with a checkpoint claim)",
+        "namespaced",
+    ),
+    Rule(
+        "batch",
+        ("jobs",),
+        ("get", "list", "watch", "create", "patch"),
+        "one Indexed Job per tier; patch: spec.suspend",
+        "namespaced",
+    ),
+    Rule(
+        "",
+        ("pods",),
+        ("list", "watch"),
+        "trainer pods that cannot be scheduled make the job Degraded",
+        "namespaced",
+    ),
+    Rule("", ("events",), ("create",), "Events on FlexTrainJobs (and kopf's own)", "namespaced"),
+)
+
+
+def rules(
+    scope: Literal["cluster", "namespaced"] | None = None, *, cluster_wide: bool = True
+) -> list[dict[str, Any]]:
+    """The rules as RBAC PolicyRule dicts, optionally only one scope, for an operator that
+    watches all namespaces (cluster_wide) or named ones."""
+    return [
+        r.to_dict()
+        for r in RULES
+        if (scope is None or r.scope == scope) and (r.when == "always" or not cluster_wide)
+    ]
+
+
+def cluster_role(
+    name: str, *, cluster_wide: bool = True, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The ClusterRole: every rule when watching cluster-wide, else the cluster-scoped ones
+    (events on cluster-scoped DeviceTiers land in `default`, so `events` comes along)."""
+    picked = (
+        rules()
+        if cluster_wide
+        else [
+            *rules("cluster", cluster_wide=False),
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+        ]
+    )
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name, **({"labels": labels} if labels else {})},
+        "rules": picked,
+    }
+
+
+def role(name: str, namespace: str, *, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A Role with the namespaced rules, for one watched namespace."""
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if labels:
+        meta["labels"] = labels
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": meta,
+        "rules": rules("namespaced"),
+    }

@@ -1,0 +1,447 @@
+"""The operator's running state and one reconcile pass, without kopf.
+
+handlers.py (the only kopf module) feeds this with what kopf watches and indexes; a
+pass reads the job, gathers what is observed about its children, asks the aggregator
+for its status when due, calls the pure reconcile() and applies the Plan through
+kube.py. Errors are logged once here and retried on the next pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from flextrain.api.common import API_VERSION
+from flextrain.api.devicetier import DeviceTier, DeviceTierStatus
+from flextrain.api.flextrainjob import KIND, FlexTrainJob, FlexTrainJobStatus
+from flextrain.operator import names, observed
+from flextrain.operator.config import OperatorSettings
+from flextrain.operator.kube import Conflict, KubeClient, KubeError, status_patch
+from flextrain.operator.reconcile import AggregatorReading, Plan, invalid_spec_status, reconcile
+from flextrain.operator.tiers import NodeInfo, device_tier_status
+from flextrain.wire.auth import new_token
+from flextrain.wire.status import StatusClient, StatusUnavailable
+
+log = logging.getLogger("flextrain.operator")
+Key = tuple[str, str]  # (namespace, flextrain.dev/job label value)
+
+
+def job_key(namespace: str, name: str) -> Key:
+    return (namespace, names.label_value(name))
+
+
+def parse_device_tier(body: Mapping[str, Any]) -> DeviceTier | None:
+    """A DeviceTier from its object; None when the spec is invalid (the CRD prevents it)."""
+    try:
+        tier = DeviceTier.model_validate(
+            {"metadata": dict(body.get("metadata") or {}), "spec": dict(body.get("spec") or {})}
+        )
+    except ValidationError as exc:
+        log.warning("DeviceTier %s ignored: %s", (body.get("metadata") or {}).get("name"), exc)
+        return None
+    try:
+        status = DeviceTierStatus.model_validate(dict(body.get("status") or {}))
+    except ValidationError:
+        status = None
+    return tier.model_copy(update={"status": status})
+
+
+def parse_status(body: Mapping[str, Any]) -> FlexTrainJobStatus | None:
+    raw = {k: v for k, v in dict(body.get("status") or {}).items() if k != "kopf"}
+    try:
+        return FlexTrainJobStatus.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the caches hold about one job's world at the start of a pass."""
+
+    device_tiers: Mapping[str, DeviceTier]
+    nodes: Sequence[NodeInfo]
+    tier_jobs: Sequence[observed.TierJobState] = ()
+    aggregators: Sequence[observed.AggregatorState] = ()
+    services: Sequence[observed.ChildState] = ()
+    pods: Sequence[observed.PodState] = ()
+
+
+@dataclass
+class _JobMemory:
+    """What a job's daemon remembers between passes."""
+
+    token: str | None = None
+    secret: observed.ChildState | None = None
+    #: Children created by this operator that the caches may not show yet.
+    expected: dict[tuple[str, str], Any] = field(default_factory=dict)
+    client: StatusClient | None = None
+    client_address: str | None = None
+    reading: AggregatorReading = field(default_factory=AggregatorReading)
+    read_at: float = 0.0
+    #: Statuses this operator wrote that the watch has not shown yet, oldest first, and
+    #: the status that was visible before them: while the watched object shows one of
+    #: these, it lags behind our own last write, which is then the base of the next pass.
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    replaced: dict[str, Any] | None = None
+
+    def base_status(self, visible: dict[str, Any]) -> dict[str, Any]:
+        if not self.pending:
+            return visible
+        if visible == self.pending[-1]:
+            self.pending.clear()  # caught up
+            return visible
+        if visible == self.replaced or visible in self.pending[:-1]:
+            return self.pending[-1]  # our writes are still on their way
+        self.pending.clear()  # someone else wrote the status: start from theirs
+        return visible
+
+    def wrote(self, visible: dict[str, Any], status: dict[str, Any]) -> None:
+        if not self.pending:
+            self.replaced = visible
+        self.pending.append(status)
+
+
+class Runtime:
+    """Shared by every handler: settings, the API client, wake-ups and per-job memory."""
+
+    def __init__(self, settings: OperatorSettings, kube: KubeClient | None = None) -> None:
+        self.settings = settings
+        self.kube = kube or KubeClient()
+        self.stats: Counter[str] = Counter()
+        self._wakeups: dict[Key, asyncio.Event] = {}
+        self._jobs: dict[Key, _JobMemory] = {}
+        self._node_digest: dict[str, NodeInfo] = {}
+        self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="getstatus")
+        self.tiers = TierRefresher(self)
+
+    # -- wake-ups --------------------------------------------------------------------
+
+    def register(self, key: Key) -> asyncio.Event:
+        event = self._wakeups.setdefault(key, asyncio.Event())
+        event.set()  # the first pass runs at once
+        return event
+
+    def wake(self, key: Key) -> None:
+        event = self._wakeups.get(key)
+        if event is not None:
+            event.set()
+
+    def wake_all(self) -> None:
+        for event in self._wakeups.values():
+            event.set()
+
+    def forget(self, key: Key) -> None:
+        """The job's daemon stopped (job deleted or operator exiting): drop its memory."""
+        self._wakeups.pop(key, None)
+        memory = self._jobs.pop(key, None)
+        if memory and memory.client:
+            memory.client.close()
+
+    @property
+    def jobs(self) -> int:
+        return len(self._wakeups)
+
+    def node_changed(self, name: str, info: NodeInfo | None) -> bool:
+        """Record a node's summary; True when it differs from the last one seen."""
+        before = self._node_digest.get(name)
+        if info is None:
+            self._node_digest.pop(name, None)
+            return before is not None
+        self._node_digest[name] = info
+        return before != info
+
+    async def close(self) -> None:
+        self.tiers.cancel()
+        for key in list(self._jobs):
+            self.forget(key)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        await self.kube.close()
+
+    # -- one pass --------------------------------------------------------------------
+
+    async def reconcile_job(self, body: Mapping[str, Any], snapshot: Snapshot) -> float:
+        """Reconcile one FlexTrainJob once; returns the seconds until the next pass."""
+        self.stats["reconciles"] += 1
+        meta = dict(body.get("metadata") or {})
+        name, namespace = str(meta.get("name")), str(meta.get("namespace") or "default")
+        key = job_key(namespace, name)
+        memory = self._jobs.setdefault(key, _JobMemory())
+        now = datetime.now(UTC)
+        visible = dict(body.get("status") or {})
+        status_before = memory.base_status(visible)
+        body = {**body, "status": status_before}
+        involved = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta}
+        try:
+            job = FlexTrainJob.model_validate(
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "metadata": meta,
+                    "spec": dict(body.get("spec") or {}),
+                }
+            )
+        except ValidationError as exc:
+            failed, events = invalid_spec_status(parse_status(body), f"invalid spec: {exc}", now)
+            await self._write_status(
+                memory, job_ref(namespace, name), status_before, failed, visible
+            )
+            for event in events:
+                await self._event(involved, event.type, event.reason, event.message)
+            return self.settings.status_interval
+        status = parse_status(body)
+
+        seen = self._observe(memory, snapshot, job)
+        await self._ensure_token(memory, namespace, name, fresh=status is None and not seen.any_child)
+        seen = dataclasses.replace(seen, secret=memory.secret)
+        reading = await self._read_aggregator(memory, seen, namespace, name)
+        plan = reconcile(
+            job,
+            status,
+            snapshot.device_tiers,
+            snapshot.nodes,
+            seen,
+            reading,
+            now,
+            self.settings,
+            memory.token or new_token(),
+        )
+        await self._apply(plan, memory, job, involved, status_before, visible)
+        delay = self.settings.status_interval
+        if plan.requeue_after is not None:
+            delay = max(0.05, min(delay, plan.requeue_after))
+        return delay
+
+    async def _ensure_token(
+        self, memory: _JobMemory, namespace: str, name: str, *, fresh: bool
+    ) -> None:
+        """Know the job's token: read its Secret once per daemon (the operator restarted,
+        or the job is older than this process); a brand-new job gets a new token and its
+        Secret is created (a 409 then means it existed after all, see _apply)."""
+        if memory.token is not None:
+            return
+        secret = None if fresh else await self.kube.get(
+            "v1", "Secret", names.secret_name(name), namespace
+        )
+        if secret is None:
+            memory.token = new_token()
+            return
+        self._remember_secret(memory, secret)
+
+    @staticmethod
+    def _remember_secret(memory: _JobMemory, secret: Mapping[str, Any]) -> None:
+        memory.secret = observed.child_state(secret)
+        data = (secret.get("data") or {}).get(names.TOKEN_KEY)
+        memory.token = base64.b64decode(data).decode() if data else memory.token or new_token()
+
+    def _observe(
+        self, memory: _JobMemory, snapshot: Snapshot, job: FlexTrainJob
+    ) -> observed.Observed:
+        tier_jobs = {s.tier: s for s in snapshot.tier_jobs}
+        aggregator = snapshot.aggregators[0] if snapshot.aggregators else None
+        service = snapshot.services[0] if snapshot.services else None
+        # Children created moments ago may not have reached the caches yet.
+        for (kind, child), state in list(memory.expected.items()):
+            if kind == "Job" and isinstance(state, observed.TierJobState):
+                if state.tier in tier_jobs:
+                    del memory.expected[(kind, child)]
+                else:
+                    tier_jobs[state.tier] = state
+            elif kind == "Deployment" and isinstance(state, observed.AggregatorState):
+                if aggregator is not None:
+                    del memory.expected[(kind, child)]
+                else:
+                    aggregator = state
+            elif kind == "Service" and isinstance(state, observed.ChildState):
+                if service is not None:
+                    del memory.expected[(kind, child)]
+                else:
+                    service = state
+        return observed.Observed(
+            secret=memory.secret,
+            service=service,
+            aggregator=aggregator,
+            tier_jobs=tier_jobs,
+            pods=tuple(snapshot.pods),
+        )
+
+    async def _read_aggregator(
+        self, memory: _JobMemory, seen: observed.Observed, namespace: str, name: str
+    ) -> AggregatorReading:
+        """GetStatus, at most once per status interval, only while the aggregator runs."""
+        agg = seen.aggregator
+        if agg is None or agg.available < 1 or memory.token is None:
+            memory.reading = AggregatorReading()
+            return memory.reading
+        if time.monotonic() - memory.read_at < self.settings.status_interval * 0.9:
+            return memory.reading
+        address = self.settings.status_address_of(namespace, name, names.aggregator_name(name))
+        if memory.client is None or memory.client_address != address:
+            if memory.client:
+                memory.client.close()
+            memory.client = StatusClient(address, memory.token)
+            memory.client_address = address
+        client = memory.client
+        loop = asyncio.get_running_loop()
+        self.stats["getstatus"] += 1
+        try:
+            result = await loop.run_in_executor(
+                self._executor, client.get, self.settings.status_timeout
+            )
+            memory.reading = AggregatorReading(status=result)
+        except StatusUnavailable as exc:
+            memory.reading = AggregatorReading(error=str(exc))
+        memory.read_at = time.monotonic()
+        return memory.reading
+
+    async def _apply(
+        self,
+        plan: Plan,
+        memory: _JobMemory,
+        job: FlexTrainJob,
+        involved: Mapping[str, Any],
+        status_before: Mapping[str, Any],
+        visible: dict[str, Any],
+    ) -> None:
+        name, namespace = job.metadata.name, job.metadata.namespace or "default"
+        # Children are independent of each other: create them concurrently.
+        results = await asyncio.gather(
+            *(self._create(obj, namespace) for obj in plan.create), return_exceptions=True
+        )
+        for obj, result in zip(plan.create, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            kind, child = obj["kind"], obj["metadata"]["name"]
+            if kind == "Secret":
+                self._remember_secret(memory, result)
+            elif (summary := _summary(kind, result)) is not None:
+                memory.expected[(kind, child)] = summary
+        for patch in plan.patch:
+            await self.kube.patch(
+                patch.api_version, patch.kind, patch.name, patch.namespace, patch.body
+            )
+            self.stats["patched"] += 1
+        for event in plan.events:
+            await self._event(involved, event.type, event.reason, event.message)
+        await self._write_status(
+            memory, job_ref(namespace, name), status_before, plan.status, visible
+        )
+        if plan.delete_job:
+            await self.kube.delete(API_VERSION, KIND, name, namespace)
+
+    async def _create(self, obj: Mapping[str, Any], namespace: str) -> Mapping[str, Any]:
+        """Create a child; if it exists already, what exists (the caches were behind)."""
+        try:
+            created = await self.kube.create(obj)
+            self.stats["created"] += 1
+            return created or obj
+        except Conflict:
+            existing = await self.kube.get(
+                obj["apiVersion"], obj["kind"], obj["metadata"]["name"], namespace
+            )
+            return existing or obj
+
+    async def _write_status(
+        self,
+        memory: _JobMemory,
+        ref: tuple[str, str],
+        before: Mapping[str, Any],
+        status: FlexTrainJobStatus,
+        visible: dict[str, Any],
+    ) -> None:
+        after = status.to_wire()
+        patch = status_patch(before, after)
+        if not patch:
+            return
+        namespace, name = ref
+        self.stats["status_patches"] += 1
+        await self.kube.patch(
+            API_VERSION, KIND, name, namespace, {"status": patch}, subresource="status"
+        )
+        memory.wrote(visible, after)
+
+    async def _event(
+        self, involved: Mapping[str, Any], type_: str, reason: str, message: str
+    ) -> None:
+        if not self.settings.events:
+            return
+        self.stats["events"] += 1
+        try:
+            await self.kube.post_event(involved, type_, reason, message)
+        except KubeError as exc:  # an Event is not worth failing the pass for
+            log.warning("could not post event %s: %s", reason, exc)
+
+
+def job_ref(namespace: str, name: str) -> tuple[str, str]:
+    return (namespace, name)
+
+
+def _summary(kind: str, body: Mapping[str, Any]) -> Any:
+    if kind == "Job":
+        return observed.tier_job_state(body)
+    if kind == "Deployment":
+        return observed.aggregator_state(body)
+    if kind == "Service":
+        return observed.child_state(body)
+    return None
+
+
+class TierRefresher:
+    """Recomputes DeviceTier statuses after node or tier changes, debounced: a burst of
+    node updates costs one pass over the tiers."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._task: asyncio.Task[None] | None = None
+        self._tiers: Mapping[str, Iterable[DeviceTier]] | None = None
+        self._nodes: Mapping[str, Iterable[NodeInfo]] | None = None
+
+    def poke(
+        self, tiers: Mapping[str, Iterable[DeviceTier]], nodes: Mapping[str, Iterable[NodeInfo]]
+    ) -> None:
+        """Schedule a refresh; `tiers` and `nodes` are the live caches (name -> values)."""
+        self._tiers, self._nodes = tiers, nodes
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        await asyncio.sleep(self.runtime.settings.tier_debounce)
+        try:
+            await self.refresh()
+        except KubeError as exc:
+            log.warning("DeviceTier status refresh failed: %s", exc)
+
+    async def refresh(self) -> None:
+        if self._tiers is None or self._nodes is None:
+            return
+        nodes = [n for values in self._nodes.values() for n in values]
+        now = datetime.now(UTC).replace(microsecond=0)
+        for name in list(self._tiers):
+            for tier in list(self._tiers.get(name, ())):
+                new = device_tier_status(tier, nodes, now).to_wire()
+                before = tier.status.to_wire() if tier.status else {}
+                patch = status_patch(before, new)
+                if patch:
+                    self.runtime.stats["tier_status_patches"] += 1
+                    await self.runtime.kube.patch(
+                        API_VERSION,
+                        "DeviceTier",
+                        name,
+                        None,
+                        {"status": patch},
+                        subresource="status",
+                    )
