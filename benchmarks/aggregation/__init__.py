@@ -1,0 +1,1 @@
+"""Aggregator round-overhead benchmark against Flower; run `python -m benchmarks.aggregation`."""

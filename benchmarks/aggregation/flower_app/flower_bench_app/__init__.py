@@ -1,0 +1,1 @@
+"""Flower App used by `python -m benchmarks.aggregation` (deployment-engine path)."""

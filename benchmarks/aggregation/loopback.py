@@ -1,0 +1,181 @@
+"""Raw loopback gRPC throughput of this machine: the physical ceiling of the benchmark.
+
+A minimal server (its own process, grpc.aio like the aggregator, no protobuf: raw bytes
+messages) streams N MiB in 2 MiB chunks to a sync client (server-streaming, the
+direction of PullModel) and takes N MiB from it (client-streaming, the direction of
+PushUpdate), with one stream and with many concurrent streams.
+
+    python -m benchmarks.aggregation.loopback --serve --port-file FILE   # the server
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+CHUNK = 2 * 1024 * 1024
+MIB = 1024 * 1024
+OPTIONS = [
+    ("grpc.max_receive_message_length", 8 * MIB),
+    ("grpc.max_send_message_length", 8 * MIB),
+]
+_SERVICE = "bench.Raw"
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+# -- server -------------------------------------------------------------------------
+
+
+async def _serve(port_file: Path) -> None:
+    chunk = bytes(CHUNK)
+
+    async def download(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        total = int(request.decode())
+        sent = 0
+        while sent < total:
+            n = min(CHUNK, total - sent)
+            yield chunk if n == CHUNK else chunk[:n]
+            sent += n
+
+    async def upload(requests: AsyncIterator[bytes], context: Any) -> bytes:
+        total = 0
+        async for data in requests:
+            total += len(data)
+        return str(total).encode()
+
+    handler = grpc.method_handlers_generic_handler(
+        _SERVICE,
+        {
+            "Download": grpc.unary_stream_rpc_method_handler(download, _identity, _identity),
+            "Upload": grpc.stream_unary_rpc_method_handler(upload, _identity, _identity),
+        },
+    )
+    server = grpc.aio.server(options=OPTIONS)
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    tmp = port_file.with_name(port_file.name + ".tmp")
+    tmp.write_text(str(port))
+    tmp.replace(port_file)
+    await server.wait_for_termination()
+
+
+# -- client -------------------------------------------------------------------------
+
+
+class RawClient:
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
+        self._down = self.channel.unary_stream(f"/{_SERVICE}/Download", _identity, _identity)
+        self._up = self.channel.stream_unary(f"/{_SERVICE}/Upload", _identity, _identity)
+        self._chunk = bytes(CHUNK)
+
+    def download(self, nbytes: int) -> int:
+        got = 0
+        for data in self._down(str(nbytes).encode(), timeout=300):
+            got += len(data)
+        if got != nbytes:
+            raise RuntimeError(f"download moved {got} of {nbytes} bytes")
+        return got
+
+    def upload(self, nbytes: int) -> int:
+        chunk = self._chunk
+
+        def gen() -> Iterator[bytes]:
+            sent = 0
+            while sent < nbytes:
+                n = min(CHUNK, nbytes - sent)
+                yield chunk if n == CHUNK else chunk[:n]
+                sent += n
+
+        got = int(self._up(gen(), timeout=300).decode())
+        if got != nbytes:
+            raise RuntimeError(f"upload moved {got} of {nbytes} bytes")
+        return got
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _parallel(clients: list[RawClient], op: str, per_stream: int) -> float:
+    """Seconds for every client to move `per_stream` bytes at once."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(clients) + 1)
+
+    def work(c: RawClient) -> None:
+        try:
+            barrier.wait(timeout=60)
+            getattr(c, op)(per_stream)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(c,), daemon=True) for c in clients]
+    for t in threads:
+        t.start()
+    barrier.wait(timeout=60)
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join(timeout=600)
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"loopback {op} failed: {errors[0]!r}")
+    return elapsed
+
+
+def measure(port: int, *, mib: int, streams: int, repeats: int) -> dict[str, Any]:
+    """MiB/s for download/upload with 1 stream and with `streams` concurrent streams."""
+    nbytes = mib * MIB
+    single = RawClient(port)
+    many = [RawClient(port) for _ in range(streams)]
+    out: dict[str, Any] = {"mib_per_measurement": mib, "streams": streams, "repeats": repeats, "chunk_bytes": CHUNK}
+    try:
+        single.download(8 * MIB)  # warm up connections
+        single.upload(8 * MIB)
+        _parallel(many, "download", MIB)
+        for op in ("download", "upload"):
+            rates = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                getattr(single, op)(nbytes)
+                rates.append(nbytes / MIB / (time.perf_counter() - t0))
+            out[f"{op}_1_stream_mib_s"] = statistics.median(rates)
+            out[f"{op}_1_stream_all"] = rates
+            per = max(CHUNK, nbytes // streams)
+            rates = [per * streams / MIB / _parallel(many, op, per) for _ in range(repeats)]
+            out[f"{op}_{streams}_streams_mib_s"] = statistics.median(rates)
+            out[f"{op}_{streams}_streams_all"] = rates
+    finally:
+        single.close()
+        for c in many:
+            c.close()
+    keys = [k for k in out if k.endswith("_mib_s")]
+    out["ceiling_mib_s"] = max(out[k] for k in keys)
+    out["ceiling_from"] = max(keys, key=lambda k: out[k])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--serve", action="store_true")
+    p.add_argument("--port-file", type=Path, required=True)
+    args = p.parse_args(argv)
+    if not args.serve:
+        p.error("only --serve runs standalone; the benchmark calls measure()")
+    asyncio.run(_serve(args.port_file))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

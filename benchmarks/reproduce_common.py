@@ -1,0 +1,143 @@
+"""Shared plumbing of the paper-reproduction benchmarks (``benchmarks.reproduce_*``).
+
+Nothing here trains or merges: the benchmarks call ``flextrain.core`` and
+``flextrain.data`` for that. This module only times, formats and writes results.
+
+Importing it sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already sets it,
+so import it before torch. torch's OpenMP (libgomp, read when torch loads) otherwise
+lets idle threads spin at every barrier; on a shared 2-core machine that turned one
+ResNet-20 training step (batch 64, 2 threads) from 0.3-0.45 s into 14 s at a load
+average of about 20 (measured interleaved; 1 thread: 0.7-2 s).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+#: Where the installed Debian package puts the Fashion-MNIST files.
+DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+#: Root of the benchmark outputs (gitignored).
+OUT_ROOT = Path(__file__).resolve().parent / "out"
+
+T = TypeVar("T")
+
+
+class TimedLoader(Generic[T]):
+    """Wrap an iterable (an evaluation loader) and time each complete pass over it.
+
+    ``flextrain.core.centralised.evaluate`` consumes a loader in one tight loop, so the
+    time from the first ``next`` to exhaustion is the evaluation time. The training
+    loops report ``wall_s`` with evaluation included; subtracting :meth:`take` gives
+    the training time alone.
+    """
+
+    def __init__(self, inner: Iterable[T]) -> None:
+        self.inner = inner
+        self._pending = 0.0
+        #: Seconds of all complete passes so far.
+        self.total_s = 0.0
+
+    def __iter__(self) -> Iterator[T]:
+        start = time.perf_counter()
+        yield from self.inner
+        elapsed = time.perf_counter() - start
+        self._pending += elapsed
+        self.total_s += elapsed
+
+    def take(self) -> float:
+        """Seconds of the passes completed since the last call (and reset that count)."""
+        pending, self._pending = self._pending, 0.0
+        return pending
+
+
+def data_dir_for(dataset: str, data_dir: str | None) -> str | None:
+    """``data_dir`` or, for Fashion-MNIST, the Debian package's directory."""
+    if data_dir is not None:
+        return data_dir
+    if dataset == "fashion-mnist":
+        return DEFAULT_FASHION_MNIST_DIR
+    return None
+
+
+def out_dir(name: str, given: str | None) -> Path:
+    """The output directory (created): ``given`` or ``benchmarks/out/<name>``."""
+    path = Path(given) if given is not None else OUT_ROOT / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark, with the load average as evidence of other work."""
+    import torch  # after OMP_WAIT_POLICY is set (see the module docstring)
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "loadavg_1_5_15": list(os.getloadavg()),
+    }
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for fewer than two values)."""
+    if not values:
+        return math.nan, None
+    if len(values) == 1:
+        return float(values[0]), None
+    return statistics.fmean(values), statistics.stdev(values)
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """``0.8734`` -> ``"87.3"``; None or NaN -> ``"-"``."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{100 * value:.{digits}f}"
+
+
+def pct_pm(values: Sequence[float], digits: int = 1) -> str:
+    """Mean ± sample std of accuracies (0..1) in percent; just the mean for one value."""
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    if std is None:
+        return pct(mean, digits)
+    return f"{pct(mean, digits)} ± {pct(std, digits)}"
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(
+    directory: Path, name: str, markdown: str, data: dict[str, Any]
+) -> tuple[Path, Path]:
+    """Write ``<name>.md`` and ``<name>.json`` into ``directory``; return both paths."""
+    md_path = directory / f"{name}.md"
+    json_path = directory / f"{name}.json"
+    md_path.write_text(markdown + "\n", encoding="utf-8")
+    json_path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return md_path, json_path
+
+
+def log(message: str) -> None:
+    """One progress line, flushed at once (runs take minutes)."""
+    print(message, flush=True)

@@ -1,0 +1,42 @@
+"""Smoke run of the aggregation benchmark (``benchmarks.aggregation --quick``), our side
+only: a real aggregator process, 20 fake trainers and the loopback ceiling must leave
+the markdown table and the raw JSON in the output directory. Flower is not needed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_quick_flextrain_only_run_writes_table_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "aggregation"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.aggregation", "--quick", "--only", "flextrain", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = (out / "aggregation.md").read_text()
+    assert "FlexTrain aggregator" in table
+    assert "Raw loopback gRPC throughput" in table
+    data = json.loads((out / "aggregation.json").read_text())
+    ours = data["results"]["ours/resnet56-table3"]
+    assert "error" not in ours, ours
+    assert len(ours["rounds"]) == 2  # --quick: two measured rounds after the warm-up
+    # The Table 3 mix moves 55.8 % of full-model FedAvg's bytes (prefix sizes, exactly).
+    assert ours["bytes_per_round"] == ours["bytes_per_round_expected"]
+    assert abs(ours["bytes_share_of_fedavg"] - 0.558) < 0.005
+    assert ours["server_peak_rss_bytes"] > 0
+    assert data["results"]["loopback"]["ceiling_mib_s"] > 0
