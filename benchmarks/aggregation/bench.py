@@ -361,7 +361,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.aggregation", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke test: ResNet-56 only, 2 measured rounds, no Deployment Engine")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report directory (default {DEFAULT_OUT.relative_to(REPO)})")
-    p.add_argument("--only", choices=["all", "flextrain", "flower"], default="all", help="measure one side only (the loopback ceiling always runs)")
+    p.add_argument(
+        "--only",
+        choices=["all", "flextrain", "flower", "flower-legacy", "flower-deployment"],
+        default="all",
+        help="measure one side (or one Flower path) only; the loopback ceiling always runs",
+    )
     p.add_argument("--rounds", type=int, default=None, help="measured rounds per configuration (default 3, --quick 2)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up rounds before the measured ones")
     p.add_argument("--client-procs", type=int, default=4, help="processes the 20 clients are spread over (threads inside)")
@@ -414,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"warning: the large model is only {report['cases']['large']['model_bytes'] / 1e6:.1f} MB (< 50 MB)")
     results: dict[str, Any] = report["results"]
     do_ours = args.only in ("all", "flextrain")
-    do_flower = args.only in ("all", "flower")
+    do_flower = args.only in ("all", "flower", "flower-legacy", "flower-deployment")
+    do_legacy = args.only != "flower-deployment"
+    do_deployment = args.only != "flower-legacy"
     flower_python = args.flower_python
     if do_flower:
         try:
@@ -427,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     tracker = Tracker(logs)
     try:
         def section(key: str, fn: Callable[[], Any]) -> None:
+            tracker.stop_all()  # nothing of an earlier section may linger (e.g. Flower's detached children)
             load = foreign_load(tracker, 1.0)
             report["foreign_load"].append(round(load, 3))
             guarded(results, key, fn, log, load)
@@ -442,12 +450,14 @@ def main(argv: list[str] | None = None) -> int:
             for label, case in flower_cases:
                 path = work / f"model-{label}.npz"
                 models[label] = (path, flower.save_model(ours.model_arrays(case), path))
-            for label, _case in flower_cases:
+            for label, _case in flower_cases if do_legacy else []:
                 path, nbytes = models[label]
                 section(f"flower-legacy/{label}", lambda label=label, path=path, nbytes=nbytes: flower.run_legacy(
                     flower_python, path, nbytes, tracker, work / "flower-legacy", label=label, clients=20,
                     warmup=args.warmup, measured=args.rounds, client_procs=args.client_procs))
-            if args.quick or args.no_deployment:
+            if not do_deployment:
+                pass
+            elif args.quick or args.no_deployment:
                 report["skipped"].append("Flower Deployment Engine (" + ("--quick" if args.quick else "--no-deployment") + ")")
             else:
                 phases = [

@@ -229,16 +229,20 @@ class Tracker:
         for popen in self.started:
             popen.poll()  # collects exited children so they stop counting as alive
 
-    def close(self) -> None:
-        """Stop every tagged process (by pid) and the watcher. Safe to call twice."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    def stop_all(self) -> None:
+        """Stop every tagged process still alive (by pid), e.g. between sections."""
         for _attempt in range(3):  # children may start grandchildren while we stop them
             pids = sorted(set(self.tagged_pids()) | {p.pid for p in self.started if p.poll() is None})
             if not pids:
                 break
             self.stop_pids(pids)
+
+    def close(self) -> None:
+        """Stop every tagged process (by pid) and the watcher. Safe to call twice."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.stop_all()
         for popen in self.started:
             with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL was sent
                 popen.wait(timeout=5)
