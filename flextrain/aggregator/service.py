@@ -130,6 +130,9 @@ class AggregatorService:
         self._eval_loader: Any = None
         self._round_started = time.monotonic()
         self.agg = self._restore_or_start()
+        #: Rounds whose merge, evaluation and checkpoint have all finished: what status
+        #: reports, so a reader never sees a closed round without its accuracy.
+        self.reported_rounds = self.agg.completed_rounds
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -327,6 +330,7 @@ class AggregatorService:
         )
         if last:
             log.info("training complete after %d rounds", closed, extra={"round": closed})
+        self.reported_rounds = closed
         return closed
 
     def _eval_batches(self) -> Any:
@@ -366,6 +370,11 @@ class AggregatorService:
         log.warning("rejected (%s): %s", exc.reason, exc)
 
     # -- status ----------------------------------------------------------------------
+
+    @property
+    def reported_done(self) -> bool:
+        """Training is over and its last round is fully reported (see reported_rounds)."""
+        return self.reported_rounds >= self.agg.total_rounds
 
     def latest_accuracy(self) -> dict[int, tuple[float, int]]:
         """depth -> (accuracy, round) of the latest evaluation of each depth."""

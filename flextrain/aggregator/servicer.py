@@ -181,9 +181,9 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         agg = svc.agg
         return pb.GetStatusResponse(
             job=svc.plan.name,
-            round=agg.completed_rounds,
+            round=svc.reported_rounds,
             total_rounds=agg.total_rounds,
-            done=agg.done,
+            done=svc.reported_done,
             tiers=[pb.TierProgress(**row) for row in svc.tier_rows()],
             accuracy=[pb.DepthAccuracy(depth=d, accuracy=a, round=r) for d, (a, r) in sorted(svc.latest_accuracy().items())],
             updates_rejected=svc.rejections,

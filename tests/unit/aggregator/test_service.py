@@ -1,0 +1,44 @@
+"""The service's status view: a reader never sees a closed round before its evaluation
+and checkpoint are done (the operator marks a job Succeeded from ``done``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flextrain.aggregator.service import AggregatorService, Settings
+from flextrain.jobplan import plan_job
+from tests.unit.aggregator.test_state import push
+from tests.integration.procs import tiny_job
+
+
+def test_status_reports_a_round_only_after_its_evaluation_and_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = plan_job(tiny_job(tiers=[("shallow", 1, 1), ("deep", 3, 1)]), {})
+    service = AggregatorService(plan, Settings(checkpoint_dir=tmp_path))
+    service.agg.total_rounds = 1
+    seen: list[tuple[int, bool, dict[int, tuple[float, int]]]] = []
+    evaluate, save = service._evaluate, service.store.save  # type: ignore[union-attr]
+
+    def watched_evaluate(closed: int) -> None:
+        seen.append((service.reported_rounds, service.reported_done, service.latest_accuracy()))
+        evaluate(closed)
+
+    def watched_save(checkpoint: object) -> None:
+        seen.append((service.reported_rounds, service.reported_done, service.latest_accuracy()))
+        save(checkpoint)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "_evaluate", watched_evaluate)
+    monkeypatch.setattr(service.store, "save", watched_save)
+    for tier, depth in (("shallow", 1), ("deep", 3)):
+        service.agg.join("tiny", tier, 0, depth)
+        push(service.agg, f"{tier}-0", depth)
+
+    assert service._close_round_sync() == 1
+    assert service.agg.done, "the state machine is done as soon as the round merges"
+    # ...but while evaluating and checkpointing, status still shows the previous round.
+    assert [s[:2] for s in seen] == [(0, False), (0, False)]
+    assert service.reported_rounds == 1 and service.reported_done
+    assert {r for _, r in service.latest_accuracy().values()} == {1}
