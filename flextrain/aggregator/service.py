@@ -32,7 +32,7 @@ from flextrain.core.arch import profile
 from flextrain.core.centralised import evaluate
 from flextrain.core.models import ModelSpec
 from flextrain.jobplan import JobPlan
-from flextrain.wire.tensors import Encoded, Spec, decode, encode
+from flextrain.wire.tensors import Chunked, Spec, decode, encode, float32_view
 
 log = logging.getLogger("flextrain.aggregator")
 
@@ -48,7 +48,7 @@ class Settings:
     #: Longest a PullModel call waits for the next round, in seconds.
     max_wait_seconds: float = 30.0
     #: Update payloads received at once; more pushes wait their turn.
-    max_concurrent_pushes: int = 4
+    max_concurrent_pushes: int = 2
     #: Held-out examples per evaluation batch.
     eval_batch_size: int = 512
     #: Seconds between deadline checks of the open round.
@@ -78,7 +78,7 @@ class PullResult:
     ready: bool
     done: bool
     round: int
-    encoded: Encoded | None = None
+    encoded: Chunked | None = None
 
 
 @dataclass
@@ -124,7 +124,7 @@ class AggregatorService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator")
         self._changed: asyncio.Condition | None = None
         self._push_slots: asyncio.Semaphore | None = None
-        self._encoded: dict[tuple[int, int], Encoded] = {}
+        self._encoded: dict[tuple[int, int], asyncio.Future[Chunked]] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._closing = False
         self._eval_loader: Any = None
@@ -233,15 +233,28 @@ class AggregatorService:
         if self.agg.done:
             return PullResult(ready=False, done=True, round=self.agg.round.number)
         number = self.agg.round.number
-        key = (number, client.depth)
-        encoded = self._encoded.get(key)
-        if encoded is None:
-            encoded = await self._run(lambda: encode(self.agg.prefix_state(client.depth), self.agg.compression))
-            self._encoded = {k: v for k, v in self._encoded.items() if k[0] == number}
-            self._encoded[key] = encoded
-        self.agg.record_sent(client_id, len(encoded.payload))
-        self.metrics.sent(client.tier, len(encoded.payload))
+        encoded = await self._encoded_prefix(number, client.depth)
+        self.agg.record_sent(client_id, encoded.nbytes)
+        self.metrics.sent(client.tier, encoded.nbytes)
         return PullResult(ready=True, done=False, round=number, encoded=encoded)
+
+    async def _encoded_prefix(self, number: int, depth: int) -> Chunked:
+        """The depth-`depth` prefix of round `number`'s model, encoded once per round and
+        shared by every pull of that depth (also by pulls that arrive while it encodes)."""
+        key = (number, depth)
+        pending = self._encoded.get(key)
+        if pending is None:
+            state = self.agg.prefix_state(depth)  # taken now: the round cannot change under it
+            pending = asyncio.ensure_future(self._run(lambda: encode(state, self.agg.compression).frozen()))
+            self._encoded = {k: v for k, v in self._encoded.items() if k[0] == number}
+            self._encoded[key] = pending
+        try:
+            # shield: a caller that gives up must not cancel the encode the others await
+            return await asyncio.shield(pending)
+        except Exception:
+            if self._encoded.get(key) is pending:
+                del self._encoded[key]  # let the next pull try again
+            raise
 
     def begin_push(self, client_id: str, round_number: int, num_examples: int, specs: list[Spec]) -> PushTicket:
         """Check an update's header; raises Rejected before any byte is read."""
@@ -287,10 +300,12 @@ class AggregatorService:
         # Re-check on the worker thread: the round may have closed while bytes arrived.
         self.agg.check_header(ticket.client.client_id, ticket.round, ticket.num_examples, ticket.specs)
         try:
-            tensors = decode(ticket.specs, payload)
+            # The payload is this push's own buffer: float32 tensors are views into it.
+            tensors = decode(ticket.specs, payload, copy=False)
         except ValueError as exc:
             raise invalid("malformed", str(exc)) from exc
-        return self.agg.fold(ticket.client.client_id, tensors, ticket.num_examples, len(payload))
+        flat = float32_view(ticket.specs, payload)
+        return self.agg.fold(ticket.client.client_id, tensors, ticket.num_examples, len(payload), flat)
 
     async def _close_round(self) -> None:
         assert self._changed is not None

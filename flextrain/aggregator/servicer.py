@@ -23,6 +23,7 @@ from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
 from flextrain.wire.auth import REASON_KEY, token_matches
 from flextrain.wire.tensors import (
     MAX_MESSAGE_BYTES,
+    Spec,
     WireFormatError,
     dtype_to_proto,
     spec_from_proto,
@@ -47,6 +48,9 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # No bandwidth-delay probing: on fast links it grows the flow-control window until a
+    # push that waits for a push slot has its whole update buffered inside gRPC.
+    ("grpc.http2.bdp_probe", 0),
 ]
 
 
@@ -54,6 +58,26 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     def __init__(self, service: AggregatorService, token: str) -> None:
         self.service = service
         self._token = token
+        self._expected: dict[int, tuple[pb.UpdateHeader, list[Spec]]] = {}
+
+    def _specs(self, header: pb.UpdateHeader) -> list[Spec]:
+        """The header's tensor specs. A header that lists exactly what the aggregator
+        sent the client (the usual case) is recognised by one comparison of messages
+        and mapped to the cached specs; anything else is converted tensor by tensor for
+        the precise checks of the state."""
+        client = self.service.agg.clients.get(header.client_id)
+        if client is not None:
+            expected = self._expected.get(client.depth)
+            if expected is None:
+                specs = self.service.agg.expected_spec_list(client.depth)
+                expected = (pb.UpdateHeader(tensors=[spec_to_proto(x) for x in specs]), specs)
+                self._expected[client.depth] = expected
+            if header.tensors == expected[0].tensors:
+                return expected[1]
+        try:
+            return [spec_from_proto(t) for t in header.tensors]
+        except WireFormatError as exc:
+            raise Rejected(Kind.INVALID, "malformed", str(exc)) from exc
 
     async def _check(self, context: grpc.aio.ServicerContext) -> None:
         if not token_matches(context.invocation_metadata(), self._token):
@@ -126,11 +150,11 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 done=result.done,
                 round=result.round,
                 tensors=[spec_to_proto(s) for s in encoded.specs] if encoded else [],
-                total_bytes=len(encoded.payload) if encoded else 0,
+                total_bytes=encoded.nbytes if encoded else 0,
             )
         )
         if encoded is not None:
-            for chunk in encoded.chunks():
+            for chunk in encoded.parts:
                 yield pb.ModelChunk(data=chunk)
 
     async def PushUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk], context: grpc.aio.ServicerContext) -> pb.PushUpdateResponse:
@@ -144,28 +168,29 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             if first is None or first.WhichOneof("chunk") != "header":
                 raise Rejected(Kind.INVALID, "malformed", "the first chunk of an update must be its header")
             header = first.header
-            try:
-                specs = [spec_from_proto(t) for t in header.tensors]
-            except WireFormatError as exc:
-                raise Rejected(Kind.INVALID, "malformed", str(exc)) from exc
-            ticket = self.service.begin_push(header.client_id, header.round, header.num_examples, specs)
+            ticket = self.service.begin_push(header.client_id, header.round, header.num_examples, self._specs(header))
             async with self.service.push_slot():
-                payload = bytearray()
-                async for chunk in stream:
-                    if chunk.WhichOneof("chunk") != "data":
-                        raise Rejected(Kind.INVALID, "malformed", "only data chunks may follow the header")
-                    if len(payload) + len(chunk.data) > ticket.expected_bytes:
-                        raise Rejected(
-                            Kind.EXHAUSTED,
-                            "too_large",
-                            f"update carries more than the {ticket.expected_bytes} bytes its header describes",
-                        )
-                    payload += chunk.data
-                if len(payload) != ticket.expected_bytes:
+                # One buffer of exactly the announced size, filled in place.
+                payload = bytearray(ticket.expected_bytes)
+                received = 0
+                with memoryview(payload) as view:
+                    async for chunk in stream:
+                        if chunk.WhichOneof("chunk") != "data":
+                            raise Rejected(Kind.INVALID, "malformed", "only data chunks may follow the header")
+                        data = chunk.data
+                        if received + len(data) > ticket.expected_bytes:
+                            raise Rejected(
+                                Kind.EXHAUSTED,
+                                "too_large",
+                                f"update carries more than the {ticket.expected_bytes} bytes its header describes",
+                            )
+                        view[received : received + len(data)] = data
+                        received += len(data)
+                if received != ticket.expected_bytes:
                     raise Rejected(
                         Kind.INVALID,
                         "truncated",
-                        f"update carries {len(payload)} bytes, its header describes {ticket.expected_bytes}",
+                        f"update carries {received} bytes, its header describes {ticket.expected_bytes}",
                     )
                 counted = await self.service.finish_push(ticket, payload)
         except Rejected as exc:
@@ -173,7 +198,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 self.service.reject_payload(exc)
             await self._abort(context, exc)
             raise
-        return pb.PushUpdateResponse(accepted=True, round=counted, bytes_received=len(payload))
+        return pb.PushUpdateResponse(accepted=True, round=counted, bytes_received=received)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
         await self._check(context)

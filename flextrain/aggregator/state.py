@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from flextrain.aggregator.errors import Kind, Rejected, invalid, precondition
-from flextrain.core.merge import get_strategy
+from flextrain.core.merge import get_strategy, is_finite
 from flextrain.core.merge.base import Accumulator, MergeError
 from flextrain.core.partition import prefix_keys
 from flextrain.jobplan import JobPlan, TierPlan
@@ -96,6 +96,7 @@ class Aggregation:
                 self.tiers[name] = TierCounters(**vars(counters))
         self._keys = list(self.global_state)
         self._expected: dict[int, dict[str, Spec]] = {}
+        self._expected_list: dict[int, list[Spec]] = {}
         self.max_update_bytes = max_update_bytes
         self.round = self._open_round(completed_rounds + 1)
         self._acc: Accumulator = self.strategy.begin(self.global_state, self.expected_clients)
@@ -126,6 +127,13 @@ class Aggregation:
                 for name in prefix_keys(self._keys, depth)
             }
         return self._expected[depth]
+
+    def expected_spec_list(self, depth: int) -> list[Spec]:
+        """`expected_specs(depth)` as a list, in the order the aggregator sends them; an
+        update that lists exactly these specs is valid without a per-tensor check."""
+        if depth not in self._expected_list:
+            self._expected_list[depth] = list(self.expected_specs(depth).values())
+        return self._expected_list[depth]
 
     def prefix_state(self, depth: int) -> dict[str, Tensor]:
         return {name: self.global_state[name] for name in self.expected_specs(depth)}
@@ -181,6 +189,8 @@ class Aggregation:
         if isinstance(num_examples, bool) or num_examples <= 0:
             raise invalid("bad_examples", f"num_examples must be positive, got {num_examples}")
         expected = self.expected_specs(info.depth)
+        if specs == self.expected_spec_list(info.depth):
+            return self._check_size(info, specs)
         all_specs = self.expected_specs(self.plan.job.spec.model.num_blocks)
         seen: set[str] = set()
         for spec in specs:
@@ -208,20 +218,38 @@ class Aggregation:
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise invalid("missing_tensor", f"tensor {missing[0]!r}{more} of depth {info.depth} is missing")
+        return self._check_size(info, specs)
+
+    def _check_size(self, info: ClientInfo, specs: list[Spec]) -> ClientInfo:
         total = sum(s.num_bytes for s in specs)
         if self.max_update_bytes is not None and total > self.max_update_bytes:
             raise Rejected(Kind.EXHAUSTED, "too_large", f"update of {total} bytes exceeds the limit {self.max_update_bytes}")
         return info
 
-    def fold(self, client_id: str, tensors: Mapping[str, Tensor], num_examples: int, nbytes: int) -> bool:
+    def fold(
+        self,
+        client_id: str,
+        tensors: Mapping[str, Tensor],
+        num_examples: int,
+        nbytes: int,
+        flat: Tensor | None = None,
+    ) -> bool:
         """Check values and fold a decoded update into the round; True when the round is
-        now complete (every expected client pushed). Nothing changes if it raises."""
+        now complete (every expected client pushed). Nothing changes if it raises.
+
+        `flat`, when given, is the whole float32 payload the tensors were decoded from
+        (see ``flextrain.wire.tensors.float32_view``): its values are checked in one
+        pass, and tensor by tensor only when that pass finds something (integer tensors'
+        bytes read as float32 can look non-finite; the per-tensor pass decides).
+        """
         info = self.client(client_id)
-        for name, tensor in tensors.items():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise invalid("non_finite", f"tensor {name!r} holds NaN or infinite values")
+        checked = flat is not None and is_finite(flat)
+        if not checked:
+            for name, tensor in tensors.items():
+                if tensor.is_floating_point() and not is_finite(tensor):
+                    raise invalid("non_finite", f"tensor {name!r} holds NaN or infinite values")
         try:
-            self._acc.add(tensors, num_examples)
+            self._acc.add(tensors, num_examples, checked_finite=True)
         except MergeError as exc:  # defensive: the header check should have caught it
             raise invalid("merge_rejected", str(exc)) from exc
         self.round.pushed.add(client_id)

@@ -123,15 +123,24 @@ class AggregatorClient:
                 timeout=wait_seconds + 300,
             )
             header = next(stream).header
-            payload = bytearray()
-            for chunk in stream:
-                payload += chunk.data
+            payload = bytearray(header.total_bytes)
+            received = 0
+            with memoryview(payload) as view:
+                for chunk in stream:
+                    data = chunk.data
+                    if received + len(data) > len(payload):
+                        raise Retry(f"the model stream carries more than the {len(payload)} bytes its header announced")
+                    view[received : received + len(data)] = data
+                    received += len(data)
         except grpc.RpcError as exc:
             raise _classify(exc) from None
         if not header.ready:
             return Pulled(False, header.done, header.round, {}, 0)
+        if received != len(payload):
+            raise Retry(f"the model stream ended after {received} of {len(payload)} bytes")
         specs = [spec_from_proto(t) for t in header.tensors]
-        return Pulled(True, False, header.round, decode(specs, payload), len(payload))
+        # The buffer is ours alone: its float32 tensors are used in place, not copied.
+        return Pulled(True, False, header.round, decode(specs, payload, copy=False), received)
 
     def push(self, client_id: str, round_number: int, tensors: Mapping[str, Tensor], num_examples: int, wire_dtype: int, train_loss: float, train_seconds: float) -> int:
         encoded = encode(tensors, dtype_from_proto(wire_dtype))

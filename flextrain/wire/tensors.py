@@ -95,36 +95,65 @@ class Encoded:
     """Tensors ready to send: their specs and one contiguous payload."""
 
     specs: list[Spec]
-    payload: bytes
+    payload: bytes | bytearray
 
     def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
         view = memoryview(self.payload)
         for start in range(0, len(view), chunk_bytes):
             yield bytes(view[start : start + chunk_bytes])
 
+    def frozen(self, chunk_bytes: int = CHUNK_BYTES) -> Chunked:
+        """The payload cut once into immutable chunks, for sending many times."""
+        return Chunked(self.specs, tuple(self.chunks(chunk_bytes)), len(self.payload))
+
+
+@dataclass(frozen=True)
+class Chunked:
+    """Encoded tensors kept as ready-to-send chunks (the aggregator sends each round's
+    model to many clients: cutting it once saves a copy per client)."""
+
+    specs: list[Spec]
+    parts: tuple[bytes, ...]
+    nbytes: int
+
 
 def encode(tensors: Mapping[str, Tensor], compression: torch.dtype = torch.float32) -> Encoded:
-    """Serialise tensors (in mapping order), floating ones cast to `compression`."""
+    """Serialise tensors (in mapping order), floating ones cast to `compression`.
+
+    Each tensor is written once, straight into one preallocated payload (the cast to
+    the wire dtype happens in that copy).
+    """
     specs = []
-    parts = []
+    sources = []
     for name, tensor in tensors.items():
-        wire = tensor.detach().to("cpu", wire_dtype_for(tensor.dtype, compression)).contiguous()
-        specs.append(Spec(name, tuple(wire.shape), wire.dtype))
-        # bfloat16 has no numpy dtype: reinterpret its bytes as int16.
-        raw = wire.view(torch.int16) if wire.dtype == torch.bfloat16 else wire
-        parts.append(raw.numpy().tobytes())
-    return Encoded(specs, b"".join(parts))
+        source = tensor.detach()
+        specs.append(Spec(name, tuple(source.shape), wire_dtype_for(source.dtype, compression)))
+        sources.append(source)
+    payload = bytearray(sum(s.num_bytes for s in specs))
+    offset = 0
+    for spec, source in zip(specs, sources, strict=True):
+        count = source.numel()
+        if count:
+            target = torch.frombuffer(payload, dtype=spec.dtype, count=count, offset=offset)
+            target.copy_(source.reshape(-1))
+        offset += spec.num_bytes
+    return Encoded(specs, payload)
 
 
-def decode(specs: list[Spec], payload: bytes | bytearray | memoryview) -> dict[str, Tensor]:
+def decode(specs: list[Spec], payload: bytes | bytearray | memoryview, *, copy: bool = True) -> dict[str, Tensor]:
     """Tensors from specs + payload; floating ones come back as float32. The payload
-    must hold exactly the bytes the specs describe."""
+    must hold exactly the bytes the specs describe.
+
+    With ``copy=False`` and a writable payload (a bytearray the caller owns and will not
+    modify again), float32 tensors are views into the payload instead of copies; the
+    tensors keep the payload alive. Other tensors are always new.
+    """
     expected = sum(s.num_bytes for s in specs)
     if len(payload) != expected:
         raise WireFormatError(f"payload has {len(payload)} bytes, the tensor specs describe {expected}")
+    share = not copy and not memoryview(payload).readonly
     out: dict[str, Tensor] = {}
     offset = 0
-    buffer = memoryview(payload)
     for spec in specs:
         size = spec.num_bytes
         if size == 0:
@@ -133,8 +162,26 @@ def decode(specs: list[Spec], payload: bytes | bytearray | memoryview) -> dict[s
         with warnings.catch_warnings():
             # A read-only payload (bytes) is fine: the result is copied below.
             warnings.simplefilter("ignore", UserWarning)
-            flat = torch.frombuffer(buffer[offset : offset + size], dtype=spec.dtype)
+            flat = torch.frombuffer(payload, dtype=spec.dtype, count=size // spec.dtype.itemsize, offset=offset)
         tensor = flat.reshape(spec.shape)
-        out[spec.name] = tensor.float() if spec.dtype.is_floating_point and spec.dtype != torch.float32 else tensor.clone()
+        if spec.dtype.is_floating_point and spec.dtype != torch.float32:
+            tensor = tensor.float()
+        elif not (share and spec.dtype == torch.float32 and offset % 4 == 0):
+            tensor = tensor.clone()
+        out[spec.name] = tensor
         offset += size
     return out
+
+
+def float32_view(specs: list[Spec], payload: bytes | bytearray) -> Tensor | None:
+    """The whole payload as one float32 vector when every floating tensor in it travels
+    as float32 (None otherwise), for one-pass checks over all values. Integer tensors'
+    bytes are included and read as float32: only use it for checks that can be
+    confirmed per tensor (see ``flextrain.aggregator.state``)."""
+    if len(payload) % 4 or any(s.dtype.is_floating_point and s.dtype != torch.float32 for s in specs):
+        return None
+    if not payload:
+        return torch.empty(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(payload, dtype=torch.float32)

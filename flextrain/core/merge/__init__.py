@@ -13,7 +13,14 @@ from typing import Final
 
 from torch import Tensor
 
-from flextrain.core.merge.base import Accumulator, AccumulatorClosed, MergeError, MergeStrategy
+from flextrain.core.merge.base import (
+    Accumulator,
+    AccumulatorClosed,
+    MergeError,
+    MergeStrategy,
+    NonFiniteError,
+    is_finite,
+)
 from flextrain.core.merge.holder_weighted import HolderWeightedMerge
 from flextrain.core.merge.pad import PadMerge
 
@@ -71,8 +78,10 @@ __all__ = [
     "HolderWeightedMerge",
     "MergeError",
     "MergeStrategy",
+    "NonFiniteError",
     "PadMerge",
     "UnknownStrategy",
     "get_strategy",
+    "is_finite",
     "merge",
 ]

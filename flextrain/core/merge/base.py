@@ -25,6 +25,7 @@ Common rules, shared by every strategy:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
@@ -34,6 +35,23 @@ from torch import Tensor
 
 class MergeError(ValueError):
     """A client update cannot be merged (unknown key, wrong shape, non-finite values...)."""
+
+
+class NonFiniteError(MergeError):
+    """A client update holds NaN or infinite values."""
+
+
+def is_finite(tensor: Tensor) -> bool:
+    """True when every value of a floating tensor is finite.
+
+    One pass, no boolean temporary: the float64 sum of finite float16/32 values cannot
+    overflow, and NaN or infinity anywhere makes it non-finite.
+    """
+    if tensor.numel() == 0:
+        return True
+    if tensor.dtype == torch.float64:  # its sum could overflow
+        return bool(torch.isfinite(tensor).all())
+    return math.isfinite(float(tensor.sum(dtype=torch.float64)))
 
 
 class AccumulatorClosed(MergeError):
@@ -60,13 +78,16 @@ class Accumulator(ABC):
 
     # -- validation shared by all strategies -------------------------------------------
 
-    def validate(self, tensors: Mapping[str, Tensor], num_examples: int) -> None:
+    def validate(
+        self, tensors: Mapping[str, Tensor], num_examples: int, *, check_finite: bool = True
+    ) -> None:
         """Raise :class:`MergeError` if the update cannot be folded; changes nothing.
 
         Checks: the accumulator is open and below ``expected_clients``; ``num_examples``
         is an int > 0; the update is non-empty; every key exists in the global state;
         shapes are equal; a floating global tensor gets a floating tensor with only
-        finite values; an integer/bool global tensor gets an integer/bool tensor.
+        finite values (skipped with ``check_finite=False``, for callers that checked
+        the values already); an integer/bool global tensor gets an integer/bool tensor.
         """
         if self._finished:
             raise AccumulatorClosed("accumulator already finished; begin a new round")
@@ -95,24 +116,30 @@ class Accumulator(ABC):
             if ref.is_floating_point():
                 if not value.is_floating_point():
                     raise MergeError(f"tensor {key!r} must be floating, got {value.dtype}")
-                if not bool(torch.isfinite(value).all()):
-                    raise MergeError(f"tensor {key!r} holds NaN or infinite values")
+                if check_finite and not is_finite(value):
+                    raise NonFiniteError(f"tensor {key!r} holds NaN or infinite values")
             elif value.is_floating_point() or value.is_complex():
                 raise MergeError(f"tensor {key!r} must be integer like the global state")
 
     # -- the protocol ----------------------------------------------------------------
 
-    def add(self, tensors: Mapping[str, Tensor], num_examples: int) -> None:
+    def add(
+        self, tensors: Mapping[str, Tensor], num_examples: int, *, checked_finite: bool = False
+    ) -> None:
         """Validate one client update and fold it into the running sums.
 
         Args:
             tensors: a subset of the global state's keys (e.g. one prefix), same shapes.
             num_examples: examples the client trained on this round; must be > 0.
+            checked_finite: the caller has already verified that every floating value
+                is finite (the aggregator checks a whole payload in one pass); the
+                per-tensor check is skipped. Everything else is still validated.
 
         Raises:
             MergeError: the update was rejected; the accumulator is unchanged.
+            NonFiniteError: (a MergeError) a floating tensor holds NaN or infinity.
         """
-        self.validate(tensors, num_examples)
+        self.validate(tensors, num_examples, check_finite=not checked_finite)
         self._fold(tensors, num_examples)
         self.num_clients += 1
         self.num_examples += num_examples

@@ -3,14 +3,19 @@ and checkpoint are done (the operator marks a job Succeeded from ``done``)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from flextrain.aggregator import service as service_module
 from flextrain.aggregator.service import AggregatorService, Settings
 from flextrain.jobplan import plan_job
-from tests.unit.aggregator.test_state import push
+from flextrain.wire.tensors import encode
 from tests.integration.procs import tiny_job
+from tests.unit.aggregator.test_state import push
 
 
 def test_status_reports_a_round_only_after_its_evaluation_and_checkpoint(
@@ -42,3 +47,34 @@ def test_status_reports_a_round_only_after_its_evaluation_and_checkpoint(
     assert [s[:2] for s in seen] == [(0, False), (0, False)]
     assert service.reported_rounds == 1 and service.reported_done
     assert {r for _, r in service.latest_accuracy().values()} == {1}
+
+
+async def test_concurrent_pulls_of_one_depth_share_one_encode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan = plan_job(tiny_job(tiers=[("shallow", 1, 3), ("deep", 3, 2)]), {})
+    service = AggregatorService(plan)
+    calls: list[int] = []
+
+    def counting_encode(tensors: Any, compression: Any) -> Any:
+        calls.append(len(tensors))
+        time.sleep(0.05)  # long enough for every pull to arrive while it runs
+        return encode(tensors, compression)
+
+    monkeypatch.setattr(service_module, "encode", counting_encode)
+    await service.start()
+    try:
+        clients = [
+            service.join("tiny", tier, r, d).client.client_id
+            for tier, d, n in (("shallow", 1, 3), ("deep", 3, 2))
+            for r in range(n)
+        ]
+        results = await asyncio.gather(*(service.pull(c, 1, 0) for c in clients))
+    finally:
+        await service.stop()
+    assert all(r.ready and r.round == 1 for r in results)
+    assert sorted(calls) == sorted({len(service.agg.prefix_state(d)) for d in (1, 3)}), (
+        "one encode per depth"
+    )
+    shallow = {id(r.encoded) for r in results[:3]}
+    assert len(shallow) == 1 and results[3].encoded is results[4].encoded

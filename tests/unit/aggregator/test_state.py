@@ -9,7 +9,7 @@ from flextrain.aggregator.errors import Kind, Rejected
 from flextrain.aggregator.service import initial_state
 from flextrain.aggregator.state import Aggregation
 from flextrain.jobplan import plan_job
-from flextrain.wire.tensors import encode
+from flextrain.wire.tensors import decode, encode, float32_view
 from tests.integration.procs import tiny_job
 
 
@@ -72,6 +72,42 @@ def test_rejected_fold_leaves_everything_unchanged() -> None:
         agg.fold("deep-0", bad, 10, 1)
     assert not agg.round.pushed and agg.tiers["deep"].bytes_received == 0
     assert all(torch.equal(before[k], agg.global_state[k]) for k in before)
+
+
+def test_one_pass_value_check_names_the_tensor_and_ignores_integer_bytes() -> None:
+    agg, _ = make()
+    agg.join("tiny", "deep", 0, 3)
+    specs = agg.expected_spec_list(3)
+    good = {k: v.clone() for k, v in agg.prefix_state(3).items()}
+    counter = next(k for k in good if k.endswith("num_batches_tracked"))
+    # An int64 whose low word reads as a float32 NaN: the one-pass check flags the
+    # payload, the per-tensor pass clears it.
+    good[counter] = torch.tensor(0x7FC00000, dtype=torch.int64)
+    encoded = encode(good)
+    tensors = decode(specs, encoded.payload)
+    flat = float32_view(specs, encoded.payload)
+    assert flat is not None and not bool(torch.isfinite(flat).all())
+    assert not agg.fold("deep-0", tensors, 10, len(encoded.payload), flat)
+
+    agg.join("tiny", "shallow", 0, 1)
+    bad = {k: v.clone() for k, v in agg.prefix_state(1).items()}
+    bad["head.fc.bias"][1] = float("inf")
+    encoded = encode(bad)
+    specs = agg.expected_spec_list(1)
+    before = {k: v.clone() for k, v in agg.global_state.items()}
+    with pytest.raises(Rejected, match=r"head\.fc\.bias") as info:
+        agg.fold("shallow-0", decode(specs, encoded.payload), 10, 1, float32_view(specs, encoded.payload))
+    assert info.value.reason == "non_finite" and "shallow-0" not in agg.round.pushed
+    assert all(torch.equal(before[k], agg.global_state[k]) for k in before)
+
+
+def test_specs_in_another_order_are_checked_one_by_one() -> None:
+    agg, _ = make()
+    agg.join("tiny", "deep", 0, 3)
+    specs = list(reversed(agg.expected_spec_list(3)))
+    assert agg.check_header("deep-0", 1, 10, specs).depth == 3
+    with pytest.raises(Rejected, match="missing"):
+        agg.check_header("deep-0", 1, 10, specs[1:])
 
 
 def test_job_is_done_after_the_last_round() -> None:

@@ -12,8 +12,10 @@ from flextrain.core.merge import (
     STRATEGIES,
     AccumulatorClosed,
     MergeError,
+    NonFiniteError,
     UnknownStrategy,
     get_strategy,
+    is_finite,
     merge,
 )
 
@@ -219,3 +221,24 @@ def test_accumulator_memory_does_not_grow_with_clients(name: str) -> None:
 def test_merge_error_is_a_value_error() -> None:
     assert issubclass(MergeError, ValueError)
     assert issubclass(AccumulatorClosed, MergeError)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_is_finite_is_exact(dtype: torch.dtype) -> None:
+    big = torch.finfo(dtype).max
+    assert is_finite(torch.full((1000,), big, dtype=dtype)), "a sum past the range is still finite input"
+    assert is_finite(torch.zeros(0, dtype=dtype))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        assert not is_finite(torch.tensor([1.0, bad], dtype=dtype)), bad
+    assert not is_finite(torch.tensor([float("inf"), float("-inf")], dtype=dtype))
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_checked_finite_skips_only_the_value_check(name: str) -> None:
+    acc = get_strategy(name).begin(make_global(), expected_clients=2)
+    with pytest.raises(NonFiniteError, match="'w' holds NaN"):
+        acc.add({"w": torch.tensor([1.0, float("nan")])}, 1)
+    with pytest.raises(MergeError, match="shape"):
+        acc.add({"w": torch.tensor([1.0])}, 1, checked_finite=True)
+    acc.add(client_1(), 1, checked_finite=True)
+    assert acc.num_clients == 1

@@ -17,6 +17,7 @@ from flextrain.wire.tensors import (
     WireFormatError,
     decode,
     encode,
+    float32_view,
     spec_from_proto,
     spec_to_proto,
 )
@@ -60,6 +61,28 @@ def test_compressed_transport_halves_float_bytes_and_decodes_to_float32(dtype: t
     assert back["stem.conv.weight"].dtype == torch.float32
     assert back["stem.bn.num_batches_tracked"].dtype == torch.int64
     assert torch.allclose(back["stem.conv.weight"], state["stem.conv.weight"], atol=0.02)
+
+
+def test_decode_without_copy_shares_only_float32_tensors_of_a_writable_buffer() -> None:
+    state = _state()
+    payload = bytearray(encode(state).payload)
+    specs = encode(state).specs
+    shared = decode(specs, payload, copy=False)
+    copied = decode(specs, payload)
+    from_bytes = decode(specs, bytes(payload), copy=False)
+    payload[:] = bytes(len(payload))  # zero the buffer: only views see it
+    assert torch.count_nonzero(shared["stem.conv.weight"]) == 0
+    assert torch.equal(copied["stem.conv.weight"], state["stem.conv.weight"])
+    assert torch.equal(from_bytes["stem.conv.weight"], state["stem.conv.weight"])
+    assert int(shared["stem.bn.num_batches_tracked"]) == 7, "integer tensors are always copied"
+
+
+def test_float32_view_covers_the_payload_only_without_compression() -> None:
+    state = _state()
+    full, small = encode(state), encode(state, torch.float16)
+    view = float32_view(full.specs, full.payload)
+    assert view is not None and view.numel() * 4 == len(full.payload)
+    assert float32_view(small.specs, small.payload) is None
 
 
 def test_specs_round_trip_through_protobuf() -> None:
