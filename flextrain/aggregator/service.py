@@ -32,7 +32,7 @@ from flextrain.core.arch import profile
 from flextrain.core.centralised import evaluate
 from flextrain.core.models import ModelSpec
 from flextrain.jobplan import JobPlan
-from flextrain.wire.tensors import Chunked, Spec, decode, encode, float32_view
+from flextrain.wire.tensors import Framed, Spec, decode, float32_view, frame_tensors
 
 log = logging.getLogger("flextrain.aggregator")
 
@@ -78,7 +78,7 @@ class PullResult:
     ready: bool
     done: bool
     round: int
-    encoded: Chunked | None = None
+    encoded: Framed | None = None
 
 
 @dataclass
@@ -124,7 +124,7 @@ class AggregatorService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator")
         self._changed: asyncio.Condition | None = None
         self._push_slots: asyncio.Semaphore | None = None
-        self._encoded: dict[tuple[int, int], asyncio.Future[Chunked]] = {}
+        self._encoded: dict[tuple[int, int], asyncio.Future[Framed]] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._closing = False
         self._eval_loader: Any = None
@@ -238,14 +238,14 @@ class AggregatorService:
         self.metrics.sent(client.tier, encoded.nbytes)
         return PullResult(ready=True, done=False, round=number, encoded=encoded)
 
-    async def _encoded_prefix(self, number: int, depth: int) -> Chunked:
-        """The depth-`depth` prefix of round `number`'s model, encoded once per round and
-        shared by every pull of that depth (also by pulls that arrive while it encodes)."""
+    async def _encoded_prefix(self, number: int, depth: int) -> Framed:
+        """The depth-`depth` prefix of round `number`'s model, serialized once per round
+        and shared by every pull of that depth (also by pulls that arrive meanwhile)."""
         key = (number, depth)
         pending = self._encoded.get(key)
         if pending is None:
             state = self.agg.prefix_state(depth)  # taken now: the round cannot change under it
-            pending = asyncio.ensure_future(self._run(lambda: encode(state, self.agg.compression).frozen()))
+            pending = asyncio.ensure_future(self._run(frame_tensors, state, self.agg.compression))
             self._encoded = {k: v for k, v in self._encoded.items() if k[0] == number}
             self._encoded[key] = pending
         try:

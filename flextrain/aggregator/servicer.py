@@ -21,6 +21,7 @@ from flextrain.aggregator.service import AggregatorService
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
 from flextrain.wire.auth import REASON_KEY, token_matches
+from flextrain.wire.frames import parse_update_chunk, serialize_chunk
 from flextrain.wire.tensors import (
     MAX_MESSAGE_BYTES,
     Spec,
@@ -136,7 +137,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             ),
         )
 
-    async def PullModel(self, request: pb.PullModelRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelChunk]:
+    async def PullModel(self, request: pb.PullModelRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelChunk | bytes]:
         await self._check(context)
         try:
             result = await self.service.pull(request.client_id, request.min_round, request.wait_seconds)
@@ -154,10 +155,10 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             )
         )
         if encoded is not None:
-            for chunk in encoded.parts:
-                yield pb.ModelChunk(data=chunk)
+            for frame in encoded.frames:
+                yield frame  # a serialized data chunk (see flextrain.wire.frames)
 
-    async def PushUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk], context: grpc.aio.ServicerContext) -> pb.PushUpdateResponse:
+    async def PushUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk | memoryview], context: grpc.aio.ServicerContext) -> pb.PushUpdateResponse:
         await self._check(context)
         stream = request_iterator.__aiter__()
         try:
@@ -165,7 +166,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         except StopAsyncIteration:
             first = None
         try:
-            if first is None or first.WhichOneof("chunk") != "header":
+            if first is None or isinstance(first, memoryview) or first.WhichOneof("chunk") != "header":
                 raise Rejected(Kind.INVALID, "malformed", "the first chunk of an update must be its header")
             header = first.header
             ticket = self.service.begin_push(header.client_id, header.round, header.num_examples, self._specs(header))
@@ -175,9 +176,12 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 received = 0
                 with memoryview(payload) as view:
                     async for chunk in stream:
-                        if chunk.WhichOneof("chunk") != "data":
+                        if isinstance(chunk, memoryview):
+                            data: bytes | memoryview = chunk  # framed data chunk (the usual case)
+                        elif chunk.WhichOneof("chunk") == "data":
+                            data = chunk.data
+                        else:
                             raise Rejected(Kind.INVALID, "malformed", "only data chunks may follow the header")
-                        data = chunk.data
                         if received + len(data) > ticket.expected_bytes:
                             raise Rejected(
                                 Kind.EXHAUSTED,
@@ -219,6 +223,37 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         )
 
 
+def add_servicer(servicer: AggregatorServicer, server: grpc.aio.Server) -> None:
+    """Register the service as the generated ``add_AggregatorServicer_to_server`` does,
+    except that the model and update chunk streams use the hand-framed data chunks of
+    flextrain.wire.frames (same bytes on the wire, fewer copies)."""
+    handlers = {
+        "Join": grpc.unary_unary_rpc_method_handler(
+            servicer.Join,
+            request_deserializer=pb.JoinRequest.FromString,
+            response_serializer=pb.JoinResponse.SerializeToString,
+        ),
+        "PullModel": grpc.unary_stream_rpc_method_handler(
+            servicer.PullModel,
+            request_deserializer=pb.PullModelRequest.FromString,
+            response_serializer=serialize_chunk,
+        ),
+        "PushUpdate": grpc.stream_unary_rpc_method_handler(
+            servicer.PushUpdate,
+            request_deserializer=parse_update_chunk,
+            response_serializer=pb.PushUpdateResponse.SerializeToString,
+        ),
+        "GetStatus": grpc.unary_unary_rpc_method_handler(
+            servicer.GetStatus,
+            request_deserializer=pb.GetStatusRequest.FromString,
+            response_serializer=pb.GetStatusResponse.SerializeToString,
+        ),
+    }
+    service = pb.DESCRIPTOR.services_by_name["Aggregator"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
 @dataclass
 class TlsFiles:
     """Server certificate and key, and optionally a CA to require client certificates."""
@@ -242,7 +277,7 @@ class AggregatorServer:
     def __init__(self, service: AggregatorService, token: str, *, host: str = "0.0.0.0", port: int = 50051, tls: TlsFiles | None = None) -> None:
         self.service = service
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
-        pb_grpc.add_AggregatorServicer_to_server(AggregatorServicer(service, token), self.server)  # type: ignore[no-untyped-call]
+        add_servicer(AggregatorServicer(service, token), self.server)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{host}:{port}"

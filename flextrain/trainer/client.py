@@ -18,13 +18,15 @@ from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
 from flextrain.trainer.config import TrainerConfig
 from flextrain.wire.auth import REASON_KEY, metadata
+from flextrain.wire.frames import data_frames, parse_model_chunk, serialize_chunk
 from flextrain.wire.tensors import (
+    CHUNK_BYTES,
     MAX_MESSAGE_BYTES,
     decode,
     dtype_from_proto,
-    encode,
     spec_from_proto,
     spec_to_proto,
+    tensor_views,
 )
 
 CHANNEL_OPTIONS = [
@@ -99,6 +101,21 @@ class AggregatorClient:
         else:
             self.channel = grpc.insecure_channel(config.aggregator, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.AggregatorStub(self.channel)  # type: ignore[no-untyped-call]
+        # The chunk streams with hand-framed data chunks (flextrain.wire.frames): same
+        # bytes on the wire as the generated stub's, fewer copies.
+        method = f"/{pb.DESCRIPTOR.services_by_name['Aggregator'].full_name}/"
+        self._pull_model = self.channel.unary_stream(
+            method + "PullModel",
+            request_serializer=pb.PullModelRequest.SerializeToString,
+            response_deserializer=parse_model_chunk,
+            _registered_method=True,
+        )
+        self._push_update = self.channel.stream_unary(
+            method + "PushUpdate",
+            request_serializer=serialize_chunk,
+            response_deserializer=pb.PushUpdateResponse.FromString,
+            _registered_method=True,
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -117,17 +134,20 @@ class AggregatorClient:
 
     def pull(self, client_id: str, min_round: int, wait_seconds: float = 30.0) -> Pulled:
         try:
-            stream = self.stub.PullModel(
+            stream = self._pull_model(
                 pb.PullModelRequest(client_id=client_id, min_round=min_round, wait_seconds=wait_seconds),
                 metadata=self._metadata,
                 timeout=wait_seconds + 300,
             )
-            header = next(stream).header
+            first = next(stream)
+            if isinstance(first, memoryview) or first.WhichOneof("chunk") != "header":
+                raise Retry("the model stream did not start with its header")
+            header = first.header
             payload = bytearray(header.total_bytes)
             received = 0
             with memoryview(payload) as view:
                 for chunk in stream:
-                    data = chunk.data
+                    data = chunk if isinstance(chunk, memoryview) else chunk.data
                     if received + len(data) > len(payload):
                         raise Retry(f"the model stream carries more than the {len(payload)} bytes its header announced")
                     view[received : received + len(data)] = data
@@ -143,27 +163,28 @@ class AggregatorClient:
         return Pulled(True, False, header.round, decode(specs, payload, copy=False), received)
 
     def push(self, client_id: str, round_number: int, tensors: Mapping[str, Tensor], num_examples: int, wire_dtype: int, train_loss: float, train_seconds: float) -> int:
-        encoded = encode(tensors, dtype_from_proto(wire_dtype))
-
-        def chunks() -> Iterator[pb.UpdateChunk]:
-            yield pb.UpdateChunk(
-                header=pb.UpdateHeader(
-                    client_id=client_id,
-                    round=round_number,
-                    num_examples=num_examples,
-                    tensors=[spec_to_proto(s) for s in encoded.specs],
-                    train_loss=train_loss,
-                    train_seconds=train_seconds,
-                )
+        specs, views = tensor_views(tensors, dtype_from_proto(wire_dtype))
+        header = pb.UpdateChunk(
+            header=pb.UpdateHeader(
+                client_id=client_id,
+                round=round_number,
+                num_examples=num_examples,
+                tensors=[spec_to_proto(s) for s in specs],
+                train_loss=train_loss,
+                train_seconds=train_seconds,
             )
-            for data in encoded.chunks():
-                yield pb.UpdateChunk(data=data)
+        )
+
+        def chunks() -> Iterator[pb.UpdateChunk | bytes]:
+            yield header
+            # Each chunk is framed straight from the tensors' memory as it is sent.
+            yield from data_frames(views, CHUNK_BYTES)
 
         try:
-            self.stub.PushUpdate(chunks(), metadata=self._metadata, timeout=600)
+            self._push_update(chunks(), metadata=self._metadata, timeout=600)
         except grpc.RpcError as exc:
             raise _classify(exc) from None
-        return len(encoded.payload)
+        return sum(len(v) for v in views)
 
 
 def backoff_delays(base: float = 0.5, cap: float = 30.0, seed: int | None = None) -> Iterator[float]:

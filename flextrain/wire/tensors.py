@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from flextrain.proto.v1 import aggregator_pb2 as pb
+from flextrain.wire.frames import data_frames
 
 #: Size of one data chunk on the wire (within the 1-4 MiB the protocol allows).
 CHUNK_BYTES: Final[int] = 2 * 1024 * 1024
@@ -102,19 +103,35 @@ class Encoded:
         for start in range(0, len(view), chunk_bytes):
             yield bytes(view[start : start + chunk_bytes])
 
-    def frozen(self, chunk_bytes: int = CHUNK_BYTES) -> Chunked:
-        """The payload cut once into immutable chunks, for sending many times."""
-        return Chunked(self.specs, tuple(self.chunks(chunk_bytes)), len(self.payload))
-
 
 @dataclass(frozen=True)
-class Chunked:
-    """Encoded tensors kept as ready-to-send chunks (the aggregator sends each round's
-    model to many clients: cutting it once saves a copy per client)."""
+class Framed:
+    """Tensors as serialized data chunks, ready to send many times (the aggregator
+    sends each round's model to many clients: it frames it once)."""
 
     specs: list[Spec]
-    parts: tuple[bytes, ...]
+    frames: tuple[bytes, ...]
     nbytes: int
+
+
+def tensor_views(tensors: Mapping[str, Tensor], compression: torch.dtype = torch.float32) -> tuple[list[Spec], list[memoryview]]:
+    """Specs and the raw bytes of each tensor in its wire dtype, as views (no copy for
+    contiguous CPU tensors already in that dtype); the views keep the tensors alive."""
+    specs = []
+    views = []
+    for name, tensor in tensors.items():
+        wire = tensor.detach().to("cpu", wire_dtype_for(tensor.dtype, compression)).contiguous()
+        specs.append(Spec(name, tuple(wire.shape), wire.dtype))
+        # bfloat16 has no numpy dtype: reinterpret its bytes as int16.
+        raw = wire.view(torch.int16) if wire.dtype == torch.bfloat16 else wire
+        views.append(raw.reshape(-1).numpy().data.cast("B"))
+    return specs, views
+
+
+def frame_tensors(tensors: Mapping[str, Tensor], compression: torch.dtype = torch.float32, chunk_bytes: int = CHUNK_BYTES) -> Framed:
+    """Tensors serialized as data chunks of at most `chunk_bytes` (one copy per byte)."""
+    specs, views = tensor_views(tensors, compression)
+    return Framed(specs, tuple(data_frames(views, chunk_bytes)), sum(len(v) for v in views))
 
 
 def encode(tensors: Mapping[str, Tensor], compression: torch.dtype = torch.float32) -> Encoded:

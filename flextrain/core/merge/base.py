@@ -44,14 +44,14 @@ class NonFiniteError(MergeError):
 def is_finite(tensor: Tensor) -> bool:
     """True when every value of a floating tensor is finite.
 
-    One pass, no boolean temporary: the float64 sum of finite float16/32 values cannot
-    overflow, and NaN or infinity anywhere makes it non-finite.
+    One pass, no boolean temporary: ``aminmax`` propagates NaN, and an infinity shows
+    up as the minimum or the maximum. (Several times faster than ``isfinite().all()``
+    on large tensors.)
     """
     if tensor.numel() == 0:
         return True
-    if tensor.dtype == torch.float64:  # its sum could overflow
-        return bool(torch.isfinite(tensor).all())
-    return math.isfinite(float(tensor.sum(dtype=torch.float64)))
+    low, high = torch.aminmax(tensor.detach())
+    return math.isfinite(float(low)) and math.isfinite(float(high))
 
 
 class AccumulatorClosed(MergeError):

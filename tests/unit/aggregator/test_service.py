@@ -13,7 +13,7 @@ import pytest
 from flextrain.aggregator import service as service_module
 from flextrain.aggregator.service import AggregatorService, Settings
 from flextrain.jobplan import plan_job
-from flextrain.wire.tensors import encode
+from flextrain.wire.tensors import frame_tensors
 from tests.integration.procs import tiny_job
 from tests.unit.aggregator.test_state import push
 
@@ -59,9 +59,9 @@ async def test_concurrent_pulls_of_one_depth_share_one_encode(
     def counting_encode(tensors: Any, compression: Any) -> Any:
         calls.append(len(tensors))
         time.sleep(0.05)  # long enough for every pull to arrive while it runs
-        return encode(tensors, compression)
+        return frame_tensors(tensors, compression)
 
-    monkeypatch.setattr(service_module, "encode", counting_encode)
+    monkeypatch.setattr(service_module, "frame_tensors", counting_encode)
     await service.start()
     try:
         clients = [
