@@ -53,7 +53,8 @@ class HolderWeightedAccumulator(Accumulator):
         out: dict[str, Tensor] = {}
         for key, ref in self._global.items():
             if key in self._sums:
-                out[key] = (self._sums[key] / float(self._weights[key])).to(ref.dtype)
+                # In place, as in pad: the sums are not needed after finish.
+                out[key] = self._sums.pop(key).div_(float(self._weights[key])).to(ref.dtype)
             elif key in self._maxima:
                 out[key] = self._maxima[key].clone()
             else:

@@ -58,9 +58,13 @@ class PadAccumulator(Accumulator):
         out: dict[str, Tensor] = {}
         for key, ref in self._global.items():
             if key in self._sums:
+                # In place: the sums are not needed after finish, and the merge then
+                # needs no memory beyond them.
+                total = self._sums.pop(key)
                 missing = n - self._holders[key]
-                total = self._sums[key] + missing * ref.to(self._sum_dtype(key))
-                out[key] = (total / n).to(ref.dtype)
+                if missing:
+                    total.add_(ref, alpha=missing)
+                out[key] = total.div_(n).to(ref.dtype)
             elif key in self._maxima:
                 out[key] = self._maxima[key].clone()
             else:
