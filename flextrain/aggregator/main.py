@@ -50,6 +50,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=_env("FLEXTRAIN_DEVICE", "auto"), help="evaluation device: auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=int(_env("FLEXTRAIN_THREADS", "0") or 0), help="torch threads (0: default)")
     p.add_argument("--log-format", choices=["text", "json"], default=_env("FLEXTRAIN_LOG_FORMAT", "json"))
+    p.add_argument(
+        "--max-concurrent-pushes",
+        type=int,
+        default=int(_env("FLEXTRAIN_MAX_CONCURRENT_PUSHES", "1") or 1),
+        help="update payloads received at once (default 1: memory stays about 3-4x the model; "
+        "2 overlaps receiving with merging, ~5% faster rounds for one more model of memory)",
+    )
 
 
 def _path(env: str) -> Path | None:
@@ -98,7 +105,14 @@ def _configure(args: argparse.Namespace) -> tuple[Callable[[], AggregatorServer]
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
         tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
     metrics = AggregatorMetrics(plan.name)
-    settings = Settings(checkpoint_dir=args.checkpoint_dir, data_dir=args.data_dir, device=device)
+    if args.max_concurrent_pushes < 1:
+        raise ConfigError(f"--max-concurrent-pushes must be at least 1, got {args.max_concurrent_pushes}")
+    settings = Settings(
+        checkpoint_dir=args.checkpoint_dir,
+        data_dir=args.data_dir,
+        device=device,
+        max_concurrent_pushes=args.max_concurrent_pushes,
+    )
     try:
         service = AggregatorService(plan, settings, metrics)
     except (OSError, ValueError) as exc:

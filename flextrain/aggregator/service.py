@@ -48,7 +48,7 @@ class Settings:
     #: Longest a PullModel call waits for the next round, in seconds.
     max_wait_seconds: float = 30.0
     #: Update payloads received at once; more pushes wait their turn.
-    max_concurrent_pushes: int = 2
+    max_concurrent_pushes: int = 1
     #: Held-out examples per evaluation batch.
     eval_batch_size: int = 512
     #: Seconds between deadline checks of the open round.
@@ -125,6 +125,10 @@ class AggregatorService:
         self._changed: asyncio.Condition | None = None
         self._push_slots: asyncio.Semaphore | None = None
         self._encoded: dict[tuple[int, int], asyncio.Future[Framed]] = {}
+        self._served: dict[tuple[int, int], set[str]] = {}
+        self._clients_at_depth: dict[int, int] = {}
+        for tier in plan.tiers:
+            self._clients_at_depth[tier.depth] = self._clients_at_depth.get(tier.depth, 0) + tier.replicas
         self._ticker: asyncio.Task[None] | None = None
         self._closing = False
         self._eval_loader: Any = None
@@ -234,6 +238,12 @@ class AggregatorService:
             return PullResult(ready=False, done=True, round=self.agg.round.number)
         number = self.agg.round.number
         encoded = await self._encoded_prefix(number, client.depth)
+        served = self._served.setdefault((number, client.depth), set())
+        served.add(client_id)
+        if len(served) >= self._clients_at_depth[client.depth]:
+            # Every client of this depth has it: free the cache (the pulls still
+            # sending it hold their own reference; a retried pull serializes again).
+            self._encoded.pop((number, client.depth), None)
         self.agg.record_sent(client_id, encoded.nbytes)
         self.metrics.sent(client.tier, encoded.nbytes)
         return PullResult(ready=True, done=False, round=number, encoded=encoded)
@@ -312,6 +322,9 @@ class AggregatorService:
         closed = await self._run(self._close_round_sync)
         if closed is None:
             return
+        # The closed round's serialized model goes now (pulls still sending it keep
+        # their reference), not when the next round's first pull replaces it.
+        self._encoded, self._served = {}, {}
         async with self._changed:
             self._changed.notify_all()
 

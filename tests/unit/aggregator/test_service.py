@@ -78,3 +78,23 @@ async def test_concurrent_pulls_of_one_depth_share_one_encode(
     )
     shallow = {id(r.encoded) for r in results[:3]}
     assert len(shallow) == 1 and results[3].encoded is results[4].encoded
+
+
+async def test_the_serialized_model_is_dropped_once_every_client_of_its_depth_has_it() -> None:
+    plan = plan_job(tiny_job(tiers=[("shallow", 1, 2), ("deep", 3, 1)]), {})
+    service = AggregatorService(plan)
+    await service.start()
+    try:
+        ids = [
+            service.join("tiny", t, r, d).client.client_id
+            for t, d, r in (("shallow", 1, 0), ("shallow", 1, 1), ("deep", 3, 0))
+        ]
+        await service.pull(ids[0], 1, 0)
+        assert set(service._encoded) == {(1, 1)}, "one shallow client still has to pull"
+        again = await service.pull(ids[0], 1, 0)  # a retry of the same client changes nothing
+        assert set(service._encoded) == {(1, 1)} and again.ready
+        await service.pull(ids[1], 1, 0)
+        await service.pull(ids[2], 1, 0)
+        assert service._encoded == {}
+    finally:
+        await service.stop()
