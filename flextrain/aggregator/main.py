@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=int(_env("FLEXTRAIN_MAX_CONCURRENT_PUSHES", "1") or 1),
         help="update payloads received at once (default 1: memory stays about 3-4x the model; "
-        "2 overlaps receiving with merging, ~5% faster rounds for one more model of memory)",
+        "2 overlaps receiving with merging, ~5%% faster rounds for one more model of memory)",
     )
 
 
