@@ -141,6 +141,7 @@ class AggregatorClient:
             )
             first = next(stream)
             if isinstance(first, memoryview) or first.WhichOneof("chunk") != "header":
+                stream.cancel()
                 raise Retry("the model stream did not start with its header")
             header = first.header
             payload = bytearray(header.total_bytes)
@@ -149,6 +150,7 @@ class AggregatorClient:
                 for chunk in stream:
                     data = chunk if isinstance(chunk, memoryview) else chunk.data
                     if received + len(data) > len(payload):
+                        stream.cancel()
                         raise Retry(f"the model stream carries more than the {len(payload)} bytes its header announced")
                     view[received : received + len(data)] = data
                     received += len(data)
