@@ -130,7 +130,11 @@ class Trainer:
             try:
                 pulled = self._with_retry("pull", partial(self.client.pull, joined.client_id, min_round))
             except Rejoin:
+                # The aggregator restarted from its last checkpoint: the round this
+                # trainer may already have pushed was lost with it, so train whatever
+                # round it is in now (waiting for a later one would stall that round).
                 joined = self.join()
+                min_round = joined.round
                 continue
             if pulled.done:
                 log.info("training complete: %d rounds trained here", self.stats.rounds_trained, extra={"client": joined.client_id})
@@ -168,7 +172,8 @@ class Trainer:
                 self.stats.rounds_stale += 1
             except Rejoin:
                 joined = self.join()
-                continue  # the restarted aggregator may still be in this round: pull again
+                min_round = joined.round  # the restarted aggregator's round: pull it again
+                continue
             else:
                 self.stats.bytes_sent += sent
                 self.stats.rounds_trained += 1
