@@ -22,12 +22,13 @@ from __future__ import annotations
 # First: sets OMP_WAIT_POLICY before torch loads OpenMP (see its docstring).
 from benchmarks.reproduce_common import (
     TimedLoader,
-    data_dir_for,
+    add_scale_arguments,
+    begin,
+    csv_list,
+    fill_defaults,
     log,
-    machine,
     markdown_table,
     mean_std,
-    out_dir,
     pct,
     pct_pm,
     write_outputs,
@@ -62,7 +63,7 @@ from flextrain.core.centralised import (
 from flextrain.core.losses import DEFAULT_BETA, TrainingDiverged
 from flextrain.core.models import FlexResNet, ModelSpec
 from flextrain.core.optim import PAPER_SGD, OptimizerConfig
-from flextrain.data import load_dataset, make_loader, stratified_subset
+from flextrain.data import make_loader, stratified_subset
 
 NAME = "centralised"
 
@@ -661,18 +662,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks.reproduce_centralised",
         description="Paper Table 1 (centralised FlexTrain) at reduced scale.",
     )
-    p.add_argument("--quick", action="store_true", help="smoke run (~1-2 min)")
+    add_scale_arguments(p, NAME, limit=12000, curve_limit=2000, curve_unit="epoch")
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default 4)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 2)")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--data-dir", default=None, help="dataset directory")
-    p.add_argument("--limit", type=int, default=None, help="training examples (default 12000)")
-    p.add_argument(
-        "--curve-limit",
-        type=int,
-        default=None,
-        help="test examples for the per-epoch curves (default 2000)",
-    )
     p.add_argument(
         "--decay-epochs",
         type=int,
@@ -682,7 +674,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--decay-factor", type=float, default=0.1, help="lr factor of those epochs (default 0.1)"
     )
-    p.add_argument("--layers", type=int, default=20, help="ResNet depth (default 20)")
     p.add_argument(
         "--methods",
         default=",".join(METHODS),
@@ -690,10 +681,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--timing-steps", type=int, default=None, help="steps per timing block")
     p.add_argument("--timing-repeats", type=int, default=None, help="timing repeats (0: skip)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--out", default=None, help=f"output directory (default benchmarks/out/{NAME})")
     args = p.parse_args(argv)
-    quick = args.quick
     defaults = {
         "epochs": (1, 4),
         "seeds": (1, 2),
@@ -702,10 +690,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "timing_steps": (4, 40),
         "timing_repeats": (1, 5),
     }
-    for name, (q, full) in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, q if quick else full)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    fill_defaults(args, defaults)
+    args.methods = csv_list(args.methods)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         p.error(f"unknown method(s) {unknown}; known: {list(METHODS)}")
@@ -716,15 +702,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    info = machine()
-    out = out_dir(NAME, args.out)
-    splits = load_dataset(
-        args.dataset, data_dir_for(args.dataset, args.data_dir), seed=0, limit=args.limit
-    )
-    spec = ModelSpec("resnet", args.layers, splits.num_classes, splits.channels, splits.image_size)
+    setup = begin(args, NAME)
+    start, info, out, splits, spec = setup.start, setup.machine, setup.out, setup.splits, setup.spec
     arch = spec.profile()
     paper_arch = profile("resnet", 56, 100, 3, 32)
     pi = paper_pi(arch)

@@ -12,6 +12,7 @@ average of about 20 (measured interleaved; 1 thread: 0.7-2 s).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import platform
 import statistics
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -68,6 +70,69 @@ def data_dir_for(dataset: str, data_dir: str | None) -> str | None:
     if dataset == "fashion-mnist":
         return DEFAULT_FASHION_MNIST_DIR
     return None
+
+
+def add_scale_arguments(
+    p: argparse.ArgumentParser, name: str, *, limit: int, curve_limit: int, curve_unit: str
+) -> None:
+    """The flags both benchmarks share: --quick, dataset and scale, threads, output.
+    ``limit`` and ``curve_limit`` are the full-run defaults, for the help text; the
+    values themselves are filled in by :func:`fill_defaults`."""
+    p.add_argument("--quick", action="store_true", help="smoke run (a few minutes)")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-dir", default=None, help="dataset directory")
+    p.add_argument("--limit", type=int, default=None, help=f"training examples (default {limit})")
+    p.add_argument(
+        "--curve-limit",
+        type=int,
+        default=None,
+        help=f"test examples for the per-{curve_unit} curves (default {curve_limit})",
+    )
+    p.add_argument("--layers", type=int, default=20, help="ResNet depth (default 20)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--out", default=None, help=f"output directory (default benchmarks/out/{name})")
+
+
+def fill_defaults(args: argparse.Namespace, defaults: dict[str, tuple[int, int]]) -> None:
+    """Set every flag left unset to its (quick, full) default."""
+    for flag, (quick, full) in defaults.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, quick if args.quick else full)
+
+
+@dataclass
+class Setup:
+    """What both benchmarks start from: the clock, the machine, the output directory,
+    the dataset and the ResNet spec for it."""
+
+    start: float
+    machine: dict[str, Any]
+    out: Path
+    splits: Any  # flextrain.data.Splits
+    spec: Any  # flextrain.core.models.ModelSpec
+
+
+def begin(args: argparse.Namespace, name: str) -> Setup:
+    """Apply --threads, then load the data and size the model from the shared flags."""
+    # Imported here: this module must stay importable before torch (see above).
+    import torch
+
+    from flextrain.core.models import ModelSpec
+    from flextrain.data import load_dataset
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    info = machine()
+    out = out_dir(name, args.out)
+    splits = load_dataset(args.dataset, data_dir_for(args.dataset, args.data_dir), seed=0, limit=args.limit)
+    spec = ModelSpec("resnet", args.layers, splits.num_classes, splits.channels, splits.image_size)
+    return Setup(start, info, out, splits, spec)
+
+
+def csv_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def out_dir(name: str, given: str | None) -> Path:

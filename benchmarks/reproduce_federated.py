@@ -19,11 +19,12 @@ from __future__ import annotations
 
 # First: sets OMP_WAIT_POLICY before torch loads OpenMP (see its docstring).
 from benchmarks.reproduce_common import (
-    data_dir_for,
+    add_scale_arguments,
+    begin,
+    csv_list,
+    fill_defaults,
     log,
-    machine,
     markdown_table,
-    out_dir,
     pct,
     write_outputs,
 )
@@ -53,7 +54,6 @@ from flextrain.core.models import ModelSpec
 from flextrain.core.optim import PAPER_SGD
 from flextrain.core.simulator import RoundRecord, SimulationResult, simulate
 from flextrain.data import (
-    load_dataset,
     make_loader,
     partition,
     shard_label_counts,
@@ -412,21 +412,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks.reproduce_federated",
         description="Paper Table 4 (federated FlexTrain) at reduced scale.",
     )
-    p.add_argument("--quick", action="store_true", help="smoke run (~1-2 min)")
+    add_scale_arguments(p, NAME, limit=10000, curve_limit=1000, curve_unit="round")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 10)")
     p.add_argument("--local-epochs", type=int, default=None, help="local epochs (default 1)")
     p.add_argument("--split", default="iid,dirichlet", help="comma-separated: iid, dirichlet")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--data-dir", default=None, help="dataset directory")
-    p.add_argument("--limit", type=int, default=None, help="training examples (default 10000)")
-    p.add_argument(
-        "--curve-limit",
-        type=int,
-        default=None,
-        help="test examples for the per-round curves (default 1000)",
-    )
-    p.add_argument("--layers", type=int, default=20, help="ResNet depth (default 20)")
     p.add_argument("--runs", default=",".join(RUNS), help=f"subset of {','.join(RUNS)}")
     p.add_argument(
         "--baseline-strategy",
@@ -435,8 +425,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="merge of FedSmall/FedClass (default holder-weighted = example-weighted FedAvg)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--out", default=None, help=f"output directory (default benchmarks/out/{NAME})")
     args = p.parse_args(argv)
     defaults = {
         "rounds": (2, 10),
@@ -444,13 +432,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "limit": (1000, 10000),
         "curve_limit": (500, 1000),
     }
-    for name, (q, full) in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, q if args.quick else full)
-    args.split = [s.strip() for s in args.split.split(",") if s.strip()]
+    fill_defaults(args, defaults)
+    args.split = csv_list(args.split)
     if any(s not in ("iid", "dirichlet") for s in args.split):
         p.error("--split takes iid and/or dirichlet")
-    args.runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    args.runs = csv_list(args.runs)
     if any(r not in RUNS for r in args.runs):
         p.error(f"--runs takes a subset of {list(RUNS)}")
     return args
@@ -458,15 +444,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    info = machine()
-    out = out_dir(NAME, args.out)
-    splits = load_dataset(
-        args.dataset, data_dir_for(args.dataset, args.data_dir), seed=0, limit=args.limit
-    )
-    spec = ModelSpec("resnet", args.layers, splits.num_classes, splits.channels, splits.image_size)
+    setup = begin(args, NAME)
+    start, info, out, splits, spec = setup.start, setup.machine, setup.out, setup.splits, setup.spec
     arch = spec.profile()
     tiers, mapping = map_tiers(arch)
     n_curve = min(args.curve_limit, len(splits.test_labels))
