@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -96,12 +96,7 @@ class Encoded:
     """Tensors ready to send: their specs and one contiguous payload."""
 
     specs: list[Spec]
-    payload: bytes | bytearray
-
-    def chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-        view = memoryview(self.payload)
-        for start in range(0, len(view), chunk_bytes):
-            yield bytes(view[start : start + chunk_bytes])
+    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -135,26 +130,11 @@ def frame_tensors(tensors: Mapping[str, Tensor], compression: torch.dtype = torc
 
 
 def encode(tensors: Mapping[str, Tensor], compression: torch.dtype = torch.float32) -> Encoded:
-    """Serialise tensors (in mapping order), floating ones cast to `compression`.
-
-    Each tensor is written once, straight into one preallocated payload (the cast to
-    the wire dtype happens in that copy).
-    """
-    specs = []
-    sources = []
-    for name, tensor in tensors.items():
-        source = tensor.detach()
-        specs.append(Spec(name, tuple(source.shape), wire_dtype_for(source.dtype, compression)))
-        sources.append(source)
-    payload = bytearray(sum(s.num_bytes for s in specs))
-    offset = 0
-    for spec, source in zip(specs, sources, strict=True):
-        count = source.numel()
-        if count:
-            target = torch.frombuffer(payload, dtype=spec.dtype, count=count, offset=offset)
-            target.copy_(source.reshape(-1))
-        offset += spec.num_bytes
-    return Encoded(specs, payload)
+    """Serialise tensors (in mapping order), floating ones cast to `compression`, into
+    one payload: the inverse of :func:`decode` (what travels is :func:`frame_tensors`,
+    the same bytes cut into chunks)."""
+    specs, views = tensor_views(tensors, compression)
+    return Encoded(specs, b"".join(views))
 
 
 def decode(specs: list[Spec], payload: bytes | bytearray | memoryview, *, copy: bool = True) -> dict[str, Tensor]:

@@ -67,7 +67,7 @@ def push(
     header_first: bool = True,
 ) -> pb.PushUpdateResponse:
     encoded = encode(tensors)
-    payload = bytes(encoded.payload) + extra_bytes
+    payload = encoded.payload + extra_bytes
     if cut_bytes:
         payload = payload[:-cut_bytes]
     header = pb.UpdateChunk(

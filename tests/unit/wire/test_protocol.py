@@ -18,6 +18,7 @@ from flextrain.wire.tensors import (
     decode,
     encode,
     float32_view,
+    frame_tensors,
     spec_from_proto,
     spec_to_proto,
 )
@@ -45,7 +46,7 @@ def _state() -> dict[str, torch.Tensor]:
 def test_float32_round_trip_is_exact_and_keeps_order() -> None:
     state = _state()
     encoded = encode(state)
-    back = decode(encoded.specs, b"".join(encoded.chunks(1000)))
+    back = decode(encoded.specs, encoded.payload)
     assert list(back) == list(state)
     for key, tensor in state.items():
         assert back[key].dtype == tensor.dtype and torch.equal(back[key], tensor), key
@@ -101,10 +102,11 @@ def test_payload_size_must_match_the_specs() -> None:
 
 
 def test_chunks_respect_the_protocol_size() -> None:
-    encoded = encode({"big": torch.zeros(3 * CHUNK_BYTES // 4 + 5)})
-    sizes = [len(c) for c in encoded.chunks()]
+    state = {"big": torch.zeros(3 * CHUNK_BYTES // 4 + 5)}
+    framed = frame_tensors(state)
+    sizes = [len(pb.ModelChunk.FromString(f).data) for f in framed.frames]
     assert max(sizes) == CHUNK_BYTES and 1 << 20 <= CHUNK_BYTES <= 4 << 20
-    assert sum(sizes) == len(encoded.payload)
+    assert sum(sizes) == len(encode(state).payload) == framed.nbytes
 
 
 def test_token_check() -> None:
