@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from flextrain.allocator import retain_freed_memory
 from flextrain.trainer.client import AggregatorClient
 from flextrain.trainer.config import TrainerConfig
 
@@ -45,7 +46,7 @@ def run_client(spec: dict[str, Any], client: dict[str, Any], start: threading.Ba
         for r in range(1, int(spec["rounds"]) + 1):
             t_pull = time.time()
             for _attempt in range(int(spec["max_pull_attempts"])):  # a long poll may time out
-                pulled = agg.pull(joined.client_id, min_round=r, wait_seconds=float(spec["wait_seconds"]))
+                pulled = agg.pull(joined.client_id, min_round=r, wait_seconds=float(spec["wait_seconds"]), reuse_buffer=True)
                 if pulled.ready or pulled.done:
                     break
             t_pulled = time.time()
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    retain_freed_memory()  # as `flextrain trainer` does
     spec = json.loads(args.spec.read_text())
     clients = spec["clients"]
     outs: list[dict[str, Any]] = [dict(c) for c in clients]

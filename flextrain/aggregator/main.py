@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flextrain.allocator import retain_freed_memory
 from flextrain.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class ConfigError(Exception):
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_format)
+    retain_freed_memory()
     try:
         server_args = _configure(args)
     except ConfigError as exc:

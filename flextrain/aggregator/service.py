@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +91,27 @@ class PushTicket:
     started: float = field(default_factory=time.monotonic)
 
 
+class ReceiveBuffer:
+    """Where one push slot receives update payloads, kept from push to push.
+
+    A new buffer the size of a model costs more than the bytes it receives: the kernel
+    maps and zeroes each of its pages on first touch (allocations this large bypass the
+    heap, see flextrain.allocator). Reused, it is already resident. It grows to the
+    largest update seen, so an idle aggregator holds max_concurrent_pushes x that.
+    """
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def take(self, size: int) -> memoryview:
+        """A writable view of exactly `size` bytes; what an earlier take returned must no
+        longer be in use."""
+        if len(self._data) < size:
+            self._data = bytearray()  # drop the old one first: never hold both
+            self._data = bytearray(size)
+        return memoryview(self._data)[:size]
+
+
 def model_spec_of(plan: JobPlan) -> ModelSpec:
     info = DATASETS[plan.job.spec.dataset.name]
     return ModelSpec(
@@ -124,6 +145,7 @@ class AggregatorService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator")
         self._changed: asyncio.Condition | None = None
         self._push_slots: asyncio.Semaphore | None = None
+        self._buffers: list[ReceiveBuffer] = []
         self._encoded: dict[tuple[int, int], asyncio.Future[Framed]] = {}
         self._served: dict[tuple[int, int], set[str]] = {}
         self._clients_at_depth: dict[int, int] = {}
@@ -276,13 +298,18 @@ class AggregatorService:
         return PushTicket(client, round_number, num_examples, specs, sum(s.num_bytes for s in specs))
 
     @contextlib.asynccontextmanager
-    async def push_slot(self) -> Any:
-        """Bounds how many update payloads are buffered at once."""
+    async def push_slot(self) -> AsyncIterator[ReceiveBuffer]:
+        """One of the `max_concurrent_pushes` slots, with the buffer the update's payload
+        is received into (reused from push to push: see ReceiveBuffer)."""
         assert self._push_slots is not None, "start() first"
         async with self._push_slots:
-            yield
+            buffer = self._buffers.pop() if self._buffers else ReceiveBuffer()
+            try:
+                yield buffer
+            finally:
+                self._buffers.append(buffer)
 
-    async def finish_push(self, ticket: PushTicket, payload: bytearray) -> int:
+    async def finish_push(self, ticket: PushTicket, payload: memoryview) -> int:
         """Decode, check and fold an update; returns the round it was counted in."""
         try:
             complete = await self._run(self._fold, ticket, payload)
@@ -290,11 +317,11 @@ class AggregatorService:
             self._count_rejection(exc)
             raise
         self.accepted += 1
-        self.metrics.received(ticket.client.tier, len(payload))
+        self.metrics.received(ticket.client.tier, ticket.expected_bytes)
         log.info(
             "update accepted: %d examples, %d bytes (%d/%d this round)",
             ticket.num_examples,
-            len(payload),
+            ticket.expected_bytes,
             len(self.agg.round.pushed),
             self.agg.expected_clients,
             extra={"client": ticket.client.client_id, "round": ticket.round},
@@ -306,16 +333,17 @@ class AggregatorService:
     def reject_payload(self, exc: Rejected) -> None:
         self._count_rejection(exc)
 
-    def _fold(self, ticket: PushTicket, payload: bytearray) -> bool:
+    def _fold(self, ticket: PushTicket, payload: memoryview) -> bool:
         # Re-check on the worker thread: the round may have closed while bytes arrived.
         self.agg.check_header(ticket.client.client_id, ticket.round, ticket.num_examples, ticket.specs)
         try:
-            # The payload is this push's own buffer: float32 tensors are views into it.
+            # The payload is this push slot's buffer: float32 tensors are views into it,
+            # and the merge copies what it keeps (they are gone when this returns).
             tensors = decode(ticket.specs, payload, copy=False)
         except ValueError as exc:
             raise invalid("malformed", str(exc)) from exc
         flat = float32_view(ticket.specs, payload)
-        return self.agg.fold(ticket.client.client_id, tensors, ticket.num_examples, len(payload), flat)
+        return self.agg.fold(ticket.client.client_id, tensors, ticket.num_examples, ticket.expected_bytes, flat)
 
     async def _close_round(self) -> None:
         assert self._changed is not None

@@ -170,26 +170,25 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 raise Rejected(Kind.INVALID, "malformed", "the first chunk of an update must be its header")
             header = first.header
             ticket = self.service.begin_push(header.client_id, header.round, header.num_examples, self._specs(header))
-            async with self.service.push_slot():
-                # One buffer of exactly the announced size, filled in place.
-                payload = bytearray(ticket.expected_bytes)
+            async with self.service.push_slot() as buffer:
+                # Exactly the announced size, filled in place.
+                payload = buffer.take(ticket.expected_bytes)
                 received = 0
-                with memoryview(payload) as view:
-                    async for chunk in stream:
-                        if isinstance(chunk, memoryview):
-                            data: bytes | memoryview = chunk  # framed data chunk (the usual case)
-                        elif chunk.WhichOneof("chunk") == "data":
-                            data = chunk.data
-                        else:
-                            raise Rejected(Kind.INVALID, "malformed", "only data chunks may follow the header")
-                        if received + len(data) > ticket.expected_bytes:
-                            raise Rejected(
-                                Kind.EXHAUSTED,
-                                "too_large",
-                                f"update carries more than the {ticket.expected_bytes} bytes its header describes",
-                            )
-                        view[received : received + len(data)] = data
-                        received += len(data)
+                async for chunk in stream:
+                    if isinstance(chunk, memoryview):
+                        data: bytes | memoryview = chunk  # framed data chunk (the usual case)
+                    elif chunk.WhichOneof("chunk") == "data":
+                        data = chunk.data
+                    else:
+                        raise Rejected(Kind.INVALID, "malformed", "only data chunks may follow the header")
+                    if received + len(data) > ticket.expected_bytes:
+                        raise Rejected(
+                            Kind.EXHAUSTED,
+                            "too_large",
+                            f"update carries more than the {ticket.expected_bytes} bytes its header describes",
+                        )
+                    payload[received : received + len(data)] = data
+                    received += len(data)
                 if received != ticket.expected_bytes:
                     raise Rejected(
                         Kind.INVALID,

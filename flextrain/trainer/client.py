@@ -101,6 +101,7 @@ class AggregatorClient:
         else:
             self.channel = grpc.insecure_channel(config.aggregator, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.AggregatorStub(self.channel)  # type: ignore[no-untyped-call]
+        self._buffer = bytearray()
         # The chunk streams with hand-framed data chunks (flextrain.wire.frames): same
         # bytes on the wire as the generated stub's, fewer copies.
         method = f"/{pb.DESCRIPTOR.services_by_name['Aggregator'].full_name}/"
@@ -132,7 +133,15 @@ class AggregatorClient:
             raise _classify(exc) from None
         return Joined(r.client_id, r.round, r.total_rounds, r.done, r.model, r.data, r.training)
 
-    def pull(self, client_id: str, min_round: int, wait_seconds: float = 30.0) -> Pulled:
+    def pull(self, client_id: str, min_round: int, wait_seconds: float = 30.0, *, reuse_buffer: bool = False) -> Pulled:
+        """The model of `min_round` or later (waiting up to `wait_seconds` for it).
+
+        The tensors are views into the buffer the model was received into. With
+        `reuse_buffer` that buffer is this client's receive buffer, which the next pull
+        with `reuse_buffer` overwrites: use it when the tensors are consumed (loaded
+        into a model, pushed) before the next pull. It saves the page faults of a new
+        model-sized buffer on every pull, a cost like that of receiving the bytes.
+        """
         try:
             stream = self._pull_model(
                 pb.PullModelRequest(client_id=client_id, min_round=min_round, wait_seconds=wait_seconds),
@@ -144,16 +153,15 @@ class AggregatorClient:
                 stream.cancel()
                 raise Retry("the model stream did not start with its header")
             header = first.header
-            payload = bytearray(header.total_bytes)
+            payload = self._receive_buffer(header.total_bytes, reuse_buffer)
             received = 0
-            with memoryview(payload) as view:
-                for chunk in stream:
-                    data = chunk if isinstance(chunk, memoryview) else chunk.data
-                    if received + len(data) > len(payload):
-                        stream.cancel()
-                        raise Retry(f"the model stream carries more than the {len(payload)} bytes its header announced")
-                    view[received : received + len(data)] = data
-                    received += len(data)
+            for chunk in stream:
+                data = chunk if isinstance(chunk, memoryview) else chunk.data
+                if received + len(data) > len(payload):
+                    stream.cancel()
+                    raise Retry(f"the model stream carries more than the {len(payload)} bytes its header announced")
+                payload[received : received + len(data)] = data
+                received += len(data)
         except grpc.RpcError as exc:
             raise _classify(exc) from None
         if not header.ready:
@@ -161,8 +169,17 @@ class AggregatorClient:
         if received != len(payload):
             raise Retry(f"the model stream ended after {received} of {len(payload)} bytes")
         specs = [spec_from_proto(t) for t in header.tensors]
-        # The buffer is ours alone: its float32 tensors are used in place, not copied.
+        # The buffer is not written again while the tensors are in use (see above): its
+        # float32 tensors are used in place, not copied.
         return Pulled(True, False, header.round, decode(specs, payload, copy=False), received)
+
+    def _receive_buffer(self, size: int, reuse: bool) -> memoryview:
+        if not reuse:
+            return memoryview(bytearray(size))
+        if len(self._buffer) < size:
+            self._buffer = bytearray()  # never hold both
+            self._buffer = bytearray(size)
+        return memoryview(self._buffer)[:size]
 
     def push(self, client_id: str, round_number: int, tensors: Mapping[str, Tensor], num_examples: int, wire_dtype: int, train_loss: float, train_seconds: float) -> int:
         specs, views = tensor_views(tensors, dtype_from_proto(wire_dtype))

@@ -128,7 +128,8 @@ class Trainer:
         loader = self._data(joined)
         while True:
             try:
-                pulled = self._with_retry("pull", partial(self.client.pull, joined.client_id, min_round))
+                # The pulled tensors are loaded into the model before the next pull.
+                pulled = self._with_retry("pull", partial(self.client.pull, joined.client_id, min_round, reuse_buffer=True))
             except Rejoin:
                 # The aggregator restarted from its last checkpoint: the round this
                 # trainer may already have pushed was lost with it, so train whatever

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flextrain.allocator import retain_freed_memory
 from flextrain.logs import setup_logging
 
 
@@ -19,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_format)
+    retain_freed_memory()
     from flextrain.trainer.client import Fatal
     from flextrain.trainer.config import ConfigError, TrainerConfig
 

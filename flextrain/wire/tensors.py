@@ -170,7 +170,7 @@ def decode(specs: list[Spec], payload: bytes | bytearray | memoryview, *, copy: 
     return out
 
 
-def float32_view(specs: list[Spec], payload: bytes | bytearray) -> Tensor | None:
+def float32_view(specs: list[Spec], payload: bytes | bytearray | memoryview) -> Tensor | None:
     """The whole payload as one float32 vector when every floating tensor in it travels
     as float32 (None otherwise), for one-pass checks over all values. Integer tensors'
     bytes are included and read as float32: only use it for checks that can be

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 from flextrain.core.models import ModelSpec
 from flextrain.trainer.client import AggregatorClient
@@ -131,5 +132,33 @@ def test_tls_and_mutual_tls(tmp_path: Path) -> None:
         assert _join(cluster.port, tls_ca=certs["ca"], tls_cert=certs["client"], tls_key=certs["client-key"]) == "deep-0"
         with pytest.raises(Exception):  # noqa: B017 - no client certificate: the handshake fails
             wait_for(lambda: _join(cluster.port, tls_ca=certs["ca"]), 3, "a join without a client certificate")
+    finally:
+        cluster.close()
+
+
+def test_pull_can_reuse_its_receive_buffer(tmp_path: Path) -> None:
+    cluster = make_cluster(tmp_path, tiny_job("reuse", tiers=[("deep", 3, 1)], training={"rounds": 2}))
+    try:
+        cluster.start_aggregator(checkpoints=False)
+        client = AggregatorClient(TrainerConfig(f"127.0.0.1:{cluster.port}", TOKEN, "reuse", "deep", 3, 0))
+        try:
+            joined = client.join()
+            first = client.pull(joined.client_id, 1, reuse_buffer=True)
+            update = {k: v + 1 if v.is_floating_point() else v.clone() for k, v in first.tensors.items()}
+            client.push(joined.client_id, 1, update, 10, joined.training.wire_dtype, 0.0, 0.0)
+            second = client.pull(joined.client_id, 2, wait_seconds=60, reuse_buffer=True)
+            assert second.round == 2
+            name = "head.fc.weight"
+            # Same memory: the second model was received where the first one was...
+            assert second.tensors[name].data_ptr() == first.tensors[name].data_ptr()
+            for key, value in update.items():  # one client: the merge is its update
+                assert torch.equal(second.tensors[key], value), key
+            # ...so the first pull's tensors now read the second model, as documented.
+            assert torch.equal(first.tensors[name], update[name])
+            fresh = client.pull(joined.client_id, 2, wait_seconds=60)
+            assert fresh.tensors[name].data_ptr() != second.tensors[name].data_ptr()
+            assert all(torch.equal(fresh.tensors[k], second.tensors[k]) for k in update)
+        finally:
+            client.close()
     finally:
         cluster.close()

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from flextrain.aggregator import service as service_module
-from flextrain.aggregator.service import AggregatorService, Settings
+from flextrain.aggregator.service import AggregatorService, ReceiveBuffer, Settings
 from flextrain.jobplan import plan_job
-from flextrain.wire.tensors import frame_tensors
+from flextrain.wire.tensors import encode, frame_tensors
 from tests.integration.procs import tiny_job
 from tests.unit.aggregator.test_state import push
 
@@ -96,5 +97,52 @@ async def test_the_serialized_model_is_dropped_once_every_client_of_its_depth_ha
         await service.pull(ids[1], 1, 0)
         await service.pull(ids[2], 1, 0)
         assert service._encoded == {}
+    finally:
+        await service.stop()
+
+
+def _address(view: memoryview) -> int:
+    return torch.frombuffer(view, dtype=torch.uint8).data_ptr() if len(view) else 0
+
+
+def test_a_receive_buffer_is_reused_and_grows_to_the_largest_update() -> None:
+    buffer = ReceiveBuffer()
+    first = buffer.take(1000)
+    assert len(first) == 1000 and not first.readonly
+    first[:] = b"\x01" * 1000
+    del first
+    smaller = buffer.take(10)
+    assert len(smaller) == 10 and bytes(smaller) == b"\x01" * 10, "the same memory, not a new buffer"
+    address = _address(smaller)
+    del smaller
+    assert _address(buffer.take(1000)) == address
+    larger = buffer.take(5000)
+    assert len(larger) == 5000
+
+
+async def test_pushes_reuse_the_slot_buffers_and_merge_correctly() -> None:
+    plan = plan_job(tiny_job(tiers=[("shallow", 1, 1), ("deep", 3, 1)]), {})
+    service = AggregatorService(plan)
+    await service.start()
+    try:
+        addresses = []
+        expected = {}
+        for tier, depth, shift in (("deep", 3, 1.0), ("shallow", 1, 3.0)):
+            client = service.join("tiny", tier, 0, depth).client.client_id
+            update = {k: v + shift if v.is_floating_point() else v for k, v in service.agg.prefix_state(depth).items()}
+            expected[depth] = update
+            encoded = encode(update)
+            ticket = service.begin_push(client, 1, 5, encoded.specs)
+            async with service.push_slot() as buffer:
+                payload = buffer.take(ticket.expected_bytes)
+                payload[:] = encoded.payload
+                addresses.append(_address(payload))
+                assert await service.finish_push(ticket, payload) == 1
+        assert addresses[0] == addresses[1], "one slot: the second push reused the first one's buffer"
+        assert service.agg.completed_rounds == 1
+        merged = service.agg.global_state
+        # pad over two clients: the stem (sent by both) is the mean of their values.
+        stem = next(k for k in expected[1] if k.startswith("stem") and merged[k].is_floating_point())
+        assert torch.allclose(merged[stem], (expected[1][stem] + expected[3][stem]) / 2)
     finally:
         await service.stop()
