@@ -32,7 +32,8 @@ from flextrain.core.arch import profile
 from flextrain.core.centralised import evaluate
 from flextrain.core.models import ModelSpec
 from flextrain.jobplan import JobPlan
-from flextrain.wire.tensors import Framed, Spec, decode, float32_view, frame_tensors
+from flextrain.wire.frames import data_frames
+from flextrain.wire.tensors import CHUNK_BYTES, Framed, Spec, decode, float32_view, tensor_views
 
 log = logging.getLogger("flextrain.aggregator")
 
@@ -147,6 +148,7 @@ class AggregatorService:
         self._push_slots: asyncio.Semaphore | None = None
         self._buffers: list[ReceiveBuffer] = []
         self._encoded: dict[tuple[int, int], asyncio.Future[Framed]] = {}
+        self._model_views: tuple[dict[str, Tensor], dict[str, tuple[Spec, memoryview]]] | None = None
         self._served: dict[tuple[int, int], set[str]] = {}
         self._clients_at_depth: dict[int, int] = {}
         for tier in plan.tiers:
@@ -276,8 +278,9 @@ class AggregatorService:
         key = (number, depth)
         pending = self._encoded.get(key)
         if pending is None:
-            state = self.agg.prefix_state(depth)  # taken now: the round cannot change under it
-            pending = asyncio.ensure_future(self._run(frame_tensors, state, self.agg.compression))
+            # Both taken now: a round that closes meanwhile replaces the global state.
+            model, names = self.agg.global_state, list(self.agg.expected_specs(depth))
+            pending = asyncio.ensure_future(self._run(self._frame, model, names))
             self._encoded = {k: v for k, v in self._encoded.items() if k[0] == number}
             self._encoded[key] = pending
         try:
@@ -287,6 +290,18 @@ class AggregatorService:
             if self._encoded.get(key) is pending:
                 del self._encoded[key]  # let the next pull try again
             raise
+
+    def _frame(self, model: dict[str, Tensor], names: list[str]) -> Framed:
+        """Serialize the `names` prefix of `model` (a round's global state). The raw
+        views of the whole model are taken once and shared by every depth's prefix."""
+        cached = self._model_views
+        if cached is None or cached[0] is not model:
+            specs, views = tensor_views(model, self.agg.compression)
+            cached = (model, {s.name: (s, v) for s, v in zip(specs, views, strict=True)})
+            self._model_views = cached
+        picked = [cached[1][name] for name in names]
+        views = [v for _, v in picked]
+        return Framed([s for s, _ in picked], tuple(data_frames(views, CHUNK_BYTES)), sum(len(v) for v in views))
 
     def begin_push(self, client_id: str, round_number: int, num_examples: int, specs: list[Spec]) -> PushTicket:
         """Check an update's header; raises Rejected before any byte is read."""
@@ -353,6 +368,7 @@ class AggregatorService:
         # The closed round's serialized model goes now (pulls still sending it keep
         # their reference), not when the next round's first pull replaces it.
         self._encoded, self._served = {}, {}
+        self._model_views = None
         async with self._changed:
             self._changed.notify_all()
 

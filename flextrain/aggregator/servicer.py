@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from flextrain.wire.auth import REASON_KEY, token_matches
 from flextrain.wire.frames import parse_update_chunk, serialize_chunk
 from flextrain.wire.tensors import (
     MAX_MESSAGE_BYTES,
+    Framed,
     Spec,
     WireFormatError,
     dtype_to_proto,
@@ -60,6 +62,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         self.service = service
         self._token = token
         self._expected: dict[int, tuple[pb.UpdateHeader, list[Spec]]] = {}
+        #: Serialized ModelChunk header of each serialized prefix, while it is in use.
+        self._model_headers: weakref.WeakKeyDictionary[Framed, bytes] = weakref.WeakKeyDictionary()
 
     def _specs(self, header: pb.UpdateHeader) -> list[Spec]:
         """The header's tensor specs. A header that lists exactly what the aggregator
@@ -145,18 +149,23 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             await self._abort(context, exc)
             return
         encoded = result.encoded
-        yield pb.ModelChunk(
-            header=pb.ModelHeader(
-                ready=result.ready,
-                done=result.done,
-                round=result.round,
-                tensors=[spec_to_proto(s) for s in encoded.specs] if encoded else [],
-                total_bytes=encoded.nbytes if encoded else 0,
-            )
-        )
-        if encoded is not None:
-            for frame in encoded.frames:
-                yield frame  # a serialized data chunk (see flextrain.wire.frames)
+        if encoded is None:
+            yield pb.ModelChunk(header=pb.ModelHeader(ready=result.ready, done=result.done, round=result.round))
+            return
+        header = self._model_headers.get(encoded)
+        if header is None:  # the same for every client of this depth and round: built once
+            header = pb.ModelChunk(
+                header=pb.ModelHeader(
+                    ready=True,
+                    round=result.round,
+                    tensors=[spec_to_proto(s) for s in encoded.specs],
+                    total_bytes=encoded.nbytes,
+                )
+            ).SerializeToString()
+            self._model_headers[encoded] = header
+        yield header
+        for frame in encoded.frames:
+            yield frame  # a serialized data chunk (see flextrain.wire.frames)
 
     async def PushUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk | memoryview], context: grpc.aio.ServicerContext) -> pb.PushUpdateResponse:
         await self._check(context)

@@ -22,6 +22,7 @@ from flextrain.wire.frames import data_frames, parse_model_chunk, serialize_chun
 from flextrain.wire.tensors import (
     CHUNK_BYTES,
     MAX_MESSAGE_BYTES,
+    Spec,
     decode,
     dtype_from_proto,
     spec_from_proto,
@@ -102,6 +103,7 @@ class AggregatorClient:
             self.channel = grpc.insecure_channel(config.aggregator, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.AggregatorStub(self.channel)  # type: ignore[no-untyped-call]
         self._buffer = bytearray()
+        self._last_specs: tuple[pb.ModelHeader, list[Spec]] | None = None
         # The chunk streams with hand-framed data chunks (flextrain.wire.frames): same
         # bytes on the wire as the generated stub's, fewer copies.
         method = f"/{pb.DESCRIPTOR.services_by_name['Aggregator'].full_name}/"
@@ -168,10 +170,20 @@ class AggregatorClient:
             return Pulled(False, header.done, header.round, {}, 0)
         if received != len(payload):
             raise Retry(f"the model stream ended after {received} of {len(payload)} bytes")
-        specs = [spec_from_proto(t) for t in header.tensors]
+        specs = self._specs(header)
         # The buffer is not written again while the tensors are in use (see above): its
         # float32 tensors are used in place, not copied.
         return Pulled(True, False, header.round, decode(specs, payload, copy=False), received)
+
+    def _specs(self, header: pb.ModelHeader) -> list[Spec]:
+        """The header's tensor specs; the same list as last time when the header lists
+        the same tensors (every round of a client's depth), found by one comparison."""
+        last = self._last_specs
+        if last is not None and last[0].tensors == header.tensors:
+            return last[1]
+        specs = [spec_from_proto(t) for t in header.tensors]
+        self._last_specs = (header, specs)
+        return specs
 
     def _receive_buffer(self, size: int, reuse: bool) -> memoryview:
         if not reuse:

@@ -8,6 +8,7 @@ they are always decoded to float32, so merging happens in float32.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import warnings
@@ -76,7 +77,17 @@ class Spec:
     shape: tuple[int, ...]
     dtype: torch.dtype
 
-    @property
+    @functools.cached_property
+    def strides(self) -> tuple[int, ...]:
+        """Element strides of a contiguous tensor of this shape."""
+        out = []
+        step = 1
+        for dim in reversed(self.shape):
+            out.append(step)
+            step *= max(dim, 1)
+        return tuple(reversed(out))
+
+    @functools.cached_property
     def num_bytes(self) -> int:
         return math.prod(self.shape) * (torch.finfo(self.dtype).bits if self.dtype.is_floating_point else torch.iinfo(self.dtype).bits) // 8
 
@@ -99,10 +110,11 @@ class Encoded:
     payload: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Framed:
     """Tensors as serialized data chunks, ready to send many times (the aggregator
-    sends each round's model to many clients: it frames it once)."""
+    sends each round's model to many clients: it frames it once). Compared and hashed
+    by identity: it is a cache entry, and hashing its bytes would cost a model's worth."""
 
     specs: list[Spec]
     frames: tuple[bytes, ...]
@@ -115,11 +127,19 @@ def tensor_views(tensors: Mapping[str, Tensor], compression: torch.dtype = torch
     specs = []
     views = []
     for name, tensor in tensors.items():
-        wire = tensor.detach().to("cpu", wire_dtype_for(tensor.dtype, compression)).contiguous()
-        specs.append(Spec(name, tuple(wire.shape), wire.dtype))
+        wire = tensor.detach()
+        dtype = wire_dtype_for(wire.dtype, compression)
+        if wire.dtype != dtype or wire.device.type != "cpu":
+            wire = wire.to("cpu", dtype)
+        if not wire.is_contiguous():
+            wire = wire.contiguous()
+        specs.append(Spec(name, tuple(wire.shape), dtype))
+        if not wire.numel():
+            views.append(memoryview(b""))
+            continue
         # bfloat16 has no numpy dtype: reinterpret its bytes as int16.
-        raw = wire.view(torch.int16) if wire.dtype == torch.bfloat16 else wire
-        views.append(raw.reshape(-1).numpy().data.cast("B"))
+        raw = wire.view(torch.int16) if dtype == torch.bfloat16 else wire
+        views.append(raw.numpy().data.cast("B"))
     return specs, views
 
 
@@ -150,23 +170,36 @@ def decode(specs: list[Spec], payload: bytes | bytearray | memoryview, *, copy: 
         raise WireFormatError(f"payload has {len(payload)} bytes, the tensor specs describe {expected}")
     share = not copy and not memoryview(payload).readonly
     out: dict[str, Tensor] = {}
+    if not expected:
+        return {spec.name: torch.empty(spec.shape, dtype=spec.dtype) for spec in specs}
+    with warnings.catch_warnings():
+        # A read-only payload (bytes) is fine: what is not shared is copied below.
+        warnings.simplefilter("ignore", UserWarning)
+        raw = torch.frombuffer(payload, dtype=torch.uint8)  # one view, sliced per tensor
+    # Shared float32 tensors are cut straight from one float32 view (one call each).
+    floats = raw.view(torch.float32) if share and expected % 4 == 0 else None
     offset = 0
     for spec in specs:
         size = spec.num_bytes
+        aligned = offset % spec.dtype.itemsize == 0
+        if floats is not None and size and aligned and spec.dtype == torch.float32:
+            out[spec.name] = floats.as_strided(spec.shape, spec.strides, offset // 4)
+            offset += size
+            continue
+        piece = raw[offset : offset + size]
+        offset += size
         if size == 0:
             out[spec.name] = torch.empty(spec.shape, dtype=spec.dtype)
             continue
-        with warnings.catch_warnings():
-            # A read-only payload (bytes) is fine: the result is copied below.
-            warnings.simplefilter("ignore", UserWarning)
-            flat = torch.frombuffer(payload, dtype=spec.dtype, count=size // spec.dtype.itemsize, offset=offset)
-        tensor = flat.reshape(spec.shape)
+        copied = not aligned
+        if copied:  # a reinterpreting view needs an aligned start: copy the bytes first
+            piece = piece.clone()
+        tensor = piece.view(spec.dtype).view(spec.shape)
         if spec.dtype.is_floating_point and spec.dtype != torch.float32:
             tensor = tensor.float()
-        elif not (share and spec.dtype == torch.float32 and offset % 4 == 0):
+        elif not copied:
             tensor = tensor.clone()
         out[spec.name] = tensor
-        offset += size
     return out
 
 

@@ -69,6 +69,10 @@ class Accumulator(ABC):
         if not global_state:
             raise MergeError("global state is empty")
         self._global: dict[str, Tensor] = {k: v.detach() for k, v in global_state.items()}
+        #: key -> (shape, floating?) of the global tensors: what validation compares.
+        self._layout: dict[str, tuple[torch.Size, bool]] = {
+            k: (v.shape, v.is_floating_point()) for k, v in self._global.items()
+        }
         self.expected_clients = expected_clients
         #: Number of accepted ``add`` calls so far.
         self.num_clients = 0
@@ -102,18 +106,20 @@ class Accumulator(ABC):
             raise MergeError(f"num_examples must be > 0, got {num_examples}")
         if not tensors:
             raise MergeError("update holds no tensors")
+        layout = self._layout
         for key, value in tensors.items():
-            ref = self._global.get(key)
+            ref = layout.get(key)
             if ref is None:
                 raise MergeError(f"tensor {key!r} is not in the global state")
             if not isinstance(value, Tensor):
                 raise MergeError(f"tensor {key!r} is a {type(value).__name__}, not a Tensor")
-            if tuple(value.shape) != tuple(ref.shape):
+            shape, floating = ref
+            if value.shape != shape:
                 raise MergeError(
                     f"tensor {key!r} has shape {tuple(value.shape)}, "
-                    f"the global state has {tuple(ref.shape)}"
+                    f"the global state has {tuple(shape)}"
                 )
-            if ref.is_floating_point():
+            if floating:
                 if not value.is_floating_point():
                     raise MergeError(f"tensor {key!r} must be floating, got {value.dtype}")
                 if check_finite and not is_finite(value):

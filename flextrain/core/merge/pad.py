@@ -38,20 +38,26 @@ class PadAccumulator(Accumulator):
         self._maxima: dict[str, Tensor] = {}
 
     def _fold(self, tensors: Mapping[str, Tensor], num_examples: int) -> None:
+        totals: list[Tensor] = []
+        addends: list[Tensor] = []
         for key, value in tensors.items():
             ref = self._global[key]
             v = value.detach().to(ref.device)
             if ref.is_floating_point():
                 v = v.to(self._sum_dtype(key))
-                if key in self._sums:
-                    self._sums[key].add_(v)
-                else:
+                total = self._sums.get(key)
+                if total is None:
                     self._sums[key] = v.clone()
+                else:
+                    totals.append(total)
+                    addends.append(v)
             else:
                 v = v.to(ref.dtype)
                 old = self._maxima.get(key)
                 self._maxima[key] = v.clone() if old is None else torch.maximum(old, v)
             self._holders[key] = self._holders.get(key, 0) + 1
+        if totals:
+            torch._foreach_add_(totals, addends)  # one call for all tensors: same sums as add_ each
 
     def _result(self) -> dict[str, Tensor]:
         n = self.num_clients

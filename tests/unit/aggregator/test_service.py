@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from flextrain.aggregator import service as service_module
 from flextrain.aggregator.service import AggregatorService, ReceiveBuffer, Settings
 from flextrain.jobplan import plan_job
-from flextrain.wire.tensors import encode, frame_tensors
+from flextrain.proto.v1 import aggregator_pb2 as pb
+from flextrain.wire.tensors import encode
 from tests.integration.procs import tiny_job
 from tests.unit.aggregator.test_state import push
 
@@ -57,12 +57,14 @@ async def test_concurrent_pulls_of_one_depth_share_one_encode(
     service = AggregatorService(plan)
     calls: list[int] = []
 
-    def counting_encode(tensors: Any, compression: Any) -> Any:
-        calls.append(len(tensors))
-        time.sleep(0.05)  # long enough for every pull to arrive while it runs
-        return frame_tensors(tensors, compression)
+    frame = service._frame
 
-    monkeypatch.setattr(service_module, "frame_tensors", counting_encode)
+    def counting_encode(model: Any, names: list[str]) -> Any:
+        calls.append(len(names))
+        time.sleep(0.05)  # long enough for every pull to arrive while it runs
+        return frame(model, names)
+
+    monkeypatch.setattr(service, "_frame", counting_encode)
     await service.start()
     try:
         clients = [
@@ -144,5 +146,22 @@ async def test_pushes_reuse_the_slot_buffers_and_merge_correctly() -> None:
         # pad over two clients: the stem (sent by both) is the mean of their values.
         stem = next(k for k in expected[1] if k.startswith("stem") and merged[k].is_floating_point())
         assert torch.allclose(merged[stem], (expected[1][stem] + expected[3][stem]) / 2)
+    finally:
+        await service.stop()
+
+
+async def test_every_depth_gets_exactly_its_prefix_from_the_shared_views() -> None:
+    plan = plan_job(tiny_job(tiers=[("shallow", 1, 1), ("middle", 2, 1), ("deep", 3, 1)]), {})
+    service = AggregatorService(plan)
+    await service.start()
+    try:
+        ids = {d: service.join("tiny", t, 0, d).client.client_id for t, d in (("shallow", 1), ("middle", 2), ("deep", 3))}
+        for depth, client in ids.items():
+            pulled = await service.pull(client, 1, 0)
+            assert pulled.encoded is not None
+            assert b"".join(pb.ModelChunk.FromString(f).data for f in pulled.encoded.frames) == encode(
+                service.agg.prefix_state(depth)
+            ).payload
+            assert [s.name for s in pulled.encoded.specs] == list(service.agg.expected_specs(depth))
     finally:
         await service.stop()

@@ -117,3 +117,21 @@ def test_token_check() -> None:
     assert not token_matches((("authorization", token),), token)  # no Bearer scheme
     assert not token_matches(None, token)
     assert not token_matches((("other", "Bearer " + token),), token)
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_decode_handles_odd_offsets_empty_and_scalar_tensors(copy: bool) -> None:
+    state = {
+        "odd": torch.arange(3, dtype=torch.float32),  # 12 bytes: the next tensor starts at 12
+        "count": torch.tensor(2**40 + 5),  # int64 at an offset that is not a multiple of 8
+        "empty": torch.zeros(2, 0, 3),
+        "scalar": torch.tensor(1.5),
+        "grid": torch.arange(24, dtype=torch.float32).reshape(2, 3, 4),
+    }
+    encoded = encode(state)
+    back = decode(encoded.specs, bytearray(encoded.payload), copy=copy)
+    assert list(back) == list(state)
+    for name, value in state.items():
+        assert back[name].dtype == value.dtype and back[name].shape == value.shape, name
+        assert torch.equal(back[name], value), name
+    assert back["grid"].is_contiguous() and back["grid"].stride() == (12, 4, 1)
