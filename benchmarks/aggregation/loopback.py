@@ -7,6 +7,8 @@ PushUpdate), with one stream and with many concurrent streams. Both processes ke
 freed memory for reuse as FlexTrain's processes do (flextrain.allocator): without it
 gRPC's own 2 MiB messages page-fault afresh and the ceiling reads up to ~40 % lower.
 
+Also the raw version of a round's traffic (raw_rounds): the ceiling for that traffic.
+
     python -m benchmarks.aggregation.loopback --serve --port-file FILE   # the server
 """
 
@@ -14,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,15 +175,138 @@ def measure(port: int, *, mib: int, streams: int, repeats: int) -> dict[str, Any
     return out
 
 
+# -- a round's traffic, raw ---------------------------------------------------------
+#
+# The same traffic as one aggregation round, with nothing but gRPC: every client pulls
+# its bytes, then pushes as many back, all clients at once, spread over the same number
+# of processes (threads inside) as the benchmark's fake trainers. The ratio of this
+# round's time to the aggregator's is the share of raw loopback the aggregator keeps for
+# that exact traffic: everything it does beyond moving bytes (framing, checks, merge,
+# orchestration) is the difference.
+
+
+def _round_client(port: int, sizes: list[int], repeats: int, work: Path, index: int) -> None:
+    """One client process of raw_rounds(): a thread per size; files in `work` sync the
+    processes (ready-P-R -> go-R with the start time -> done-P-R with end times)."""
+    retain_freed_memory()
+    clients = [RawClient(port) for _ in sizes]
+    try:
+        for c in clients:
+            c.download(CHUNK)  # connect before the clock starts
+        for r in range(repeats):
+            (work / f"ready-{index}-{r}").write_text("")
+            go = work / f"go-{r}"
+            while not go.exists():
+                time.sleep(0.002)
+            ends = _raw_round(clients, sizes, float(go.read_text()))
+            tmp = work / f"done-{index}-{r}.tmp"
+            tmp.write_text(json.dumps(ends))
+            tmp.replace(work / f"done-{index}-{r}")
+    finally:
+        for c in clients:
+            c.close()
+
+
+def _raw_round(clients: list[RawClient], sizes: list[int], start: float) -> list[float]:
+    """At wall-clock `start`, every client pulls then pushes its size; their end times."""
+    ends: list[float] = []
+    errors: list[BaseException] = []
+
+    def one(c: RawClient, n: int) -> None:
+        try:
+            time.sleep(max(0.0, start - time.time()))
+            c.download(n)
+            c.upload(n)
+            ends.append(time.time())
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(c, n), daemon=True) for c, n in zip(clients, sizes, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    if errors or len(ends) != len(sizes):
+        raise RuntimeError(f"raw round failed: {errors[:1]!r}")
+    return ends
+
+
+def raw_rounds(
+    port: int, sizes: list[int], *, processes: int, repeats: int, work: Path, start: Callable[[list[str]], Any]
+) -> dict[str, Any]:
+    """Seconds of `repeats` raw rounds in which client i pulls then pushes sizes[i] bytes;
+    the clients are threads of `processes` processes (started with `start(argv)`, which
+    returns a Popen). The first repeat warms up and is not counted."""
+    work.mkdir(parents=True, exist_ok=True)
+    for f in work.iterdir():
+        f.unlink()
+    groups = [sizes[i::processes] for i in range(min(processes, len(sizes)))]
+    spec = work / "sizes.json"
+    spec.write_text(json.dumps(groups))
+    procs = [
+        start([sys.executable, "-m", "benchmarks.aggregation.loopback", "--round-client", str(i),
+               "--port", str(port), "--spec", str(spec), "--repeats", str(repeats + 1)])
+        for i in range(len(groups))
+    ]
+    seconds: list[float] = []
+    try:
+        for r in range(repeats + 1):
+            _wait_files(work, [f"ready-{i}-{r}" for i in range(len(groups))], procs)
+            begin = time.time() + 0.2
+            tmp = work / f"go-{r}.tmp"
+            tmp.write_text(repr(begin))
+            tmp.replace(work / f"go-{r}")
+            _wait_files(work, [f"done-{i}-{r}" for i in range(len(groups))], procs)
+            end = max(max(json.loads((work / f"done-{i}-{r}").read_text())) for i in range(len(groups)))
+            if r:
+                seconds.append(end - begin)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    total = 2 * sum(sizes)
+    rates = [total / MIB / s for s in seconds]
+    return {
+        "clients": len(sizes),
+        "processes": len(groups),
+        "bytes_per_round": total,
+        "round_seconds": seconds,
+        "round_seconds_best": min(seconds),
+        "round_seconds_median": statistics.median(seconds),
+        "mib_s_best": max(rates),
+        "mib_s_median": statistics.median(rates),
+    }
+
+
+def _wait_files(work: Path, names: list[str], procs: list[Any], timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not all((work / n).exists() for n in names):
+        if any(p.poll() not in (None, 0) for p in procs):
+            raise RuntimeError("a raw round client exited with an error (see its log)")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"raw round: timed out waiting for {names}")
+        time.sleep(0.002)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--serve", action="store_true")
-    p.add_argument("--port-file", type=Path, required=True)
+    p.add_argument("--serve", action="store_true", help="run the server")
+    p.add_argument("--port-file", type=Path, help="--serve: write the bound port here")
+    p.add_argument("--round-client", type=int, metavar="INDEX", help="run client process INDEX of raw_rounds()")
+    p.add_argument("--port", type=int)
+    p.add_argument("--spec", type=Path, help="--round-client: JSON list of each process's sizes")
+    p.add_argument("--repeats", type=int, default=1)
     args = p.parse_args(argv)
-    if not args.serve:
-        p.error("only --serve runs standalone; the benchmark calls measure()")
-    asyncio.run(_serve(args.port_file))
-    return 0
+    if args.serve and args.port_file:
+        asyncio.run(_serve(args.port_file))
+        return 0
+    if args.round_client is not None and args.port and args.spec:
+        sizes = json.loads(args.spec.read_text())[args.round_client]
+        _round_client(args.port, sizes, args.repeats, args.spec.parent, args.round_client)
+        return 0
+    p.error("use --serve --port-file FILE, or --round-client N --port P --spec FILE (the benchmark starts these)")
+    return 2
 
 
 if __name__ == "__main__":

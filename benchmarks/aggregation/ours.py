@@ -49,6 +49,10 @@ class Case:
     layers: int
     num_classes: int
     tiers: tuple[tuple[str, int, int], ...]  # (name, depth, replicas)
+    #: Extra `flextrain aggregator` flags (a setting measured against the default).
+    aggregator_args: tuple[str, ...] = ()
+    #: The case whose raw-gRPC round has the same traffic (default: this one's).
+    same_traffic_as: str = ""
 
     @property
     def num_clients(self) -> int:
@@ -155,7 +159,7 @@ def run_case(case: Case, tracker: Tracker, work: Path, *, warmup: int, measured:
         *AGGREGATOR_COMMAND, "aggregator",
         "--plan", str(plan_file), "--token-file", str(token_file),
         "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-        "--log-format", "json", "--device", "cpu",
+        "--log-format", "json", "--device", "cpu", *case.aggregator_args,
     ]
     aggregator = tracker.start(f"ours-{case.key}-aggregator", argv, cwd=REPO)
     result: dict[str, Any] = {"case": case.key, "label": case.label, "clients": case.num_clients, "model_bytes": full_bytes}

@@ -1,6 +1,7 @@
 """Smoke run of the aggregation benchmark (``benchmarks.aggregation --quick``), our side
 only: a real aggregator process, 20 fake trainers and the loopback ceiling must leave
-the markdown table and the raw JSON in the output directory. Flower is not needed.
+the markdown table and the raw JSON in the output directory, with the raw-gRPC round of
+the same traffic measured next to it. Flower is not needed.
 """
 
 from __future__ import annotations
@@ -40,3 +41,9 @@ def test_quick_flextrain_only_run_writes_table_and_json(tmp_path: Path) -> None:
     assert abs(ours["bytes_share_of_fedavg"] - 0.558) < 0.005
     assert ours["server_peak_rss_bytes"] > 0
     assert data["results"]["loopback"]["ceiling_mib_s"] > 0
+    # The same traffic with raw gRPC: the ceiling the throughput target is checked against.
+    raw = data["results"]["raw/resnet56-table3"]
+    assert "error" not in raw, raw
+    assert raw["bytes_per_round"] == ours["bytes_per_round"]
+    assert len(raw["round_seconds"]) == 2 and raw["round_seconds_best"] > 0
+    assert "for the same traffic" in table
