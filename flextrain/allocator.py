@@ -10,9 +10,10 @@ more CPU than moving the bytes (docs/aggregator.md, "Memory and the hot path").
 :func:`retain_freed_memory` tells glibc to serve blocks up to 32 MiB (its maximum)
 from the heap and to keep freed heap memory for reuse instead of handing it back. The
 process's resident memory then stays near its peak between rounds instead of dropping
-after each one; the peak itself does not grow. Blocks above 32 MiB (a whole large
-model) are still mapped per allocation, which is why the hot paths also reuse their
-large buffers.
+after each one. The peak grows a little: memory freed by one thread's arena does not
+serve another thread, nor blocks above 32 MiB (a whole large model, still mapped per
+allocation, which is why the hot paths also reuse their large buffers). In the
+aggregation benchmark that was about 0.3-0.5x the model, for rounds 10-15 % shorter.
 
 It acts only on glibc (Linux distributions other than Alpine/musl); elsewhere it does
 nothing. ``FLEXTRAIN_MALLOC_RETAIN=0`` turns it off.

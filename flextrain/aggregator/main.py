@@ -55,8 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-concurrent-pushes",
         type=int,
         default=int(_env("FLEXTRAIN_MAX_CONCURRENT_PUSHES", "1") or 1),
-        help="update payloads received at once (default 1: memory stays about 3-4x the model; "
-        "2 overlaps receiving with merging, ~5%% faster rounds for one more model of memory)",
+        help="update payloads received at once (default 1: memory stays about 4x the model; "
+        "2 receives the next update while one is merged: rounds 10-25%% shorter in the "
+        "benchmark, for about one more model of memory)",
     )
 
 

@@ -17,6 +17,7 @@ comes from the aggregator's Join answer, so the job spec has one source of truth
 | FLEXTRAIN_TLS_CA | no | CA certificate file: connect with TLS |
 | FLEXTRAIN_TLS_CERT / _KEY | no | client certificate for mutual TLS |
 | FLEXTRAIN_TRAINING_SLOTS | no | `DIR:N`: at most N trainers of this machine train at once (`flextrain run`) |
+| FLEXTRAIN_MALLOC_RETAIN | no | 0: give freed memory back to the system (see flextrain.allocator) |
 """
 
 from __future__ import annotations
