@@ -325,12 +325,24 @@ class AggregatorService:
                 self._buffers.append(buffer)
 
     async def finish_push(self, ticket: PushTicket, payload: memoryview) -> int:
-        """Decode, check and fold an update; returns the round it was counted in."""
-        try:
-            complete = await self._run(self._fold, ticket, payload)
-        except Rejected as exc:
-            self._count_rejection(exc)
-            raise
+        """Decode, check and fold an update; returns the round it was counted in.
+
+        A cancellation (the client went away) waits for the fold: it runs on in the
+        worker thread and reads `payload`, the push slot's buffer, which must not be
+        handed to another push before it is done. A fold that succeeded is then fully
+        accounted (and closes its round) before the cancellation goes through.
+        """
+        fold = asyncio.ensure_future(self._run(self._fold, ticket, payload))
+        cancelled = False
+        while True:
+            try:
+                complete = await asyncio.shield(fold)
+                break
+            except asyncio.CancelledError:
+                cancelled = True  # the fold is bounded: wait for it, then re-raise
+            except Rejected as exc:
+                self._count_rejection(exc)
+                raise
         self.accepted += 1
         self.metrics.received(ticket.client.tier, ticket.expected_bytes)
         log.info(
@@ -343,6 +355,8 @@ class AggregatorService:
         )
         if complete:
             await self._close_round()
+        if cancelled:
+            raise asyncio.CancelledError
         return ticket.round
 
     def reject_payload(self, exc: Rejected) -> None:

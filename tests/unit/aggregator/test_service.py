@@ -4,6 +4,7 @@ and checkpoint are done (the operator marks a job Succeeded from ``done``)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -163,5 +164,53 @@ async def test_every_depth_gets_exactly_its_prefix_from_the_shared_views() -> No
                 service.agg.prefix_state(depth)
             ).payload
             assert [s.name for s in pulled.encoded.specs] == list(service.agg.expected_specs(depth))
+    finally:
+        await service.stop()
+
+
+async def test_a_cancelled_push_keeps_its_buffer_until_its_fold_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The client of a push goes away while its update is folded in the worker thread:
+    # the slot's buffer must not reach the next push before that fold has read it.
+    plan = plan_job(tiny_job(tiers=[("deep", 3, 2)]), {})
+    service = AggregatorService(plan, Settings(max_concurrent_pushes=1))
+    await service.start()
+    try:
+        ids = [service.join("tiny", "deep", r, 3).client.client_id for r in range(2)]
+        updates = [
+            {k: v + shift if v.is_floating_point() else v for k, v in service.agg.prefix_state(3).items()}
+            for shift in (1.0, 3.0)
+        ]
+        fold = service.agg.fold
+        folding = threading.Event()
+
+        def slow_fold(*args: Any, **kwargs: Any) -> bool:
+            folding.set()
+            time.sleep(0.3)  # the worker still reads the buffer here
+            return fold(*args, **kwargs)
+
+        monkeypatch.setattr(service.agg, "fold", slow_fold)
+
+        async def push(index: int) -> int:
+            encoded = encode(updates[index])
+            ticket = service.begin_push(ids[index], 1, 5, encoded.specs)
+            async with service.push_slot() as buffer:
+                payload = buffer.take(ticket.expected_bytes)
+                payload[:] = encoded.payload
+                return await service.finish_push(ticket, payload)
+
+        first = asyncio.ensure_future(push(0))
+        while not folding.is_set():
+            await asyncio.sleep(0.01)
+        first.cancel()
+        second = asyncio.ensure_future(push(1))
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await second == 1
+        assert service.agg.completed_rounds == 1
+        merged = service.agg.global_state
+        for key, value in updates[0].items():  # the mean of both updates, none overwritten
+            if value.is_floating_point():
+                assert torch.allclose(merged[key], (value + updates[1][key]) / 2), key
+        assert service.accepted == 2, "the cancelled push's update is counted as accepted"
     finally:
         await service.stop()
