@@ -265,6 +265,8 @@ def render(report: dict[str, Any]) -> str:
             + (f" Measured again at the end of the run: {res['loopback_end']['ceiling_mib_s']:,.0f} MiB/s." if "ceiling_mib_s" in res.get("loopback_end", {}) else ""),
             "",
         ]
+    elif lb:
+        lines += [f"Raw loopback measurement failed: {lb['error']}", ""]
     raws = [(k, v) for k, v in res.items() if k.startswith("raw/")]
     if raws:
         lines += [
@@ -286,8 +288,6 @@ def render(report: dict[str, Any]) -> str:
                 f"{r['round_seconds_best']:.3f} ({r['round_seconds_median']:.3f}) | {r['mib_s_best']:,.0f} ({r['mib_s_median']:,.0f}) |"
             )
         lines.append("")
-    elif lb:
-        lines += [f"Raw loopback measurement failed: {lb['error']}", ""]
 
     lines += [
         "## Per-round results (20 clients; the last row: one client alone)",

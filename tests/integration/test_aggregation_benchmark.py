@@ -47,3 +47,25 @@ def test_quick_flextrain_only_run_writes_table_and_json(tmp_path: Path) -> None:
     assert raw["bytes_per_round"] == ours["bytes_per_round"]
     assert len(raw["round_seconds"]) == 2 and raw["round_seconds_best"] > 0
     assert "for the same traffic" in table
+
+
+def _report(results: dict[str, object]) -> dict[str, object]:
+    machine = {"cpus": 2, "cpu_model": "x", "memory_bytes": 2**34, "python": "3", "torch": "2", "grpcio": "1"}
+    case = {"label": "ResNet-56/100 classes, Table 3 mix", "layers": 56, "num_classes": 100, "tiers": [], "model_bytes": 3_434_320}
+    return {
+        "started": "now", "wall_seconds": 1.0, "quick": True, "warmup": 1, "measured": 2, "client_procs": 4,
+        "machine": machine, "cases": {"resnet56-table3": case}, "results": results, "skipped": [], "foreign_load": [],
+    }
+
+
+def test_the_report_renders_without_raw_rounds_and_with_a_failed_ceiling() -> None:
+    from benchmarks.aggregation.bench import render
+
+    loopback = {
+        "download_1_stream_mib_s": 1000.0, "download_20_streams_mib_s": 900.0,
+        "upload_1_stream_mib_s": 1100.0, "upload_20_streams_mib_s": 800.0, "ceiling_mib_s": 1100.0,
+    }
+    flower_only = render(_report({"loopback": loopback}))  # e.g. --only flower: no raw rounds
+    assert "Best of the four: **1,100 MiB/s**" in flower_only and "failed" not in flower_only
+    failed = render(_report({"loopback": {"error": "RuntimeError: no port"}}))
+    assert "Raw loopback measurement failed: RuntimeError: no port" in failed
