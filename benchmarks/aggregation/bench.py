@@ -17,6 +17,7 @@ points elsewhere.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,18 +164,25 @@ def machine() -> dict[str, Any]:
 # -- sections ------------------------------------------------------------------------
 
 
-def run_loopback(tracker: Tracker, work: Path, quick: bool) -> dict[str, Any]:
+@contextlib.contextmanager
+def loopback_server(tracker: Tracker, work: Path, name: str) -> Iterator[int]:
+    """A raw loopback server process for the block; yields its port."""
     work.mkdir(parents=True, exist_ok=True)
     port_file = work / "loopback.port"
     port_file.unlink(missing_ok=True)
-    server = tracker.start("loopback-server", [sys.executable, "-m", "benchmarks.aggregation.loopback", "--serve", "--port-file", str(port_file)], cwd=REPO)
+    server = tracker.start(name, [sys.executable, "-m", "benchmarks.aggregation.loopback", "--serve", "--port-file", str(port_file)], cwd=REPO)
     try:
         wait_for(lambda: port_file.exists() or server.poll() is not None, 60, "the loopback server")
         if server.poll() is not None:
             raise RuntimeError(f"loopback server exited with {server.returncode}")
-        return loopback.measure(int(port_file.read_text()), mib=64 if quick else 256, streams=20, repeats=3)
+        yield int(port_file.read_text())
     finally:
         tracker.stop_pids([server.pid])
+
+
+def run_loopback(tracker: Tracker, work: Path, quick: bool) -> dict[str, Any]:
+    with loopback_server(tracker, work, "loopback-server") as port:
+        return loopback.measure(port, mib=64 if quick else 256, streams=20, repeats=3)
 
 
 def run_raw_round(tracker: Tracker, work: Path, case: Case, *, client_procs: int, repeats: int) -> dict[str, Any]:
@@ -184,12 +192,6 @@ def run_raw_round(tracker: Tracker, work: Path, case: Case, *, client_procs: int
 
     prefixes = ours.prefix_bytes(case)
     sizes = [prefixes[d] for _, d, r in case.tiers for _ in range(r)]
-    work.mkdir(parents=True, exist_ok=True)
-    port_file = work / "loopback.port"
-    port_file.unlink(missing_ok=True)
-    server = tracker.start(
-        "raw-round-server", [sys.executable, "-m", "benchmarks.aggregation.loopback", "--serve", "--port-file", str(port_file)], cwd=REPO
-    )
     started: list[subprocess.Popen[bytes]] = []
 
     def start(argv: list[str]) -> subprocess.Popen[bytes]:
@@ -198,13 +200,11 @@ def run_raw_round(tracker: Tracker, work: Path, case: Case, *, client_procs: int
         return proc
 
     try:
-        wait_for(lambda: port_file.exists() or server.poll() is not None, 60, "the loopback server")
-        if server.poll() is not None:
-            raise RuntimeError(f"loopback server exited with {server.returncode}")
-        n_procs = max(1, min(client_procs, len(sizes)))
-        return loopback.raw_rounds(int(port_file.read_text()), sizes, processes=n_procs, repeats=repeats, work=work / "sync", start=start)
+        with loopback_server(tracker, work, "raw-round-server") as port:
+            n_procs = max(1, min(client_procs, len(sizes)))
+            return loopback.raw_rounds(port, sizes, processes=n_procs, repeats=repeats, work=work / "sync", start=start)
     finally:
-        tracker.stop_pids([server.pid, *(p.pid for p in started)])
+        tracker.stop_pids([p.pid for p in started])
 
 
 def guarded(results: dict[str, Any], key: str, fn: Callable[[], Any], log: Callable[[str], None], load: float) -> None:

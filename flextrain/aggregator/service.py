@@ -32,8 +32,15 @@ from flextrain.core.arch import profile
 from flextrain.core.centralised import evaluate
 from flextrain.core.models import ModelSpec
 from flextrain.jobplan import JobPlan
-from flextrain.wire.frames import data_frames
-from flextrain.wire.tensors import CHUNK_BYTES, Framed, Spec, decode, float32_view, tensor_views
+from flextrain.wire.tensors import (
+    Framed,
+    ReceiveBuffer,
+    Spec,
+    decode,
+    float32_view,
+    frame_views,
+    tensor_views,
+)
 
 log = logging.getLogger("flextrain.aggregator")
 
@@ -90,27 +97,6 @@ class PushTicket:
     specs: list[Spec]
     expected_bytes: int
     started: float = field(default_factory=time.monotonic)
-
-
-class ReceiveBuffer:
-    """Where one push slot receives update payloads, kept from push to push.
-
-    A new buffer the size of a model costs more than the bytes it receives: the kernel
-    maps and zeroes each of its pages on first touch (allocations this large bypass the
-    heap, see flextrain.allocator). Reused, it is already resident. It grows to the
-    largest update seen, so an idle aggregator holds max_concurrent_pushes x that.
-    """
-
-    def __init__(self) -> None:
-        self._data = bytearray()
-
-    def take(self, size: int) -> memoryview:
-        """A writable view of exactly `size` bytes; what an earlier take returned must no
-        longer be in use."""
-        if len(self._data) < size:
-            self._data = bytearray()  # drop the old one first: never hold both
-            self._data = bytearray(size)
-        return memoryview(self._data)[:size]
 
 
 def model_spec_of(plan: JobPlan) -> ModelSpec:
@@ -300,8 +286,7 @@ class AggregatorService:
             cached = (model, {s.name: (s, v) for s, v in zip(specs, views, strict=True)})
             self._model_views = cached
         picked = [cached[1][name] for name in names]
-        views = [v for _, v in picked]
-        return Framed([s for s, _ in picked], tuple(data_frames(views, CHUNK_BYTES)), sum(len(v) for v in views))
+        return frame_views([s for s, _ in picked], [v for _, v in picked])
 
     def begin_push(self, client_id: str, round_number: int, num_examples: int, specs: list[Spec]) -> PushTicket:
         """Check an update's header; raises Rejected before any byte is read."""
@@ -315,7 +300,8 @@ class AggregatorService:
     @contextlib.asynccontextmanager
     async def push_slot(self) -> AsyncIterator[ReceiveBuffer]:
         """One of the `max_concurrent_pushes` slots, with the buffer the update's payload
-        is received into (reused from push to push: see ReceiveBuffer)."""
+        is received into (reused from push to push: see ReceiveBuffer); an idle
+        aggregator holds max_concurrent_pushes x the largest update in them."""
         assert self._push_slots is not None, "start() first"
         async with self._push_slots:
             buffer = self._buffers.pop() if self._buffers else ReceiveBuffer()

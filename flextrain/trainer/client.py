@@ -22,6 +22,7 @@ from flextrain.wire.frames import data_frames, parse_model_chunk, serialize_chun
 from flextrain.wire.tensors import (
     CHUNK_BYTES,
     MAX_MESSAGE_BYTES,
+    ReceiveBuffer,
     Spec,
     decode,
     dtype_from_proto,
@@ -102,7 +103,7 @@ class AggregatorClient:
         else:
             self.channel = grpc.insecure_channel(config.aggregator, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.AggregatorStub(self.channel)  # type: ignore[no-untyped-call]
-        self._buffer = bytearray()
+        self._buffer = ReceiveBuffer()
         self._last_specs: tuple[pb.ModelHeader, list[Spec]] | None = None
         # The chunk streams with hand-framed data chunks (flextrain.wire.frames): same
         # bytes on the wire as the generated stub's, fewer copies.
@@ -155,7 +156,7 @@ class AggregatorClient:
                 stream.cancel()
                 raise Retry("the model stream did not start with its header")
             header = first.header
-            payload = self._receive_buffer(header.total_bytes, reuse_buffer)
+            payload = self._buffer.take(header.total_bytes) if reuse_buffer else memoryview(bytearray(header.total_bytes))
             received = 0
             for chunk in stream:
                 data = chunk if isinstance(chunk, memoryview) else chunk.data
@@ -184,14 +185,6 @@ class AggregatorClient:
         specs = [spec_from_proto(t) for t in header.tensors]
         self._last_specs = (header, specs)
         return specs
-
-    def _receive_buffer(self, size: int, reuse: bool) -> memoryview:
-        if not reuse:
-            return memoryview(bytearray(size))
-        if len(self._buffer) < size:
-            self._buffer = bytearray()  # never hold both
-            self._buffer = bytearray(size)
-        return memoryview(self._buffer)[:size]
 
     def push(self, client_id: str, round_number: int, tensors: Mapping[str, Tensor], num_examples: int, wire_dtype: int, train_loss: float, train_seconds: float) -> int:
         specs, views = tensor_views(tensors, dtype_from_proto(wire_dtype))

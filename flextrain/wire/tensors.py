@@ -145,8 +145,34 @@ def tensor_views(tensors: Mapping[str, Tensor], compression: torch.dtype = torch
 
 def frame_tensors(tensors: Mapping[str, Tensor], compression: torch.dtype = torch.float32, chunk_bytes: int = CHUNK_BYTES) -> Framed:
     """Tensors serialized as data chunks of at most `chunk_bytes` (one copy per byte)."""
-    specs, views = tensor_views(tensors, compression)
+    return frame_views(*tensor_views(tensors, compression), chunk_bytes)
+
+
+def frame_views(specs: list[Spec], views: list[memoryview], chunk_bytes: int = CHUNK_BYTES) -> Framed:
+    """:func:`frame_tensors` for views :func:`tensor_views` already took (e.g. a subset
+    of a model whose views are shared by several prefixes)."""
     return Framed(specs, tuple(data_frames(views, chunk_bytes)), sum(len(v) for v in views))
+
+
+class ReceiveBuffer:
+    """Where tensors' bytes are received, kept from one transfer to the next.
+
+    A new buffer the size of a model costs more than the bytes it receives: the kernel
+    maps and zeroes each of its pages on first touch (allocations this large bypass the
+    heap, see flextrain.allocator). Reused, it is already resident. It grows to the
+    largest size taken and keeps that memory while it lives.
+    """
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def take(self, size: int) -> memoryview:
+        """A writable view of exactly `size` bytes; what an earlier take returned must no
+        longer be in use."""
+        if len(self._data) < size:
+            self._data = bytearray()  # drop the old one first: never hold both
+            self._data = bytearray(size)
+        return memoryview(self._data)[:size]
 
 
 def encode(tensors: Mapping[str, Tensor], compression: torch.dtype = torch.float32) -> Encoded:

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import torch
 
-from flextrain.aggregator.service import AggregatorService, ReceiveBuffer, Settings
+from flextrain.aggregator.service import AggregatorService, Settings
 from flextrain.jobplan import plan_job
 from flextrain.proto.v1 import aggregator_pb2 as pb
-from flextrain.wire.tensors import encode
+from flextrain.wire.tensors import ReceiveBuffer, encode
 from tests.integration.procs import tiny_job
 from tests.unit.aggregator.test_state import push
 
