@@ -64,16 +64,6 @@ def cases(args: argparse.Namespace) -> dict[str, Case]:
             args.large_classes,
             ((f"k{large_blocks}", large_blocks, 20),),
         ),
-        # The memory/speed setting: two updates buffered at once (one model more of memory).
-        "large-2pushes": Case(
-            "large-2pushes",
-            f"ResNet-{args.large_layers}/{args.large_classes:,} classes, all 20 at full depth, 2 concurrent pushes",
-            args.large_layers,
-            args.large_classes,
-            ((f"k{large_blocks}", large_blocks, 20),),
-            aggregator_args=("--max-concurrent-pushes", "2"),
-            same_traffic_as="large",
-        ),
         # One client, nobody else on the cores: the protocol's own throughput (framing,
         # checks, merge) against the single-stream loopback figures.
         "large-single": Case(
@@ -86,17 +76,13 @@ def cases(args: argparse.Namespace) -> dict[str, Case]:
     }
 
 
-#: Cases measured against another case's raw round (same traffic, another setting).
-SAME_TRAFFIC = {"large-2pushes": "large"}
-
-
 def raw_share(res: dict[str, Any], ours_key: str) -> tuple[dict[str, Any], float] | None:
     """(raw round result, share) for one of our cases: the share of raw loopback our
     aggregator keeps for the same traffic = best raw round time / our median round time
     (the bytes are the same by construction)."""
     ours = res.get(ours_key, {})
     case = ours_key.split("/", 1)[1]
-    raw = res.get("raw/" + case) or res.get("raw/" + SAME_TRAFFIC.get(case, case), {})
+    raw = res.get("raw/" + case, {})
     if "round_seconds_median" not in ours or "round_seconds_best" not in raw:
         return None
     return raw, raw["round_seconds_best"] / ours["round_seconds_median"]
@@ -165,8 +151,8 @@ def machine() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def loopback_server(tracker: Tracker, work: Path, name: str) -> Iterator[int]:
-    """A raw loopback server process for the block; yields its port."""
+def loopback_server(tracker: Tracker, work: Path, name: str) -> Iterator[tuple[int, int]]:
+    """A raw loopback server process for the block; yields its port and pid."""
     work.mkdir(parents=True, exist_ok=True)
     port_file = work / "loopback.port"
     port_file.unlink(missing_ok=True)
@@ -175,17 +161,17 @@ def loopback_server(tracker: Tracker, work: Path, name: str) -> Iterator[int]:
         wait_for(lambda: port_file.exists() or server.poll() is not None, 60, "the loopback server")
         if server.poll() is not None:
             raise RuntimeError(f"loopback server exited with {server.returncode}")
-        yield int(port_file.read_text())
+        yield int(port_file.read_text()), server.pid
     finally:
         tracker.stop_pids([server.pid])
 
 
 def run_loopback(tracker: Tracker, work: Path, quick: bool) -> dict[str, Any]:
-    with loopback_server(tracker, work, "loopback-server") as port:
+    with loopback_server(tracker, work, "loopback-server") as (port, _):
         return loopback.measure(port, mib=64 if quick else 256, streams=20, repeats=3)
 
 
-def run_raw_round(tracker: Tracker, work: Path, case: Case, *, client_procs: int, repeats: int) -> dict[str, Any]:
+def run_raw_round(tracker: Tracker, work: Path, case: Case, *, client_procs: int, repeats: int, distinct: bool = True) -> dict[str, Any]:
     """The case's round traffic with raw gRPC (loopback.raw_rounds): each client pulls,
     then pushes, exactly the bytes of its prefix, clients spread over the same processes."""
     from benchmarks.aggregation import ours
@@ -200,9 +186,12 @@ def run_raw_round(tracker: Tracker, work: Path, case: Case, *, client_procs: int
         return proc
 
     try:
-        with loopback_server(tracker, work, "raw-round-server") as port:
+        with loopback_server(tracker, work, "raw-round-server") as (port, pid):
             n_procs = max(1, min(client_procs, len(sizes)))
-            return loopback.raw_rounds(port, sizes, processes=n_procs, repeats=repeats, work=work / "sync", start=start)
+            return loopback.raw_rounds(
+                port, sizes, processes=n_procs, repeats=repeats, work=work / "sync", start=start,
+                server_cpu=lambda: cpu_seconds(pid), distinct=distinct,
+            )
     finally:
         tracker.stop_pids([p.pid for p in started])
 
@@ -301,7 +290,6 @@ def render(report: dict[str, Any]) -> str:
         ("resnet56-table3", "flower-legacy/resnet56", "Flower legacy gRPC (start_server)"),
         ("resnet56-table3", "flower-deployment/resnet56", "Flower Deployment Engine"),
         ("large", "ours/large", "FlexTrain aggregator"),
-        ("large-2pushes", "ours/large-2pushes", "FlexTrain aggregator, --max-concurrent-pushes 2"),
         ("large", "flower-legacy/large", "Flower legacy gRPC (start_server)"),
         ("large", "flower-deployment/large", "Flower Deployment Engine"),
         ("large-single", "ours/large-single", "FlexTrain aggregator, one client"),
@@ -354,7 +342,7 @@ def render_targets(report: dict[str, Any]) -> list[str]:
     ceiling = res.get("loopback", {}).get("ceiling_mib_s")
     lines = ["## Targets", "", "| target | measured | result |", "|---|---|---|"]
     for case_key, ours_key in (
-        ("resnet56-table3", "ours/resnet56-table3"), ("large", "ours/large"), ("large-2pushes", "ours/large-2pushes")
+        ("resnet56-table3", "ours/resnet56-table3"), ("large", "ours/large")
     ):
         if case_key not in report["cases"]:
             continue
@@ -500,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - started:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
     all_cases = cases(args)
-    run_cases = ["resnet56-table3", "resnet56-full", "large", "large-2pushes", "large-single"] if not args.quick else ["resnet56-table3"]
+    run_cases = ["resnet56-table3", "resnet56-full", "large", "large-single"] if not args.quick else ["resnet56-table3"]
     from benchmarks.aggregation import flower, ours
 
     report: dict[str, Any] = {
@@ -547,9 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         if do_ours:
             for key in run_cases:
                 # The same traffic with raw gRPC just before: the ceiling for this case.
-                if not all_cases[key].same_traffic_as:
-                    section(f"raw/{key}", lambda key=key: run_raw_round(
-                        tracker, work / f"raw-{key}", all_cases[key], client_procs=args.client_procs, repeats=args.rounds))
+                section(f"raw/{key}", lambda key=key: run_raw_round(
+                    tracker, work / f"raw-{key}", all_cases[key], client_procs=args.client_procs, repeats=args.rounds))
                 section(f"ours/{key}", lambda key=key: ours.run_case(
                     all_cases[key], tracker, work / f"ours-{key}", warmup=args.warmup, measured=args.rounds, client_procs=args.client_procs))
         if do_flower:

@@ -42,20 +42,43 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
+class Chunks:
+    """What raw loopback sends: `CHUNK`-sized bytes objects. With `distinct`, a model's
+    transfer reads as much distinct memory as it moves (one object per chunk of the
+    largest transfer, each written once), as a real model transfer does; otherwise one
+    cache-resident chunk is sent again and again, the most favourable case for gRPC."""
+
+    def __init__(self, distinct: bool) -> None:
+        self.distinct = distinct
+        self._pool: list[bytes] = []
+        self._tails: dict[int, bytes] = {}
+
+    def __call__(self, nbytes: int) -> Iterator[bytes]:
+        count = -(-nbytes // CHUNK)
+        while len(self._pool) < (count if self.distinct else 1):
+            self._pool.append(bytes([len(self._pool) % 251 + 1]) * CHUNK)
+        for i in range(count):
+            size = min(CHUNK, nbytes - i * CHUNK)
+            chunk = self._pool[i if self.distinct else 0]
+            if size < CHUNK:
+                tail = self._tails.get(size)
+                if tail is None:
+                    tail = self._tails[size] = chunk[:size]
+                chunk = tail
+            yield chunk
+
+
 # -- server -------------------------------------------------------------------------
 
 
 async def _serve(port_file: Path) -> None:
     retain_freed_memory()
-    chunk = bytes(CHUNK)
+    sources = {False: Chunks(False), True: Chunks(True)}
 
     async def download(request: bytes, context: Any) -> AsyncIterator[bytes]:
-        total = int(request.decode())
-        sent = 0
-        while sent < total:
-            n = min(CHUNK, total - sent)
-            yield chunk if n == CHUNK else chunk[:n]
-            sent += n
+        total, _, mode = request.decode().partition(" ")  # "<bytes>[ distinct]"
+        for chunk in sources[mode == "distinct"](int(total)):
+            yield chunk
 
     async def upload(requests: AsyncIterator[bytes], context: Any) -> bytes:
         total = 0
@@ -84,31 +107,26 @@ async def _serve(port_file: Path) -> None:
 
 
 class RawClient:
-    def __init__(self, port: int) -> None:
+    """Raw bytes down and up; `chunks` is what it uploads (each client its own, as each
+    trainer pushes its own tensors)."""
+
+    def __init__(self, port: int, chunks: Chunks | None = None) -> None:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
         self._down = self.channel.unary_stream(f"/{_SERVICE}/Download", _identity, _identity)
         self._up = self.channel.stream_unary(f"/{_SERVICE}/Upload", _identity, _identity)
-        self._chunk = bytes(CHUNK)
+        self._chunks = chunks or Chunks(False)
 
     def download(self, nbytes: int) -> int:
         got = 0
-        for data in self._down(str(nbytes).encode(), timeout=300):
+        request = f"{nbytes}{' distinct' if self._chunks.distinct else ''}".encode()
+        for data in self._down(request, timeout=300):
             got += len(data)
         if got != nbytes:
             raise RuntimeError(f"download moved {got} of {nbytes} bytes")
         return got
 
     def upload(self, nbytes: int) -> int:
-        chunk = self._chunk
-
-        def gen() -> Iterator[bytes]:
-            sent = 0
-            while sent < nbytes:
-                n = min(CHUNK, nbytes - sent)
-                yield chunk if n == CHUNK else chunk[:n]
-                sent += n
-
-        got = int(self._up(gen(), timeout=300).decode())
+        got = int(self._up(self._chunks(nbytes), timeout=300).decode())
         if got != nbytes:
             raise RuntimeError(f"upload moved {got} of {nbytes} bytes")
         return got
@@ -185,11 +203,11 @@ def measure(port: int, *, mib: int, streams: int, repeats: int) -> dict[str, Any
 # orchestration) is the difference.
 
 
-def _round_client(port: int, sizes: list[int], repeats: int, work: Path, index: int) -> None:
+def _round_client(port: int, sizes: list[int], repeats: int, work: Path, index: int, distinct: bool) -> None:
     """One client process of raw_rounds(): a thread per size; files in `work` sync the
     processes (ready-P-R -> go-R with the start time -> done-P-R with end times)."""
     retain_freed_memory()
-    clients = [RawClient(port) for _ in sizes]
+    clients = [RawClient(port, Chunks(distinct)) for _ in sizes]
     try:
         for c in clients:
             c.download(CHUNK)  # connect before the clock starts
@@ -198,9 +216,11 @@ def _round_client(port: int, sizes: list[int], repeats: int, work: Path, index: 
             go = work / f"go-{r}"
             while not go.exists():
                 time.sleep(0.002)
+            cpu = time.process_time()
             ends = _raw_round(clients, sizes, float(go.read_text()))
+            cpu = time.process_time() - cpu
             tmp = work / f"done-{index}-{r}.tmp"
-            tmp.write_text(json.dumps(ends))
+            tmp.write_text(json.dumps({"ends": ends, "cpu_seconds": cpu}))
             tmp.replace(work / f"done-{index}-{r}")
     finally:
         for c in clients:
@@ -232,11 +252,21 @@ def _raw_round(clients: list[RawClient], sizes: list[int], start: float) -> list
 
 
 def raw_rounds(
-    port: int, sizes: list[int], *, processes: int, repeats: int, work: Path, start: Callable[[list[str]], Any]
+    port: int,
+    sizes: list[int],
+    *,
+    processes: int,
+    repeats: int,
+    work: Path,
+    start: Callable[[list[str]], Any],
+    server_cpu: Callable[[], float | None] = lambda: None,
+    distinct: bool = True,
 ) -> dict[str, Any]:
     """Seconds of `repeats` raw rounds in which client i pulls then pushes sizes[i] bytes;
     the clients are threads of `processes` processes (started with `start(argv)`, which
-    returns a Popen). The first repeat warms up and is not counted."""
+    returns a Popen). The first repeat warms up and is not counted. `server_cpu` reads the
+    server process's CPU seconds, for the CPU a round costs there. `distinct`: see
+    :class:`Chunks` (a model's bytes are distinct memory; False re-sends one chunk)."""
     work.mkdir(parents=True, exist_ok=True)
     for f in work.iterdir():
         f.unlink()
@@ -245,21 +275,30 @@ def raw_rounds(
     spec.write_text(json.dumps(groups))
     procs = [
         start([sys.executable, "-m", "benchmarks.aggregation.loopback", "--round-client", str(i),
-               "--port", str(port), "--spec", str(spec), "--repeats", str(repeats + 1)])
+               "--port", str(port), "--spec", str(spec), "--repeats", str(repeats + 1),
+               *(["--distinct"] if distinct else [])])
         for i in range(len(groups))
     ]
     seconds: list[float] = []
+    client_cpu: list[float] = []
+    server: list[float] = []
     try:
         for r in range(repeats + 1):
             _wait_files(work, [f"ready-{i}-{r}" for i in range(len(groups))], procs)
             begin = time.time() + 0.2
+            before = server_cpu()
             tmp = work / f"go-{r}.tmp"
             tmp.write_text(repr(begin))
             tmp.replace(work / f"go-{r}")
             _wait_files(work, [f"done-{i}-{r}" for i in range(len(groups))], procs)
-            end = max(max(json.loads((work / f"done-{i}-{r}").read_text())) for i in range(len(groups)))
+            after = server_cpu()
+            done = [json.loads((work / f"done-{i}-{r}").read_text()) for i in range(len(groups))]
+            end = max(max(d["ends"]) for d in done)
             if r:
                 seconds.append(end - begin)
+                client_cpu.append(sum(d["cpu_seconds"] for d in done))
+                if before is not None and after is not None:
+                    server.append(after - before)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -276,6 +315,10 @@ def raw_rounds(
         "round_seconds_median": statistics.median(seconds),
         "mib_s_best": max(rates),
         "mib_s_median": statistics.median(rates),
+        "distinct": distinct,
+        # CPU of the measured rounds (the clients' includes their waiting for the start).
+        "clients_cpu_seconds_per_round": statistics.fmean(client_cpu),
+        "server_cpu_seconds_per_round": statistics.fmean(server) if server else None,
     }
 
 
@@ -297,13 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int)
     p.add_argument("--spec", type=Path, help="--round-client: JSON list of each process's sizes")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--distinct", action="store_true", help="--round-client: send distinct memory (see Chunks)")
     args = p.parse_args(argv)
     if args.serve and args.port_file:
         asyncio.run(_serve(args.port_file))
         return 0
     if args.round_client is not None and args.port and args.spec:
         sizes = json.loads(args.spec.read_text())[args.round_client]
-        _round_client(args.port, sizes, args.repeats, args.spec.parent, args.round_client)
+        _round_client(args.port, sizes, args.repeats, args.spec.parent, args.round_client, args.distinct)
         return 0
     p.error("use --serve --port-file FILE, or --round-client N --port P --spec FILE (the benchmark starts these)")
     return 2

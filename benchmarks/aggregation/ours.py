@@ -51,8 +51,6 @@ class Case:
     tiers: tuple[tuple[str, int, int], ...]  # (name, depth, replicas)
     #: Extra `flextrain aggregator` flags (a setting measured against the default).
     aggregator_args: tuple[str, ...] = ()
-    #: The case whose raw-gRPC round has the same traffic (default: this one's).
-    same_traffic_as: str = ""
 
     @property
     def num_clients(self) -> int:

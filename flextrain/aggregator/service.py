@@ -4,8 +4,13 @@ asyncio event loop but without any gRPC (the servicer is a thin shim over this).
 Concurrency: the event loop only does bookkeeping. Decoding, value checks, folding,
 merging, evaluation and checkpoint writes run on ONE worker thread, so they are
 serialised without locks and the loop keeps serving PullModel / GetStatus meanwhile.
-At most `max_concurrent_pushes` update payloads are buffered at any moment; memory is
-O(model size x that bound), whatever the number of clients.
+
+Pushes are received one at a time (``receive_push``), the others wait before sending
+their data: each chunk of the one being received goes to the worker as it arrives and
+is folded into the round's staging sums there while the next chunk is on its way, and
+the update counts when its last chunk is in (``flextrain.aggregator.state.UpdateStage``).
+No payload is ever assembled: memory is the model, the running sums and their staging
+copy, and a few chunks in flight, whatever the number of clients.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,24 +29,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flextrain.aggregator.errors import Rejected, invalid
+from flextrain.aggregator.errors import Kind, Rejected
 from flextrain.aggregator.metrics import AggregatorMetrics
-from flextrain.aggregator.state import Aggregation, ClientInfo, TierCounters
+from flextrain.aggregator.state import Aggregation, ClientInfo, TierCounters, UpdateStage
 from flextrain.aggregator.store import Checkpoint, CheckpointStore
 from flextrain.api.catalog import DATASETS
 from flextrain.core.arch import profile
 from flextrain.core.centralised import evaluate
 from flextrain.core.models import ModelSpec
 from flextrain.jobplan import JobPlan
-from flextrain.wire.tensors import (
-    Framed,
-    ReceiveBuffer,
-    Spec,
-    decode,
-    float32_view,
-    frame_views,
-    tensor_views,
-)
+from flextrain.wire.tensors import Framed, Spec, frame_views, tensor_views
 
 log = logging.getLogger("flextrain.aggregator")
 
@@ -55,14 +53,16 @@ class Settings:
     data_dir: Path | None = None
     #: Longest a PullModel call waits for the next round, in seconds.
     max_wait_seconds: float = 30.0
-    #: Update payloads received at once; more pushes wait their turn.
-    max_concurrent_pushes: int = 1
     #: Held-out examples per evaluation batch.
     eval_batch_size: int = 512
     #: Seconds between deadline checks of the open round.
     tick_seconds: float = 0.25
     #: torch device for evaluation ("cpu" or "cuda").
     device: str = "cpu"
+    #: torch threads for evaluation; None leaves the process's setting. (The aggregator
+    #: process merges with one thread, see flextrain.aggregator.main, and evaluates
+    #: with these.)
+    eval_threads: int | None = None
     #: Checkpoints kept on disk.
     keep_checkpoints: int = 2
 
@@ -131,8 +131,7 @@ class AggregatorService:
         self.accepted = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator")
         self._changed: asyncio.Condition | None = None
-        self._push_slots: asyncio.Semaphore | None = None
-        self._buffers: list[ReceiveBuffer] = []
+        self._push_slot: asyncio.Lock | None = None
         self._encoded: dict[tuple[int, int], asyncio.Future[Framed]] = {}
         self._model_views: tuple[dict[str, Tensor], dict[str, tuple[Spec, memoryview]]] | None = None
         self._served: dict[tuple[int, int], set[str]] = {}
@@ -176,7 +175,7 @@ class AggregatorService:
 
     async def start(self) -> None:
         self._changed = asyncio.Condition()
-        self._push_slots = asyncio.Semaphore(self.settings.max_concurrent_pushes)
+        self._push_slot = asyncio.Lock()
         self._round_started = time.monotonic()
         self._ticker = asyncio.create_task(self._tick(), name="round-deadline")
 
@@ -298,37 +297,31 @@ class AggregatorService:
         return PushTicket(client, round_number, num_examples, specs, sum(s.num_bytes for s in specs))
 
     @contextlib.asynccontextmanager
-    async def push_slot(self) -> AsyncIterator[ReceiveBuffer]:
-        """One of the `max_concurrent_pushes` slots, with the buffer the update's payload
-        is received into (reused from push to push: see ReceiveBuffer); an idle
-        aggregator holds max_concurrent_pushes x the largest update in them."""
-        assert self._push_slots is not None, "start() first"
-        async with self._push_slots:
-            buffer = self._buffers.pop() if self._buffers else ReceiveBuffer()
+    async def receive_push(self, ticket: PushTicket) -> AsyncIterator[PushStream]:
+        """Receive one update: waits its turn (one push is received at a time), then
+        yields the stream to ``feed`` its chunks to and ``finish``. Leaving without
+        finishing (a rejection, a client that went away) drops the update."""
+        assert self._push_slot is not None, "start() first"
+        async with self._push_slot:
             try:
-                yield buffer
-            finally:
-                self._buffers.append(buffer)
-
-    async def finish_push(self, ticket: PushTicket, payload: memoryview) -> int:
-        """Decode, check and fold an update; returns the round it was counted in.
-
-        A cancellation (the client went away) waits for the fold: it runs on in the
-        worker thread and reads `payload`, the push slot's buffer, which must not be
-        handed to another push before it is done. A fold that succeeded is then fully
-        accounted (and closes its round) before the cancellation goes through.
-        """
-        fold = asyncio.ensure_future(self._run(self._fold, ticket, payload))
-        cancelled = False
-        while True:
-            try:
-                complete = await asyncio.shield(fold)
-                break
-            except asyncio.CancelledError:
-                cancelled = True  # the fold is bounded: wait for it, then re-raise
-            except Rejected as exc:
+                stage = await self._run(
+                    self.agg.begin_update, ticket.client.client_id, ticket.round, ticket.num_examples, ticket.specs
+                )
+            except Rejected as exc:  # the round closed while the push waited its turn
                 self._count_rejection(exc)
                 raise
+            push = PushStream(self, ticket, stage)
+            try:
+                yield push
+            finally:
+                # Queued behind the chunks still being folded (one worker, in order):
+                # the next push's stage can only begin after it.
+                push.close()
+
+    def _submit(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _accepted(self, ticket: PushTicket) -> None:
         self.accepted += 1
         self.metrics.received(ticket.client.tier, ticket.expected_bytes)
         log.info(
@@ -339,26 +332,9 @@ class AggregatorService:
             self.agg.expected_clients,
             extra={"client": ticket.client.client_id, "round": ticket.round},
         )
-        if complete:
-            await self._close_round()
-        if cancelled:
-            raise asyncio.CancelledError
-        return ticket.round
 
     def reject_payload(self, exc: Rejected) -> None:
         self._count_rejection(exc)
-
-    def _fold(self, ticket: PushTicket, payload: memoryview) -> bool:
-        # Re-check on the worker thread: the round may have closed while bytes arrived.
-        self.agg.check_header(ticket.client.client_id, ticket.round, ticket.num_examples, ticket.specs)
-        try:
-            # The payload is this push slot's buffer: float32 tensors are views into it,
-            # and the merge copies what it keeps (they are gone when this returns).
-            tensors = decode(ticket.specs, payload, copy=False)
-        except ValueError as exc:
-            raise invalid("malformed", str(exc)) from exc
-        flat = float32_view(ticket.specs, payload)
-        return self.agg.fold(ticket.client.client_id, tensors, ticket.num_examples, ticket.expected_bytes, flat)
 
     async def _close_round(self) -> None:
         assert self._changed is not None
@@ -415,6 +391,17 @@ class AggregatorService:
         return self._eval_loader
 
     def _evaluate(self, closed: int) -> None:
+        threads = self.settings.eval_threads
+        merging = torch.get_num_threads()
+        if threads and threads != merging:
+            torch.set_num_threads(threads)
+        try:
+            self._evaluate_depths(closed)
+        finally:
+            if threads and threads != merging:
+                torch.set_num_threads(merging)
+
+    def _evaluate_depths(self, closed: int) -> None:
         model = self.model_spec.build()
         model.load_state_dict(self.agg.global_state)
         model.to(self.settings.device)
@@ -469,3 +456,92 @@ class AggregatorService:
                 "bytes_received": counters.bytes_received,
                 "bytes_sent": counters.bytes_sent,
             }
+
+
+class PushStream:
+    """The update of one push, folded on the worker as its chunks arrive (see
+    ``AggregatorService.receive_push``)."""
+
+    #: Chunks handed to the worker and not yet folded before ``feed`` waits for it:
+    #: the bound on received bytes held (a few chunks), when the network outpaces it.
+    MAX_PENDING = 4
+
+    def __init__(self, service: AggregatorService, ticket: PushTicket, stage: UpdateStage) -> None:
+        self._service = service
+        self.ticket = ticket
+        self._stage = stage
+        self._pending: deque[asyncio.Future[None]] = deque()
+        #: Payload bytes received so far.
+        self.received = 0
+        self._finished = False
+
+    async def _settle(self, limit: int) -> None:
+        """Wait for folds until at most `limit` are pending (and collect the finished
+        ones); a rejection of any of them is raised here, counted."""
+        pending = self._pending
+        while pending and (len(pending) > limit or pending[0].done()):
+            try:
+                await pending.popleft()
+            except Rejected as exc:
+                self._service._count_rejection(exc)
+                raise
+
+    async def feed(self, data: bytes | memoryview) -> None:
+        """The payload's next bytes: checked for size here, folded on the worker."""
+        expected = self.ticket.expected_bytes
+        if self.received + len(data) > expected:
+            exc = Rejected(Kind.EXHAUSTED, "too_large", f"update carries more than the {expected} bytes its header describes")
+            self._service._count_rejection(exc)
+            raise exc
+        self.received += len(data)
+        self._pending.append(self._service._submit(self._stage.feed, data))
+        await self._settle(self.MAX_PENDING)
+
+    async def finish(self) -> int:
+        """Count the complete update; returns the round it was counted in.
+
+        The commit runs on in the worker if the client goes away meanwhile; an update it
+        counted is then fully accounted (and closes its round) before the cancellation
+        goes through.
+        """
+        service, ticket = self._service, self.ticket
+        if self.received != ticket.expected_bytes:
+            exc = invalid_size(self.received, ticket.expected_bytes)
+            service._count_rejection(exc)
+            raise exc
+        await self._settle(0)
+        self._finished = True
+        commit = asyncio.ensure_future(service._run(self._stage.commit, ticket.expected_bytes))
+        cancelled = False
+        while True:
+            try:
+                complete = await asyncio.shield(commit)
+                break
+            except asyncio.CancelledError:
+                cancelled = True  # the commit is quick: wait for it, then re-raise
+            except Rejected as exc:
+                service._count_rejection(exc)
+                raise
+        service._accepted(ticket)
+        if complete:
+            await service._close_round()
+        if cancelled:
+            raise asyncio.CancelledError
+        return ticket.round
+
+    def close(self) -> None:
+        """Drop the update unless ``finish`` took it (queued on the worker, in order)."""
+        if not self._finished:
+            for fold in self._pending:  # their outcome no longer matters
+                fold.add_done_callback(_consume)
+            self._pending.clear()
+            self._service._submit(self._stage.abort)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: no "exception was never retrieved" warning
+
+
+def invalid_size(received: int, expected: int) -> Rejected:
+    return Rejected(Kind.INVALID, "truncated", f"update carries {received} bytes, its header describes {expected}")

@@ -22,7 +22,7 @@ from flextrain.aggregator.service import AggregatorService
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
 from flextrain.wire.auth import REASON_KEY, token_matches
-from flextrain.wire.frames import parse_update_chunk, serialize_chunk
+from flextrain.wire.frames import PUSH_READY_KEY, parse_update_chunk, serialize_chunk
 from flextrain.wire.tensors import (
     MAX_MESSAGE_BYTES,
     Framed,
@@ -51,9 +51,6 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    # No bandwidth-delay probing: on fast links it grows the flow-control window until a
-    # push that waits for a push slot has its whole update buffered inside gRPC.
-    ("grpc.http2.bdp_probe", 0),
 ]
 
 
@@ -179,10 +176,10 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 raise Rejected(Kind.INVALID, "malformed", "the first chunk of an update must be its header")
             header = first.header
             ticket = self.service.begin_push(header.client_id, header.round, header.num_examples, self._specs(header))
-            async with self.service.push_slot() as buffer:
-                # Exactly the announced size, filled in place.
-                payload = buffer.take(ticket.expected_bytes)
-                received = 0
+            async with self.service.receive_push(ticket) as push:
+                # Our turn: tell the client to send its data (it waits for this, so
+                # pushes waiting their turn hold no data here).
+                await context.send_initial_metadata(((PUSH_READY_KEY, "1"),))
                 async for chunk in stream:
                     if isinstance(chunk, memoryview):
                         data: bytes | memoryview = chunk  # framed data chunk (the usual case)
@@ -190,27 +187,14 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                         data = chunk.data
                     else:
                         raise Rejected(Kind.INVALID, "malformed", "only data chunks may follow the header")
-                    if received + len(data) > ticket.expected_bytes:
-                        raise Rejected(
-                            Kind.EXHAUSTED,
-                            "too_large",
-                            f"update carries more than the {ticket.expected_bytes} bytes its header describes",
-                        )
-                    payload[received : received + len(data)] = data
-                    received += len(data)
-                if received != ticket.expected_bytes:
-                    raise Rejected(
-                        Kind.INVALID,
-                        "truncated",
-                        f"update carries {received} bytes, its header describes {ticket.expected_bytes}",
-                    )
-                counted = await self.service.finish_push(ticket, payload)
+                    await push.feed(data)
+                counted = await push.finish()
         except Rejected as exc:
-            if exc.reason in ("malformed", "too_large", "truncated"):
+            if exc.reason == "malformed":
                 self.service.reject_payload(exc)
             await self._abort(context, exc)
             raise
-        return pb.PushUpdateResponse(accepted=True, round=counted, bytes_received=received)
+        return pb.PushUpdateResponse(accepted=True, round=counted, bytes_received=push.received)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
         await self._check(context)

@@ -4,9 +4,11 @@ look like, when a round closes, and the merge.
 A round closes when every expected client has pushed, or when its deadline has passed
 and at least `quorum` of the expected clients have pushed; pushes for a closed round
 are then stale and the stragglers join the next round. Each update is checked
-completely (header first, before its bytes are read; then every value) and only then
-folded into the strategy's running sums, so a rejected update changes nothing and the
-aggregator never holds more than the updates being received at that moment.
+completely (header first, before its bytes are read; then every value as it arrives)
+and is part of the strategy's running sums only once all of it has arrived and passed:
+an update is folded into a staging copy of the sums chunk by chunk and committed at its
+end (``UpdateStage``; see ``flextrain.core.merge.base.StagedUpdate``), so a rejected or
+broken-off update changes nothing and the aggregator never holds an update's payload.
 """
 
 from __future__ import annotations
@@ -21,10 +23,17 @@ from torch import Tensor
 
 from flextrain.aggregator.errors import Kind, Rejected, invalid, precondition
 from flextrain.core.merge import get_strategy, is_finite
-from flextrain.core.merge.base import Accumulator, MergeError
+from flextrain.core.merge.base import (
+    Accumulator,
+    AccumulatorClosed,
+    LinearAccumulator,
+    MergeError,
+    NonFiniteError,
+    StagedUpdate,
+)
 from flextrain.core.partition import prefix_keys
 from flextrain.jobplan import JobPlan, TierPlan
-from flextrain.wire.tensors import Spec, wire_dtype_for
+from flextrain.wire.tensors import PayloadPieces, Spec, WireFormatError, wire_dtype_for
 
 
 @dataclass
@@ -226,40 +235,26 @@ class Aggregation:
             raise Rejected(Kind.EXHAUSTED, "too_large", f"update of {total} bytes exceeds the limit {self.max_update_bytes}")
         return info
 
-    def fold(
-        self,
-        client_id: str,
-        tensors: Mapping[str, Tensor],
-        num_examples: int,
-        nbytes: int,
-        flat: Tensor | None = None,
-    ) -> bool:
-        """Check values and fold a decoded update into the round; True when the round is
-        now complete (every expected client pushed). Nothing changes if it raises.
-
-        `flat`, when given, is the whole float32 payload the tensors were decoded from
-        (see ``flextrain.wire.tensors.float32_view``): its values are checked in one
-        pass, and tensor by tensor only when that pass finds something (integer tensors'
-        bytes read as float32 can look non-finite; the per-tensor pass decides).
-        """
-        info = self.client(client_id)
-        checked = flat is not None and is_finite(flat)
-        if not checked:
-            for name, tensor in tensors.items():
-                if tensor.is_floating_point() and not is_finite(tensor):
-                    raise invalid("non_finite", f"tensor {name!r} holds NaN or infinite values")
+    def begin_update(self, client_id: str, round_number: int, num_examples: int, specs: list[Spec]) -> UpdateStage:
+        """Check an update's header and start receiving it (see :class:`UpdateStage`).
+        One update is received at a time; raises Rejected (changing nothing)."""
+        info = self.check_header(client_id, round_number, num_examples, specs)
         try:
-            self._acc.add(tensors, num_examples, checked_finite=True)
+            staged = self._acc.stage({s.name: (s.shape, s.dtype) for s in specs}, num_examples)
         except MergeError as exc:  # defensive: the header check should have caught it
             raise invalid("merge_rejected", str(exc)) from exc
-        self.round.pushed.add(client_id)
-        self.round.examples += num_examples
-        info.last_round_pushed = self.round.number
-        info.bytes_received += nbytes
-        tier = self.tiers[info.tier]
-        tier.bytes_received += nbytes
-        tier.last_round_pushed = self.round.number
-        return len(self.round.pushed) >= self.expected_clients
+        return UpdateStage(self, info, round_number, num_examples, specs, staged)
+
+    def fold(self, client_id: str, tensors: Mapping[str, Tensor], num_examples: int, nbytes: int) -> bool:
+        """Check and fold an update given as whole tensors (the header is checked here
+        too); True when the round is now complete. Nothing changes if it raises."""
+        specs = [Spec(name, tuple(t.shape), t.dtype) for name, t in tensors.items()]
+        stage = self.begin_update(client_id, self.round.number, num_examples, specs)
+        try:
+            stage.write([(name, 0, t.detach().reshape(-1)) for name, t in tensors.items()], flat=None)
+            return stage.commit(nbytes)
+        finally:
+            stage.abort()
 
     def record_sent(self, client_id: str, nbytes: int) -> None:
         info = self.client(client_id)
@@ -278,12 +273,93 @@ class Aggregation:
     def close_round(self) -> int:
         """Merge the round into the global model and open the next; returns the closed round."""
         closed = self.round.number
-        self.global_state = self._acc.finish()
+        finished = self._acc
+        self.global_state = finished.finish()
         self.completed_rounds = closed
         self.round = self._open_round(closed + 1)
         self._acc = self.strategy.begin(self.global_state, self.expected_clients)
+        if isinstance(self._acc, LinearAccumulator):
+            self._acc.recycle(finished)  # the staging buffers of the round just closed
         return closed
 
     def _open_round(self, number: int) -> RoundState:
         now = self._clock()
         return RoundState(number, now, now + self.round_timeout)
+
+
+class UpdateStage:
+    """One update being received, its header already checked: every chunk of its
+    payload is cut into tensor pieces (``PayloadPieces``), its values checked, and
+    folded into the round's staging sums as it arrives; ``commit`` makes it count.
+
+    Not thread-safe; the aggregator calls it from its one worker thread. Every
+    rejection is a ``Rejected`` and leaves the global model and the round unchanged.
+    """
+
+    def __init__(
+        self, agg: Aggregation, client: ClientInfo, round_number: int, num_examples: int, specs: list[Spec], staged: StagedUpdate
+    ) -> None:
+        self._agg = agg
+        self.client = client
+        self.round = round_number
+        self.num_examples = num_examples
+        self.specs = specs
+        self._staged = staged
+        self.pieces = PayloadPieces(specs)
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Fold the payload's next bytes."""
+        try:
+            fed = self.pieces.feed(data)
+        except WireFormatError as exc:
+            self.abort()
+            raise Rejected(Kind.EXHAUSTED, "too_large", str(exc)) from None
+        self.write(fed.pieces, fed.float32)
+
+    def write(self, pieces: list[tuple[str, int, Tensor]], flat: Tensor | None) -> None:
+        """Fold pieces of the update. `flat`, when given, holds every floating value of
+        the pieces as float32 (``PayloadPieces.feed``): one pass checks them, and piece
+        by piece only when it finds something (integer bytes read as float32 can look
+        non-finite; the per-piece pass decides)."""
+        checked = flat is not None and is_finite(flat)
+        try:
+            self._staged.write(pieces, checked_finite=checked)
+        except NonFiniteError as exc:
+            raise invalid("non_finite", str(exc)) from None
+        except AccumulatorClosed:
+            raise self._stale() from None
+        except MergeError as exc:
+            raise invalid("merge_rejected", str(exc)) from exc
+
+    def _stale(self) -> Rejected:
+        return precondition(
+            "stale_round",
+            f"round {self.round} closed while the update arrived; round {self._agg.round.number} is open: pull the model again",
+        )
+
+    def commit(self, nbytes: int) -> bool:
+        """Count the complete update in its round; True when the round is now complete
+        (every expected client pushed)."""
+        agg = self._agg
+        if agg.round.number != self.round or self._staged.state != "open":
+            self.abort()
+            raise self._stale()
+        try:
+            self._staged.commit()
+        except AccumulatorClosed:
+            raise self._stale() from None
+        except MergeError as exc:  # a tensor is incomplete
+            raise invalid("truncated", str(exc)) from exc
+        info = self.client
+        agg.round.pushed.add(info.client_id)
+        agg.round.examples += self.num_examples
+        info.last_round_pushed = agg.round.number
+        info.bytes_received += nbytes
+        tier = agg.tiers[info.tier]
+        tier.bytes_received += nbytes
+        tier.last_round_pushed = agg.round.number
+        return len(agg.round.pushed) >= agg.expected_clients
+
+    def abort(self) -> None:
+        """Drop the update (idempotent; a committed one stays counted)."""
+        self._staged.abort()

@@ -7,6 +7,7 @@ round (our update was stale), or give up (wrong token, wrong job, invalid config
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -199,13 +200,25 @@ class AggregatorClient:
             )
         )
 
+        call: list[grpc.Future] = []  # the call, once started (the generator runs after)
+        started = threading.Event()
+
         def chunks() -> Iterator[pb.UpdateChunk | bytes]:
             yield header
+            # The aggregator receives one push at a time and says when it is this one's
+            # turn with its initial metadata (flextrain.wire.frames.PUSH_READY_KEY);
+            # sending before would only park the data in buffers on both sides.
+            started.wait()
+            call[0].initial_metadata()
+            if call[0].done():  # refused (or failed) on its header: nothing to send
+                return
             # Each chunk is framed straight from the tensors' memory as it is sent.
             yield from data_frames(views, CHUNK_BYTES)
 
         try:
-            self._push_update(chunks(), metadata=self._metadata, timeout=600)
+            call.append(self._push_update.future(chunks(), metadata=self._metadata, timeout=600))
+            started.set()
+            call[0].result()
         except grpc.RpcError as exc:
             raise _classify(exc) from None
         return sum(len(v) for v in views)

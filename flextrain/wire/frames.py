@@ -16,6 +16,13 @@ from typing import Final
 
 from flextrain.proto.v1 import aggregator_pb2 as pb
 
+#: Initial metadata key the aggregator sends when it starts reading a PushUpdate's
+#: data. Pushes are received one at a time; a client waits for the aggregator's initial
+#: metadata before it sends data chunks, so a push waiting its turn holds no data in
+#: either side's buffers. (A client that sends at once still works: flow control holds
+#: its data until its turn.)
+PUSH_READY_KEY: Final[str] = "flextrain-push-ready"
+
 #: Field number of ``data`` in ModelChunk and UpdateChunk.
 DATA_FIELD: Final[int] = 2
 _LENGTH_DELIMITED: Final[int] = 2

@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import torch
 from torch import Tensor
@@ -22,8 +22,11 @@ from torch import Tensor
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.wire.frames import data_frames
 
-#: Size of one data chunk on the wire (within the 1-4 MiB the protocol allows).
-CHUNK_BYTES: Final[int] = 2 * 1024 * 1024
+#: Size of one data chunk on the wire (within the 1-4 MiB the protocol allows): 4 KiB
+#: under 2 MiB, so a chunk's serialized header (tag + 3-byte length) is 4 bytes and its
+#: data starts 4-byte aligned in the received message; a receiver can then use float32
+#: values where they arrived (see PayloadPieces) instead of copying them.
+CHUNK_BYTES: Final[int] = 2 * 1024 * 1024 - 4096
 #: gRPC message limit both sides set: a chunk plus headers, with room to spare.
 MAX_MESSAGE_BYTES: Final[int] = 8 * 1024 * 1024
 
@@ -175,6 +178,97 @@ class ReceiveBuffer:
         return memoryview(self._data)[:size]
 
 
+class Fed(NamedTuple):
+    """What :meth:`PayloadPieces.feed` found in one chunk."""
+
+    #: ``(tensor name, element offset, 1-D values)`` in payload order.
+    pieces: list[tuple[str, int, Tensor]]
+    #: The whole chunk read as float32 when that is how its floating values travel
+    #: (every floating tensor float32, chunk aligned to whole values), else None: one
+    #: pass over it checks them all. Integer values are read as float32 too, so only a
+    #: check that passes is conclusive (see ``flextrain.aggregator.state``).
+    float32: Tensor | None
+
+
+class PayloadPieces:
+    """Cuts a payload that arrives in chunks into pieces of its tensors, without
+    assembling it: each piece is a view of the chunk it arrived in wherever the values
+    lie aligned in memory (the usual case for float32 data chunks of
+    :data:`CHUNK_BYTES`), and a small copy otherwise (a value split between two chunks,
+    an unaligned chunk). Pieces keep their chunk alive.
+
+    ``feed`` the payload's chunks in order; ``complete`` tells when every byte the specs
+    describe has arrived.
+    """
+
+    def __init__(self, specs: list[Spec]) -> None:
+        self._specs = [s for s in specs if s.num_bytes]  # empty tensors have no bytes
+        self.total = sum(s.num_bytes for s in self._specs)
+        #: Bytes fed so far.
+        self.received = 0
+        #: Bytes that had to be copied because they were not aligned in their chunk.
+        self.copied = 0
+        self._index = 0  # the tensor the next byte belongs to
+        self._done = 0  # bytes of that tensor fed so far
+        self._carry = bytearray()  # the start of a value split between chunks
+        self._float32 = all(s.dtype == torch.float32 for s in self._specs if s.dtype.is_floating_point)
+
+    @property
+    def complete(self) -> bool:
+        return self.received == self.total
+
+    def feed(self, data: bytes | bytearray | memoryview) -> Fed:
+        """The pieces of the payload's next bytes, `data`.
+
+        Raises:
+            WireFormatError: `data` runs past the end of the payload.
+        """
+        n = len(data)
+        if n > self.total - self.received:
+            raise WireFormatError(f"payload carries more than the {self.total} bytes its tensor specs describe")
+        if not n:
+            return Fed([], None)
+        with warnings.catch_warnings():
+            # Received messages are read-only bytes; pieces are only read.
+            warnings.simplefilter("ignore", UserWarning)
+            raw = torch.frombuffer(data, dtype=torch.uint8)
+        base = raw.data_ptr()
+        float32 = None
+        if self._float32 and base % 4 == 0 and n % 4 == 0 and self.received % 4 == 0:
+            float32 = raw.view(torch.float32)
+        pieces: list[tuple[str, int, Tensor]] = []
+        pos = 0
+        while pos < n:
+            spec = self._specs[self._index]
+            item = spec.dtype.itemsize
+            take = min(spec.num_bytes - self._done, n - pos)
+            if self._carry:  # complete the value split at the end of the previous chunk
+                part = min(item - len(self._carry), take)
+                self._carry += raw[pos : pos + part].numpy().tobytes()
+                pos, take, self._done = pos + part, take - part, self._done + part
+                if len(self._carry) == item:
+                    value = torch.frombuffer(self._carry, dtype=spec.dtype)
+                    pieces.append((spec.name, self._done // item - 1, value))
+                    self.copied += item
+                    self._carry = bytearray()
+            whole = take // item * item
+            if whole:
+                piece = raw[pos : pos + whole]
+                if pos % item or (base + pos) % item:
+                    piece = piece.clone()  # unaligned: a reinterpreting view needs alignment
+                    self.copied += whole
+                pieces.append((spec.name, self._done // item, piece.view(spec.dtype)))
+                pos, self._done = pos + whole, self._done + whole
+            rest = take - whole
+            if rest:  # a value split between this chunk and the next
+                self._carry = bytearray(raw[pos : pos + rest].numpy().tobytes())
+                pos, self._done = pos + rest, self._done + rest
+            if self._done == spec.num_bytes:
+                self._index, self._done = self._index + 1, 0
+        self.received += n
+        return Fed(pieces, float32)
+
+
 def encode(tensors: Mapping[str, Tensor], compression: torch.dtype = torch.float32) -> Encoded:
     """Serialise tensors (in mapping order), floating ones cast to `compression`, into
     one payload: the inverse of :func:`decode` (what travels is :func:`frame_tensors`,
@@ -227,17 +321,3 @@ def decode(specs: list[Spec], payload: bytes | bytearray | memoryview, *, copy: 
             tensor = tensor.clone()
         out[spec.name] = tensor
     return out
-
-
-def float32_view(specs: list[Spec], payload: bytes | bytearray | memoryview) -> Tensor | None:
-    """The whole payload as one float32 vector when every floating tensor in it travels
-    as float32 (None otherwise), for one-pass checks over all values. Integer tensors'
-    bytes are included and read as float32: only use it for checks that can be
-    confirmed per tensor (see ``flextrain.aggregator.state``)."""
-    if len(payload) % 4 or any(s.dtype.is_floating_point and s.dtype != torch.float32 for s in specs):
-        return None
-    if not payload:
-        return torch.empty(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.frombuffer(payload, dtype=torch.float32)

@@ -54,3 +54,41 @@ def test_freed_blocks_are_reused_without_page_faults() -> None:
     off, faults_off = _probe(FLEXTRAIN_MALLOC_RETAIN="0")
     assert not off
     assert faults_off > 1000
+
+
+# Blocks allocated by some threads and freed by another, as gRPC's I/O threads and the
+# aggregator's loop and worker pass chunks around.
+_THREADS_PROBE = textwrap.dedent(
+    """
+    import queue, resource, threading
+    from flextrain import allocator
+    assert allocator.retain_freed_memory()
+    handoff = queue.Queue(maxsize=8)
+    def produce(n):
+        for _ in range(n):
+            for _ in range(16):
+                handoff.put(bytes(2 << 20))
+            handoff.put(None)
+    def rounds(n):
+        threads = [threading.Thread(target=produce, args=(n,)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        ends = 0
+        while ends < 3 * n:
+            ends += handoff.get() is None
+        for t in threads:
+            t.join()
+    rounds(2)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    rounds(10)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """
+)
+
+
+@pytest.mark.skipif(not _glibc(), reason="the setting exists only in glibc")
+def test_blocks_passed_between_threads_are_reused_from_one_arena() -> None:
+    # With an arena per thread (glibc's default) this faults in 500-2,000 pages in most
+    # runs, as sub-heaps are unmapped when empty; how many depends on the scheduling.
+    done = subprocess.run([sys.executable, "-c", _THREADS_PROBE], capture_output=True, text=True, check=True, timeout=60)
+    assert int(done.stdout.split()[-1]) < 100  # of 245,760 pages touched

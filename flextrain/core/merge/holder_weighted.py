@@ -18,47 +18,32 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor
 
-from flextrain.core.merge.base import Accumulator, MergeStrategy
+from flextrain.core.merge.base import LinearAccumulator, MergeStrategy
 
 
-class HolderWeightedAccumulator(Accumulator):
+class HolderWeightedAccumulator(LinearAccumulator):
     """Running sums for :class:`HolderWeightedMerge`: sum of n_j*u_j and of n_j per tensor."""
 
-    def __init__(self, global_state: Mapping[str, Tensor], expected_clients: int) -> None:
-        super().__init__(global_state, expected_clients)
-        self._sums: dict[str, Tensor] = {}
-        self._weights: dict[str, int] = {}
-        self._maxima: dict[str, Tensor] = {}
+    def _weight(self, num_examples: int) -> float:
+        return float(num_examples)
 
-    def _fold(self, tensors: Mapping[str, Tensor], num_examples: int) -> None:
-        for key, value in tensors.items():
-            ref = self._global[key]
-            v = value.detach().to(ref.device)
-            if ref.is_floating_point():
-                weighted = v.to(self._sum_dtype(key)) * float(num_examples)
-                if key in self._sums:
-                    self._sums[key].add_(weighted)
-                else:
-                    self._sums[key] = weighted
-                self._weights[key] = self._weights.get(key, 0) + num_examples
-            else:
-                v = v.to(ref.dtype)
-                old = self._maxima.get(key)
-                self._maxima[key] = v.clone() if old is None else torch.maximum(old, v)
+    def _count(self, num_examples: int) -> int:
+        return num_examples
 
     def _result(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for key, ref in self._global.items():
-            if key in self._sums:
-                # In place, as in pad: the sums are not needed after finish.
-                out[key] = self._sums.pop(key).div_(float(self._weights[key])).to(ref.dtype)
-            elif key in self._maxima:
-                out[key] = self._maxima[key].clone()
-            else:
+            total = self._state_of(key)
+            if total is None:
                 out[key] = ref.clone()
+            elif self._floating(key):
+                # In place, as in pad: the sums are not needed after finish.
+                out[key] = total.div_(float(self._counts[key])).to(ref.dtype)
+            else:
+                out[key] = total.clone()
+        self._sums = {}  # they are the result now
         return out
 
 

@@ -22,59 +22,37 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor
 
-from flextrain.core.merge.base import Accumulator, MergeStrategy
+from flextrain.core.merge.base import LinearAccumulator, MergeStrategy
 
 
-class PadAccumulator(Accumulator):
+class PadAccumulator(LinearAccumulator):
     """Running sums for :class:`PadMerge`: per tensor, sum of sent values and holder count."""
 
-    def __init__(self, global_state: Mapping[str, Tensor], expected_clients: int) -> None:
-        super().__init__(global_state, expected_clients)
-        self._sums: dict[str, Tensor] = {}
-        self._holders: dict[str, int] = {}
-        self._maxima: dict[str, Tensor] = {}
+    def _weight(self, num_examples: int) -> float:
+        return 1.0  # a uniform mean: example counts do not weigh
 
-    def _fold(self, tensors: Mapping[str, Tensor], num_examples: int) -> None:
-        totals: list[Tensor] = []
-        addends: list[Tensor] = []
-        for key, value in tensors.items():
-            ref = self._global[key]
-            v = value.detach().to(ref.device)
-            if ref.is_floating_point():
-                v = v.to(self._sum_dtype(key))
-                total = self._sums.get(key)
-                if total is None:
-                    self._sums[key] = v.clone()
-                else:
-                    totals.append(total)
-                    addends.append(v)
-            else:
-                v = v.to(ref.dtype)
-                old = self._maxima.get(key)
-                self._maxima[key] = v.clone() if old is None else torch.maximum(old, v)
-            self._holders[key] = self._holders.get(key, 0) + 1
-        if totals:
-            torch._foreach_add_(totals, addends)  # one call for all tensors: same sums as add_ each
+    def _count(self, num_examples: int) -> int:
+        return 1  # holders
 
     def _result(self) -> dict[str, Tensor]:
         n = self.num_clients
         out: dict[str, Tensor] = {}
         for key, ref in self._global.items():
-            if key in self._sums:
+            total = self._state_of(key)
+            if total is None:
+                out[key] = ref.clone()
+            elif self._floating(key):
                 # In place: the sums are not needed after finish, and the merge then
                 # needs no memory beyond them.
-                total = self._sums.pop(key)
-                missing = n - self._holders[key]
+                missing = n - self._counts[key]
                 if missing:
                     total.add_(ref, alpha=missing)
                 out[key] = total.div_(n).to(ref.dtype)
-            elif key in self._maxima:
-                out[key] = self._maxima[key].clone()
             else:
-                out[key] = ref.clone()
+                out[key] = total.clone()
+        self._sums = {}  # they are the result now
         return out
 
 

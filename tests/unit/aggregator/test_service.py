@@ -123,30 +123,60 @@ def test_a_receive_buffer_is_reused_and_grows_to_the_largest_update() -> None:
     assert len(larger) == 5000
 
 
-async def test_pushes_reuse_the_slot_buffers_and_merge_correctly() -> None:
+async def _push(service: AggregatorService, client: str, update: dict[str, torch.Tensor], cut: int = 4096) -> int:
+    """A push as the servicer makes it: header, then the payload in chunks of `cut`."""
+    encoded = encode(update)
+    ticket = service.begin_push(client, service.agg.round.number, 5, encoded.specs)
+    async with service.receive_push(ticket) as push:
+        for start in range(0, len(encoded.payload), cut):
+            await push.feed(memoryview(encoded.payload)[start : start + cut])
+        return await push.finish()
+
+
+def _shifted(service: AggregatorService, depth: int, shift: float) -> dict[str, torch.Tensor]:
+    return {k: v + shift if v.is_floating_point() else v for k, v in service.agg.prefix_state(depth).items()}
+
+
+async def test_pushes_are_folded_as_they_arrive_and_merge_correctly() -> None:
     plan = plan_job(tiny_job(tiers=[("shallow", 1, 1), ("deep", 3, 1)]), {})
     service = AggregatorService(plan)
     await service.start()
     try:
-        addresses = []
         expected = {}
         for tier, depth, shift in (("deep", 3, 1.0), ("shallow", 1, 3.0)):
             client = service.join("tiny", tier, 0, depth).client.client_id
-            update = {k: v + shift if v.is_floating_point() else v for k, v in service.agg.prefix_state(depth).items()}
-            expected[depth] = update
-            encoded = encode(update)
-            ticket = service.begin_push(client, 1, 5, encoded.specs)
-            async with service.push_slot() as buffer:
-                payload = buffer.take(ticket.expected_bytes)
-                payload[:] = encoded.payload
-                addresses.append(_address(payload))
-                assert await service.finish_push(ticket, payload) == 1
-        assert addresses[0] == addresses[1], "one slot: the second push reused the first one's buffer"
-        assert service.agg.completed_rounds == 1
+            expected[depth] = _shifted(service, depth, shift)
+            assert await _push(service, client, expected[depth], cut=1000) == 1
+        assert service.agg.completed_rounds == 1 and service.accepted == 2
         merged = service.agg.global_state
         # pad over two clients: the stem (sent by both) is the mean of their values.
         stem = next(k for k in expected[1] if k.startswith("stem") and merged[k].is_floating_point())
         assert torch.allclose(merged[stem], (expected[1][stem] + expected[3][stem]) / 2)
+    finally:
+        await service.stop()
+
+
+async def test_pushes_are_received_one_at_a_time() -> None:
+    plan = plan_job(tiny_job(tiers=[("deep", 3, 2)]), {})
+    service = AggregatorService(plan)
+    await service.start()
+    try:
+        ids = [service.join("tiny", "deep", r, 3).client.client_id for r in range(2)]
+        updates = [_shifted(service, 3, shift) for shift in (1.0, 3.0)]
+        first = encode(updates[0])
+        ticket = service.begin_push(ids[0], 1, 5, first.specs)
+        async with service.receive_push(ticket) as push:
+            await push.feed(first.payload[:100])
+            second = asyncio.ensure_future(_push(service, ids[1], updates[1]))
+            await asyncio.sleep(0.2)
+            assert not second.done(), "the second push waits for the first to be received"
+            await push.feed(first.payload[100:])
+            assert await push.finish() == 1
+        assert await second == 1
+        merged = service.agg.global_state
+        for key, value in updates[0].items():
+            if value.is_floating_point():
+                assert torch.allclose(merged[key], (value + updates[1][key]) / 2), key
     finally:
         await service.stop()
 
@@ -168,47 +198,79 @@ async def test_every_depth_gets_exactly_its_prefix_from_the_shared_views() -> No
         await service.stop()
 
 
-async def test_a_cancelled_push_keeps_its_buffer_until_its_fold_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The client of a push goes away while its update is folded in the worker thread:
-    # the slot's buffer must not reach the next push before that fold has read it.
+async def test_a_push_cut_off_midway_leaves_no_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The client of a push goes away after part of its update was folded into the
+    # staging sums: the next push stages into the same buffers and the round's merge
+    # holds exactly the updates that completed.
+    plan = plan_job(tiny_job(tiers=[("deep", 3, 3)]), {})
+    service = AggregatorService(plan)
+    await service.start()
+    try:
+        ids = [service.join("tiny", "deep", r, 3).client.client_id for r in range(3)]
+        updates = [_shifted(service, 3, shift) for shift in (1.0, 100.0, 3.0)]
+        encoded = encode(updates[1])
+        ticket = service.begin_push(ids[1], 1, 5, encoded.specs)
+        gone = asyncio.Event()
+
+        async def cut_off() -> None:
+            async with service.receive_push(ticket) as push:
+                await push.feed(encoded.payload[: len(encoded.payload) // 2])
+                gone.set()
+                await asyncio.sleep(30)  # the client is gone: cancelled here
+
+        task = asyncio.ensure_future(cut_off())
+        await gone.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await _push(service, ids[0], updates[0]) == 1
+        assert await _push(service, ids[1], updates[2]) == 1, "the cut-off client may push again"
+        # Two of three pushed: close the round by hand as its deadline would.
+        monkeypatch.setattr(service.agg, "can_close", lambda now=None: True)
+        await service._close_round()
+        merged = service.agg.global_state
+        for key, value in updates[0].items():  # the mean of the two completed updates
+            if value.is_floating_point():
+                assert torch.allclose(merged[key], (value + updates[2][key]) / 2), key
+        assert service.accepted == 2
+    finally:
+        await service.stop()
+
+
+async def test_a_push_whose_client_goes_away_while_it_commits_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     plan = plan_job(tiny_job(tiers=[("deep", 3, 2)]), {})
-    service = AggregatorService(plan, Settings(max_concurrent_pushes=1))
+    service = AggregatorService(plan)
     await service.start()
     try:
         ids = [service.join("tiny", "deep", r, 3).client.client_id for r in range(2)]
-        updates = [
-            {k: v + shift if v.is_floating_point() else v for k, v in service.agg.prefix_state(3).items()}
-            for shift in (1.0, 3.0)
-        ]
-        fold = service.agg.fold
-        folding = threading.Event()
+        updates = [_shifted(service, 3, shift) for shift in (1.0, 3.0)]
+        committing = threading.Event()
+        begin = service.agg.begin_update
 
-        def slow_fold(*args: Any, **kwargs: Any) -> bool:
-            folding.set()
-            time.sleep(0.3)  # the worker still reads the buffer here
-            return fold(*args, **kwargs)
+        def slow_begin(*args: Any) -> Any:
+            stage = begin(*args)
+            commit = stage.commit
 
-        monkeypatch.setattr(service.agg, "fold", slow_fold)
+            def slow_commit(nbytes: int) -> bool:
+                committing.set()
+                time.sleep(0.3)
+                return commit(nbytes)
 
-        async def push(index: int) -> int:
-            encoded = encode(updates[index])
-            ticket = service.begin_push(ids[index], 1, 5, encoded.specs)
-            async with service.push_slot() as buffer:
-                payload = buffer.take(ticket.expected_bytes)
-                payload[:] = encoded.payload
-                return await service.finish_push(ticket, payload)
+            stage.commit = slow_commit  # type: ignore[method-assign]
+            return stage
 
-        first = asyncio.ensure_future(push(0))
-        while not folding.is_set():
+        monkeypatch.setattr(service.agg, "begin_update", slow_begin)
+        first = asyncio.ensure_future(_push(service, ids[0], updates[0]))
+        while not committing.is_set():
             await asyncio.sleep(0.01)
         first.cancel()
-        second = asyncio.ensure_future(push(1))
+        second = asyncio.ensure_future(_push(service, ids[1], updates[1]))
         with pytest.raises(asyncio.CancelledError):
             await first
         assert await second == 1
         assert service.agg.completed_rounds == 1
         merged = service.agg.global_state
-        for key, value in updates[0].items():  # the mean of both updates, none overwritten
+        for key, value in updates[0].items():  # the mean of both updates
             if value.is_floating_point():
                 assert torch.allclose(merged[key], (value + updates[1][key]) / 2), key
         assert service.accepted == 2, "the cancelled push's update is counted as accepted"

@@ -9,7 +9,7 @@ from flextrain.aggregator.errors import Kind, Rejected
 from flextrain.aggregator.service import initial_state
 from flextrain.aggregator.state import Aggregation
 from flextrain.jobplan import plan_job
-from flextrain.wire.tensors import decode, encode, float32_view
+from flextrain.wire.tensors import PayloadPieces, encode
 from tests.integration.procs import tiny_job
 
 
@@ -74,30 +74,95 @@ def test_rejected_fold_leaves_everything_unchanged() -> None:
     assert all(torch.equal(before[k], agg.global_state[k]) for k in before)
 
 
+def _stream(agg: Aggregation, client: str, tensors: dict[str, torch.Tensor], cut: int) -> bool:
+    """Receive an update as the service does: header, then chunks of `cut` bytes."""
+    encoded = encode(tensors)
+    stage = agg.begin_update(client, agg.round.number, 10, encoded.specs)
+    try:
+        for start in range(0, len(encoded.payload), cut):
+            stage.feed(memoryview(encoded.payload)[start : start + cut])
+        return stage.commit(len(encoded.payload))
+    finally:
+        stage.abort()
+
+
 def test_one_pass_value_check_names_the_tensor_and_ignores_integer_bytes() -> None:
     agg, _ = make()
     agg.join("tiny", "deep", 0, 3)
-    specs = agg.expected_spec_list(3)
     good = {k: v.clone() for k, v in agg.prefix_state(3).items()}
     counter = next(k for k in good if k.endswith("num_batches_tracked"))
-    # An int64 whose low word reads as a float32 NaN: the one-pass check flags the
-    # payload, the per-tensor pass clears it.
+    # An int64 whose low word reads as a float32 NaN: the one-pass check of its chunk
+    # flags it, the per-piece pass clears it.
     good[counter] = torch.tensor(0x7FC00000, dtype=torch.int64)
     encoded = encode(good)
-    tensors = decode(specs, encoded.payload)
-    flat = float32_view(specs, encoded.payload)
-    assert flat is not None and not bool(torch.isfinite(flat).all())
-    assert not agg.fold("deep-0", tensors, 10, len(encoded.payload), flat)
+    fed = PayloadPieces(encoded.specs).feed(encoded.payload)
+    assert fed.float32 is not None and not bool(torch.isfinite(fed.float32).all())
+    assert not _stream(agg, "deep-0", good, len(encoded.payload))
+    assert "deep-0" in agg.round.pushed
 
     agg.join("tiny", "shallow", 0, 1)
     bad = {k: v.clone() for k, v in agg.prefix_state(1).items()}
     bad["head.fc.bias"][1] = float("inf")
-    encoded = encode(bad)
-    specs = agg.expected_spec_list(1)
     before = {k: v.clone() for k, v in agg.global_state.items()}
     with pytest.raises(Rejected, match=r"head\.fc\.bias") as info:
-        agg.fold("shallow-0", decode(specs, encoded.payload), 10, 1, float32_view(specs, encoded.payload))
+        _stream(agg, "shallow-0", bad, 4096)
     assert info.value.reason == "non_finite" and "shallow-0" not in agg.round.pushed
+    assert all(torch.equal(before[k], agg.global_state[k]) for k in before)
+
+
+@pytest.mark.parametrize("cut", [37, 1000, 1 << 20])
+def test_a_streamed_update_folds_like_a_whole_one(cut: int) -> None:
+    streamed, _ = make()
+    whole, _ = make()
+    for agg in (streamed, whole):
+        for tier, replica, depth in (("shallow", 0, 1), ("deep", 0, 3)):
+            agg.join("tiny", tier, replica, depth)
+    for client, depth, delta in (("shallow-0", 1, 0.5), ("deep-0", 3, -0.25)):
+        tensors = {k: v + delta if v.is_floating_point() else v + 1 for k, v in whole.prefix_state(depth).items()}
+        _stream(streamed, client, tensors, cut)
+        whole.fold(client, tensors, 10, 1)
+    streamed.close_round()
+    whole.close_round()
+    assert all(torch.equal(streamed.global_state[k], v) for k, v in whole.global_state.items())
+
+
+def test_an_update_cut_short_or_overlong_is_rejected_and_changes_nothing() -> None:
+    agg, _ = make()
+    agg.join("tiny", "deep", 0, 3)
+    tensors = {k: v + 1 if v.is_floating_point() else v for k, v in agg.prefix_state(3).items()}
+    encoded = encode(tensors)
+    stage = agg.begin_update("deep-0", 1, 10, encoded.specs)
+    stage.feed(encoded.payload[:-4])
+    with pytest.raises(Rejected) as info:
+        stage.commit(len(encoded.payload))
+    assert info.value.reason == "truncated" and "incomplete" in str(info.value)
+    stage = agg.begin_update("deep-0", 1, 10, encoded.specs)  # the slot is free again
+    with pytest.raises(Rejected) as info:
+        stage.feed(encoded.payload + b"\0\0\0\0")
+    assert info.value.reason == "too_large"
+    assert not agg.round.pushed
+    assert _stream(agg, "deep-0", tensors, 999) is False  # 1 of 3 clients: not complete yet
+    assert agg.round.pushed == {"deep-0"}
+
+
+def test_an_update_whose_round_closed_while_it_arrived_is_stale() -> None:
+    agg, clock = make(quorum=0.3)
+    for tier, replica, depth in (("shallow", 0, 1), ("deep", 0, 3)):
+        agg.join("tiny", tier, replica, depth)
+    push(agg, "shallow-0", 1)
+    tensors = {k: v + 1 if v.is_floating_point() else v for k, v in agg.prefix_state(3).items()}
+    encoded = encode(tensors)
+    stage = agg.begin_update("deep-0", 1, 10, encoded.specs)
+    stage.feed(encoded.payload[:100])
+    clock.now += 61
+    agg.close_round()  # the deadline passed with quorum
+    before = {k: v.clone() for k, v in agg.global_state.items()}
+    with pytest.raises(Rejected) as info:
+        stage.feed(encoded.payload[100:])
+    assert info.value.reason == "stale_round"
+    with pytest.raises(Rejected) as info:
+        stage.commit(len(encoded.payload))
+    assert info.value.reason == "stale_round"
     assert all(torch.equal(before[k], agg.global_state[k]) for k in before)
 
 

@@ -17,7 +17,6 @@ from flextrain.wire.tensors import (
     WireFormatError,
     decode,
     encode,
-    float32_view,
     frame_tensors,
     spec_from_proto,
     spec_to_proto,
@@ -76,14 +75,6 @@ def test_decode_without_copy_shares_only_float32_tensors_of_a_writable_buffer() 
     assert torch.equal(copied["stem.conv.weight"], state["stem.conv.weight"])
     assert torch.equal(from_bytes["stem.conv.weight"], state["stem.conv.weight"])
     assert int(shared["stem.bn.num_batches_tracked"]) == 7, "integer tensors are always copied"
-
-
-def test_float32_view_covers_the_payload_only_without_compression() -> None:
-    state = _state()
-    full, small = encode(state), encode(state, torch.float16)
-    view = float32_view(full.specs, full.payload)
-    assert view is not None and view.numel() * 4 == len(full.payload)
-    assert float32_view(small.specs, small.payload) is None
 
 
 def test_specs_round_trip_through_protobuf() -> None:
