@@ -262,19 +262,22 @@ def render(report: dict[str, Any]) -> str:
             "Raw loopback for exactly each configuration's round traffic (the ceiling the throughput target is "
             "checked against): every client pulls the bytes of its prefix, then pushes as many back, all clients "
             "at once, as threads spread over the same processes as the fake trainers; raw bytes, no framing, no "
-            "checks, no merge. Best of the measured raw rounds (the first is a warm-up).",
+            "checks, no merge. Each client sends its own distinct memory, as a trainer sends its own tensors "
+            "(the server sends one shared copy, as the aggregator does). Best of the measured raw rounds (the "
+            "first is a warm-up).",
             "",
-            "| configuration | clients (processes) | MiB / round | raw round, s: best (median) | raw MiB/s: best (median) |",
-            "|---|---|---|---|---|",
+            "| configuration | clients (processes) | MiB / round | raw round, s: best (median) | raw MiB/s: best (median) | CPU s / round: server; clients |",
+            "|---|---|---|---|---|---|",
         ]
         for key, r in raws:
             label = report["cases"].get(key.split("/", 1)[1], {}).get("label", key)
             if "error" in r:
-                lines.append(f"| {label} | FAILED: {r['error'][:160]} | | | |")
+                lines.append(f"| {label} | FAILED: {r['error'][:160]} | | | | |")
                 continue
+            cpu = "; ".join(f"{r[k]:.2f}" if r.get(k) is not None else "–" for k in ("server_cpu_seconds_per_round", "clients_cpu_seconds_per_round"))
             lines.append(
                 f"| {label} | {r['clients']} ({r['processes']}) | {_mib(r['bytes_per_round'])} | "
-                f"{r['round_seconds_best']:.3f} ({r['round_seconds_median']:.3f}) | {r['mib_s_best']:,.0f} ({r['mib_s_median']:,.0f}) |"
+                f"{r['round_seconds_best']:.3f} ({r['round_seconds_median']:.3f}) | {r['mib_s_best']:,.0f} ({r['mib_s_median']:,.0f}) | {cpu} |"
             )
         lines.append("")
 

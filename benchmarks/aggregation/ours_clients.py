@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec", type=Path, required=True, help="JSON: address, token, job, rounds, wait_seconds, clients[]")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    retain_freed_memory()  # as `flextrain trainer` does, before any thread starts
     torch.set_num_threads(1)
-    retain_freed_memory()  # as `flextrain trainer` does
     spec = json.loads(args.spec.read_text())
     clients = spec["clients"]
     outs: list[dict[str, Any]] = [dict(c) for c in clients]

@@ -273,13 +273,17 @@ class Aggregation:
     def close_round(self) -> int:
         """Merge the round into the global model and open the next; returns the closed round."""
         closed = self.round.number
-        finished = self._acc
+        finished, retired = self._acc, self.global_state
         self.global_state = finished.finish()
         self.completed_rounds = closed
         self.round = self._open_round(closed + 1)
         self._acc = self.strategy.begin(self.global_state, self.expected_clients)
         if isinstance(self._acc, LinearAccumulator):
-            self._acc.recycle(finished)  # the staging buffers of the round just closed
+            # The staging buffers of the round just closed, and its model, are the next
+            # round's scratch memory: no model-sized allocation (a page fault per 4 KiB)
+            # in steady state. Whoever reads a global state must hold it only while it is
+            # current (the aggregator serializes it on its worker, which also runs this).
+            self._acc.recycle(finished, retired)
         return closed
 
     def _open_round(self, number: int) -> RoundState:
@@ -306,6 +310,11 @@ class UpdateStage:
         self.specs = specs
         self._staged = staged
         self.pieces = PayloadPieces(specs)
+
+    def feed_all(self, chunks: list[bytes | memoryview]) -> None:
+        """Fold the payload's next chunks, in order."""
+        for data in chunks:
+            self.feed(data)
 
     def feed(self, data: bytes | memoryview) -> None:
         """Fold the payload's next bytes."""

@@ -46,6 +46,7 @@ def test_quick_flextrain_only_run_writes_table_and_json(tmp_path: Path) -> None:
     assert "error" not in raw, raw
     assert raw["bytes_per_round"] == ours["bytes_per_round"]
     assert len(raw["round_seconds"]) == 2 and raw["round_seconds_best"] > 0
+    assert raw["distinct"] and raw["clients_cpu_seconds_per_round"] > 0 and raw["server_cpu_seconds_per_round"] is not None
     assert "for the same traffic" in table
 
 

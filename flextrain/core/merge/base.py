@@ -398,8 +398,8 @@ class LinearAccumulator(Accumulator):
         self._sums: dict[str, Tensor] = {}
         #: key -> sum of count(n) over the updates that sent a floating tensor.
         self._counts: dict[str, int] = {}
-        #: key -> a flat buffer of the sum's size, reused as the next staging target.
-        self._spare: dict[str, Tensor] = {}
+        #: key -> flat buffers of the sum's size, free for the next staging targets.
+        self._spare: dict[str, list[Tensor]] = {}
 
     @abstractmethod
     def _weight(self, num_examples: int) -> float:
@@ -438,19 +438,31 @@ class LinearAccumulator(Accumulator):
     def _stage(self, layout: StageLayout, num_examples: int) -> StagedUpdate:
         return _SumStage(self, layout, num_examples)
 
-    def recycle(self, finished: Accumulator) -> None:
-        """Take over the staging buffers of a finished accumulator of the same model
-        (the previous round's), so that staging does not allocate them again. Large
-        buffers are mapped fresh by the allocator on every allocation and cost a page
-        fault per 4 KiB on first write. Buffers that do not match are left."""
-        if not isinstance(finished, LinearAccumulator) or not finished._finished:
-            return
-        for key, buffer in finished._spare.items():
+    def recycle(self, finished: Accumulator, retired: Mapping[str, Tensor] | None = None) -> None:
+        """Take over memory for staging: the staging buffers of a finished accumulator
+        of the same model (the previous round's) and, if given, tensors nobody uses any
+        more (`retired`, e.g. the previous round's global state: they will be
+        overwritten). Large buffers are mapped fresh by the allocator on every
+        allocation and cost a page fault per 4 KiB on first write; reused, they do not.
+        Buffers that do not match a tensor's size, sum dtype and device are left."""
+        offered: list[tuple[str, Tensor]] = []
+        if isinstance(finished, LinearAccumulator) and finished._finished:
+            offered += [(k, t) for k, ts in finished._spare.items() for t in ts]
+            finished._spare = {}
+        offered += [(k, t.detach()) for k, t in (retired or {}).items() if t.is_contiguous()]
+        # Never memory the merge reads (this round's global state), nor a buffer twice;
+        # two per tensor are all staging uses (the sum and the next target).
+        taken = {t.data_ptr() for t in self._global.values()}
+        taken |= {t.data_ptr() for ts in self._spare.values() for t in ts}
+        for key, buffer in offered:
             ref = self._global.get(key)
-            want = None if ref is None else (self._sum_dtype(key) if self._floating(key) else ref.dtype)
-            if ref is not None and buffer.numel() == ref.numel() and buffer.dtype == want and buffer.device == ref.device:
-                self._spare.setdefault(key, buffer)
-        finished._spare = {}
+            pool = self._spare.setdefault(key, []) if ref is not None else []
+            if ref is None or len(pool) >= 2 or not buffer.numel() or buffer.data_ptr() in taken:
+                continue
+            want = self._sum_dtype(key) if self._floating(key) else ref.dtype
+            if buffer.numel() == ref.numel() and buffer.dtype == want and buffer.device == ref.device:
+                pool.append(buffer.view(-1))
+                taken.add(buffer.data_ptr())
 
     def _state_of(self, key: str) -> Tensor | None:
         """The running sum (or maximum) of ``key`` in the global shape, None if unsent."""
@@ -475,8 +487,8 @@ class _SumStage(StagedUpdate):
         for key, (shape, _, floating) in layout.items():
             ref = acc._global[key]
             dtype = acc._sum_dtype(key) if floating else ref.dtype
-            spare = acc._spare.pop(key, None)
-            self._targets[key] = spare if spare is not None else torch.empty(shape.numel(), dtype=dtype, device=ref.device)
+            pool = acc._spare.get(key)
+            self._targets[key] = pool.pop() if pool else torch.empty(shape.numel(), dtype=dtype, device=ref.device)
 
     def _apply(self, pieces: Sequence[Piece]) -> None:
         acc, weight, targets = self._acc, self._weight, self._targets
@@ -542,14 +554,15 @@ class _SumStage(StagedUpdate):
             old = acc._sums.get(key)
             acc._sums[key] = target
             if old is not None:
-                acc._spare[key] = old
+                acc._spare.setdefault(key, []).append(old)
             if self._shapes[key][2]:
                 acc._counts[key] = acc._counts.get(key, 0) + count
         self._targets = {}
 
     def _discard(self) -> None:
         # The staging buffers stay with the accumulator for the next update.
-        self._acc._spare.update(self._targets)
+        for key, target in self._targets.items():
+            self._acc._spare.setdefault(key, []).append(target)
         self._targets = {}
 
 

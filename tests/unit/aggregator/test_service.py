@@ -60,10 +60,10 @@ async def test_concurrent_pulls_of_one_depth_share_one_encode(
 
     frame = service._frame
 
-    def counting_encode(model: Any, names: list[str]) -> Any:
+    def counting_encode(number: int, model: Any, names: list[str]) -> Any:
         calls.append(len(names))
         time.sleep(0.05)  # long enough for every pull to arrive while it runs
-        return frame(model, names)
+        return frame(number, model, names)
 
     monkeypatch.setattr(service, "_frame", counting_encode)
     await service.start()
@@ -274,5 +274,41 @@ async def test_a_push_whose_client_goes_away_while_it_commits_is_counted(monkeyp
             if value.is_floating_point():
                 assert torch.allclose(merged[key], (value + updates[1][key]) / 2), key
         assert service.accepted == 2, "the cancelled push's update is counted as accepted"
+    finally:
+        await service.stop()
+
+
+async def test_a_pull_whose_round_closes_before_its_model_is_serialized_gets_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A closed round's model becomes the next round's merge scratch memory, so it must
+    # not be serialized once the round has closed.
+    plan = plan_job(tiny_job(tiers=[("deep", 3, 2)]), {})
+    service = AggregatorService(plan)
+    await service.start()
+    try:
+        a, b = (service.join("tiny", "deep", r, 3).client.client_id for r in range(2))
+        frame = service._frame
+        first_model = service.agg.global_state
+
+        def close_first(number: int, model: Any, names: list[str]) -> Any:
+            if number == 1:  # the round closes between the pull's request and its encode
+                encoded = encode(_shifted(service, 3, 2.0))
+                stage = service.agg.begin_update(b, 1, 5, encoded.specs)
+                stage.feed(encoded.payload)
+                assert stage.commit(len(encoded.payload))
+                service._close_round_sync()
+            return frame(number, model, names)
+
+        assert await _push(service, a, _shifted(service, 3, 1.0)) == 1
+        monkeypatch.setattr(service, "_frame", close_first)
+        pulled = await service.pull(a, 1, 0)
+        assert service.agg.completed_rounds == 1
+        assert pulled.ready and pulled.round == 2 and pulled.encoded is not None
+        assert b"".join(pb.ModelChunk.FromString(f).data for f in pulled.encoded.frames) == encode(
+            service.agg.prefix_state(3)
+        ).payload, "the current round's model, intact"
+        spares = {t.data_ptr() for ts in service.agg._acc._spare.values() for t in ts}  # type: ignore[attr-defined]
+        assert {t.data_ptr() for t in first_model.values() if t.numel()} & spares, "round 1's model is scratch now"
     finally:
         await service.stop()
