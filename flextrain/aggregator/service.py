@@ -20,8 +20,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,12 @@ class Settings:
     eval_threads: int | None = None
     #: Checkpoints kept on disk.
     keep_checkpoints: int = 2
+
+
+#: Updates up to this size are told to send as soon as they are next in line (see
+#: ``AggregatorService.receive_push``); larger ones when their turn comes, so that a
+#: waiting push never holds more than a small update's worth of data here.
+EARLY_SEND_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -132,6 +138,7 @@ class AggregatorService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator")
         self._changed: asyncio.Condition | None = None
         self._push_slot: asyncio.Lock | None = None
+        self._next_in_line: asyncio.Semaphore | None = None
         self._encoded: dict[tuple[int, int], asyncio.Future[Framed]] = {}
         self._model_views: tuple[dict[str, Tensor], dict[str, tuple[Spec, memoryview]]] | None = None
         self._served: dict[tuple[int, int], set[str]] = {}
@@ -176,6 +183,7 @@ class AggregatorService:
     async def start(self) -> None:
         self._changed = asyncio.Condition()
         self._push_slot = asyncio.Lock()
+        self._next_in_line = asyncio.Semaphore(2)  # the push being received, and the next
         self._round_started = time.monotonic()
         self._ticker = asyncio.create_task(self._tick(), name="round-deadline")
 
@@ -308,26 +316,48 @@ class AggregatorService:
         return PushTicket(client, round_number, num_examples, specs, sum(s.num_bytes for s in specs))
 
     @contextlib.asynccontextmanager
-    async def receive_push(self, ticket: PushTicket) -> AsyncIterator[PushStream]:
+    async def receive_push(
+        self, ticket: PushTicket, send: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[PushStream]:
         """Receive one update: waits its turn (one push is received at a time), then
         yields the stream to ``feed`` its chunks to and ``finish``. Leaving without
-        finishing (a rejection, a client that went away) drops the update."""
-        assert self._push_slot is not None, "start() first"
-        async with self._push_slot:
-            try:
-                stage = await self._run(
+        finishing (a rejection, a client that went away) drops the update.
+
+        `send` tells the push's client to send its data (the servicer's initial
+        metadata). It is awaited when the push's turn comes or, for an update of at most
+        ``EARLY_SEND_BYTES``, as soon as it is next in line: a small update is then on
+        its way while the one before it finishes, instead of costing a round trip of
+        its own (while it waits, flow control holds back at most one stream's window).
+        """
+        assert self._push_slot is not None and self._next_in_line is not None, "start() first"
+        early = ticket.expected_bytes <= EARLY_SEND_BYTES
+        async with self._next_in_line:
+            if send is not None and early:
+                await send()
+            async with self._push_slot:
+                if send is not None and not early:
+                    await send()
+                begun = self._executor.submit(
                     self.agg.begin_update, ticket.client.client_id, ticket.round, ticket.num_examples, ticket.specs
                 )
-            except Rejected as exc:  # the round closed while the push waited its turn
-                self._count_rejection(exc)
-                raise
-            push = PushStream(self, ticket, stage)
-            try:
-                yield push
-            finally:
-                # Queued behind the chunks still being folded (one worker, in order):
-                # the next push's stage can only begin after it.
-                push.close()
+                try:
+                    stage = await asyncio.wrap_future(begun)
+                except Rejected as exc:  # the round closed while the push waited its turn
+                    self._count_rejection(exc)
+                    raise
+                except asyncio.CancelledError:
+                    # The client went away while its stage was being begun: the worker
+                    # may still begin it, so drop it there, right behind (before the
+                    # next push's stage).
+                    self._executor.submit(_abort_begun, begun)
+                    raise
+                push = PushStream(self, ticket, stage)
+                try:
+                    yield push
+                finally:
+                    # Queued behind the chunks still being folded (one worker, in
+                    # order): the next push's stage can only begin after it.
+                    push.close()
 
     def _submit(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -564,6 +594,12 @@ class PushStream:
             self._pending.clear()
             self._batch = []
             self._service._submit(self._stage.abort)
+
+
+def _abort_begun(begun: Future[UpdateStage]) -> None:
+    """Drop a stage that was begun for a push that is gone (runs on the worker)."""
+    if not begun.cancelled() and begun.exception() is None:
+        begun.result().abort()
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -11,6 +11,7 @@ import signal
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -176,10 +177,10 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 raise Rejected(Kind.INVALID, "malformed", "the first chunk of an update must be its header")
             header = first.header
             ticket = self.service.begin_push(header.client_id, header.round, header.num_examples, self._specs(header))
-            async with self.service.receive_push(ticket) as push:
-                # Our turn: tell the client to send its data (it waits for this, so
-                # pushes waiting their turn hold no data here).
-                await context.send_initial_metadata(((PUSH_READY_KEY, "1"),))
+            # The client sends its data once told to (it waits for this, so pushes
+            # waiting their turn hold no data here).
+            send = partial(context.send_initial_metadata, ((PUSH_READY_KEY, "1"),))
+            async with self.service.receive_push(ticket, send) as push:
                 async for chunk in stream:
                     if isinstance(chunk, memoryview):
                         data: bytes | memoryview = chunk  # framed data chunk (the usual case)

@@ -83,8 +83,8 @@ class AggregatorServicer:
         """PushUpdate sends the caller's trained tensors for one round: a header chunk
         first (round, example count, tensor specs), then data chunks. The aggregator
         receives one push at a time and sends initial metadata (flextrain-push-ready)
-        when it starts reading this one; clients should send their data chunks only then
-        (flow control holds them back otherwise). Every value is checked as it arrives
+        when this push's turn comes (a small update: when it is next in line); clients
+        should send their data chunks only then (flow control holds them back otherwise). Every value is checked as it arrives
         and the update counts only once all of it has arrived and passed; a rejected
         update leaves the global model and the round's running sums unchanged.
         """

@@ -312,3 +312,38 @@ async def test_a_pull_whose_round_closes_before_its_model_is_serialized_gets_the
         assert {t.data_ptr() for t in first_model.values() if t.numel()} & spares, "round 1's model is scratch now"
     finally:
         await service.stop()
+
+
+async def test_a_push_that_goes_away_while_its_turn_begins_frees_the_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = plan_job(tiny_job(tiers=[("deep", 3, 2)]), {})
+    service = AggregatorService(plan)
+    await service.start()
+    try:
+        ids = [service.join("tiny", "deep", r, 3).client.client_id for r in range(2)]
+        begin, beginning = service.agg.begin_update, threading.Event()
+
+        def slow_begin(*args: Any) -> Any:
+            beginning.set()
+            time.sleep(0.2)  # the client goes away meanwhile
+            return begin(*args)
+
+        monkeypatch.setattr(service.agg, "begin_update", slow_begin)
+        encoded = encode(_shifted(service, 3, 1.0))
+        ticket = service.begin_push(ids[0], 1, 5, encoded.specs)
+
+        async def gone() -> None:
+            async with service.receive_push(ticket):
+                raise AssertionError("cancelled before its turn began")
+
+        task = asyncio.ensure_future(gone())
+        while not beginning.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        monkeypatch.setattr(service.agg, "begin_update", begin)
+        # The stage begun for the vanished push was dropped: the next push is taken.
+        assert await _push(service, ids[1], _shifted(service, 3, 3.0)) == 1
+        assert service.agg.round.pushed == {ids[1]}
+    finally:
+        await service.stop()
