@@ -70,3 +70,26 @@ def test_the_report_renders_without_raw_rounds_and_with_a_failed_ceiling() -> No
     assert "Best of the four: **1,100 MiB/s**" in flower_only and "failed" not in flower_only
     failed = render(_report({"loopback": {"error": "RuntimeError: no port"}}))
     assert "Raw loopback measurement failed: RuntimeError: no port" in failed
+
+
+def test_the_memory_verdict_is_on_growth_with_the_model() -> None:
+    """Above idle, a 3.5 MB model's configuration holds mostly the fixed part; the
+    verdict is on how memory grows from it to the large model, the plain multiple is
+    shown next to it."""
+    from benchmarks.aggregation.bench import _memory_target
+
+    mib = 2**20
+
+    def ours(model_mib: float, above_mib: float) -> dict[str, float]:
+        return {"model_bytes": model_mib * mib, "server_idle_rss_bytes": 500 * mib, "server_peak_rss_bytes": (500 + above_mib) * mib}
+
+    small = ours(3.5, 36)
+    within = _memory_target({"ours/resnet56-table3": small, "ours/large": ours(50, 216)}, "ours/large", "large", "")
+    assert "4.3× the 52.4 MB model" in within and "3.9 bytes per byte of model" in within and within.endswith("| **met** |")
+    beyond = _memory_target({"ours/resnet56-table3": small, "ours/large": ours(50, 250)}, "ours/large", "large", "")
+    assert "4.6 bytes per byte" in beyond and beyond.endswith("| **not met** |")
+    base = _memory_target({"ours/resnet56-table3": small}, "ours/resnet56-table3", "small", "")
+    assert base.endswith("| – |")
+    # Without the small configuration (e.g. a partial run) the plain multiple decides.
+    alone = _memory_target({"ours/large": ours(50, 216)}, "ours/large", "large", "")
+    assert "bytes per byte" not in alone and alone.endswith("| **not met** |")
