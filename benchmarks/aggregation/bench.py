@@ -79,6 +79,15 @@ def cases(args: argparse.Namespace) -> dict[str, Case]:
             args.large_classes,
             ((f"k{large_blocks}", large_blocks, 1),),
         ),
+        # Four times the clients: memory must not grow with them (no raw round: only
+        # the aggregator's memory is checked here).
+        "large-80": Case(
+            "large-80",
+            f"ResNet-{args.large_layers}/{args.large_classes:,} classes, 80 clients at full depth",
+            args.large_layers,
+            args.large_classes,
+            ((f"k{large_blocks}", large_blocks, 80),),
+        ),
     }
 
 
@@ -288,7 +297,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append("")
 
     lines += [
-        "## Per-round results (20 clients; the last row: one client alone)",
+        "## Per-round results (20 clients; the last rows: one client alone, then 80 clients)",
         "",
         "| configuration | system | round latency, s | bytes on the wire / round (MiB) | share of full-model FedAvg | throughput (MiB/s) | share of raw loopback | CPU s / round: server; clients | server peak RSS (MiB) | above idle (MiB; × model) |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -302,6 +311,7 @@ def render(report: dict[str, Any]) -> str:
         ("large", "flower-legacy/large", "Flower legacy gRPC (start_server)"),
         ("large", "flower-deployment/large", "Flower Deployment Engine"),
         ("large-single", "ours/large-single", "FlexTrain aggregator, one client"),
+        ("large-80", "ours/large-80", "FlexTrain aggregator, 80 clients"),
     ]
     for case_key, key, system in order:
         r = res.get(key)
@@ -409,6 +419,8 @@ def render_targets(report: dict[str, Any]) -> list[str]:
             lines.append(_memory_target(res, ours_key, name, flower_mem))
     if "large-single" in report["cases"]:
         lines += _throughput_target(res, "ours/large-single", report["cases"]["large-single"]["label"], ceiling)
+    if "server_peak_rss_bytes" in res.get("ours/large-80", {}):
+        lines.append(_memory_target(res, "ours/large-80", report["cases"]["large-80"]["label"], ""))
     ours = res.get("ours/resnet56-table3", {})
     if "bytes_share_of_fedavg" in ours:
         share = ours["bytes_share_of_fedavg"]
@@ -539,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": [],
         "foreign_load": [],
     }
-    for key in {"resnet56-table3", *run_cases}:
+    memory_cases = [] if args.quick else ["large-80"]
+    for key in {"resnet56-table3", *run_cases, *memory_cases}:
         case = all_cases[key]
         report["cases"][key] = {"label": case.label, "layers": case.layers, "num_classes": case.num_classes,
                                 "tiers": case.tiers, "model_bytes": ours.model_bytes(case)}
@@ -569,10 +582,10 @@ def main(argv: list[str] | None = None) -> int:
 
         section("loopback", lambda: run_loopback(tracker, work / "loopback", args.quick))
         if do_ours:
-            for key in run_cases:
-                # The same traffic with raw gRPC just before: the ceiling for this case.
-                section(f"raw/{key}", lambda key=key: run_raw_round(
-                    tracker, work / f"raw-{key}", all_cases[key], client_procs=args.client_procs, repeats=args.rounds))
+            for key in run_cases + memory_cases:
+                if key in run_cases:  # the same traffic with raw gRPC just before: its ceiling
+                    section(f"raw/{key}", lambda key=key: run_raw_round(
+                        tracker, work / f"raw-{key}", all_cases[key], client_procs=args.client_procs, repeats=args.rounds))
                 section(f"ours/{key}", lambda key=key: ours.run_case(
                     all_cases[key], tracker, work / f"ours-{key}", warmup=args.warmup, measured=args.rounds, client_procs=args.client_procs))
         if do_flower:

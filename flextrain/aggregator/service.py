@@ -10,7 +10,9 @@ their data: each chunk of the one being received goes to the worker as it arrive
 is folded into the round's staging sums there while the next chunk is on its way, and
 the update counts when its last chunk is in (``flextrain.aggregator.state.UpdateStage``).
 No payload is ever assembled: memory is the model, the running sums and their staging
-copy, and a few chunks in flight, whatever the number of clients.
+copy, and a few chunks in flight, whatever the number of clients. Pulls take turns
+sending their chunks (``SendSlots``), so that gRPC's copies of them do not grow with
+the number of clients either.
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ class Settings:
 #: ``AggregatorService.receive_push``); larger ones when their turn comes, so that a
 #: waiting push never holds more than a small update's worth of data here.
 EARLY_SEND_BYTES = 8 * 1024 * 1024
+
+#: Model chunks being sent at once, over all pulls (see ``SendSlots``).
+PULL_CHUNKS_IN_FLIGHT = 8
+#: How long a chunk may hold its slot before the slot goes to the next one.
+PULL_SLOT_LEASE_SECONDS = 2.0
 
 
 @dataclass
@@ -139,6 +146,7 @@ class AggregatorService:
         self._changed: asyncio.Condition | None = None
         self._push_slot: asyncio.Lock | None = None
         self._next_in_line: asyncio.Semaphore | None = None
+        self.send_slots: SendSlots | None = None
         self._encoded: dict[tuple[int, int], asyncio.Future[Framed]] = {}
         self._model_views: tuple[dict[str, Tensor], dict[str, tuple[Spec, memoryview]]] | None = None
         self._served: dict[tuple[int, int], set[str]] = {}
@@ -184,6 +192,7 @@ class AggregatorService:
         self._changed = asyncio.Condition()
         self._push_slot = asyncio.Lock()
         self._next_in_line = asyncio.Semaphore(2)  # the push being received, and the next
+        self.send_slots = SendSlots(PULL_CHUNKS_IN_FLIGHT, PULL_SLOT_LEASE_SECONDS)
         self._round_started = time.monotonic()
         self._ticker = asyncio.create_task(self._tick(), name="round-deadline")
 
@@ -497,6 +506,58 @@ class AggregatorService:
                 "bytes_received": counters.bytes_received,
                 "bytes_sent": counters.bytes_sent,
             }
+
+
+class SendSlots:
+    """Bounds the model chunks that all pulls together are sending at once.
+
+    gRPC copies each message it sends and holds the copy until the transport has taken
+    it, so N pulls sending at once hold about N chunks: memory that grows with the
+    number of clients (about 1.5 MiB a client with a 53 MB model: docs/aggregator.md).
+    A pull takes a slot for each chunk (``async with slots.slot(): yield chunk``; the
+    servicer's next chunk is asked for only once the last one was sent) and gives it
+    back when the chunk is out. Pulls take turns chunk by chunk, so they all progress.
+
+    A slot is leased, not owned: a chunk that holds it longer than ``lease_seconds``
+    (a client that stopped reading, so that its flow-control window stays full) loses
+    it to the next chunk. A stalled client therefore slows the others by one lease at
+    most and holds at most its one chunk.
+    """
+
+    def __init__(self, slots: int, lease_seconds: float) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        self._free = asyncio.Semaphore(slots)
+        self._slots = slots
+        self._lease = lease_seconds
+        self._held = 0
+        #: Leases that timed out (their chunk kept going without a slot).
+        self.expired = 0
+
+    @property
+    def free(self) -> int:
+        """Slots nobody holds now."""
+        return self._slots - self._held
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        await self._free.acquire()
+        self._held += 1
+        held = [True]
+
+        def give_back(expired: bool) -> None:
+            if held[0]:
+                held[0] = False
+                self._held -= 1
+                self._free.release()
+                self.expired += expired
+
+        timer = asyncio.get_running_loop().call_later(self._lease, give_back, True)
+        try:
+            yield
+        finally:
+            timer.cancel()
+            give_back(False)
 
 
 class _Superseded(Exception):

@@ -162,8 +162,11 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             ).SerializeToString()
             self._model_headers[encoded] = header
         yield header
+        slots = self.service.send_slots
+        assert slots is not None, "the service is started before it serves"
         for frame in encoded.frames:
-            yield frame  # a serialized data chunk (see flextrain.wire.frames)
+            async with slots.slot():  # held until gRPC has sent it (it asks for the next then)
+                yield frame  # a serialized data chunk (see flextrain.wire.frames)
 
     async def PushUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk | memoryview], context: grpc.aio.ServicerContext) -> pb.PushUpdateResponse:
         await self._check(context)

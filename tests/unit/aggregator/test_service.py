@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from flextrain.aggregator.service import AggregatorService, Settings
+from flextrain.aggregator.service import AggregatorService, SendSlots, Settings
 from flextrain.jobplan import plan_job
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.wire.tensors import ReceiveBuffer, encode
@@ -347,3 +347,50 @@ async def test_a_push_that_goes_away_while_its_turn_begins_frees_the_turn(monkey
         assert service.agg.round.pushed == {ids[1]}
     finally:
         await service.stop()
+
+
+async def test_send_slots_bound_the_chunks_in_flight_and_let_every_pull_progress() -> None:
+    slots = SendSlots(3, lease_seconds=30)
+    inside, most = 0, 0
+    sent: dict[int, int] = {}
+
+    async def pull(n: int) -> None:
+        nonlocal inside, most
+        for _ in range(5):
+            async with slots.slot():
+                inside += 1
+                most = max(most, inside)
+                await asyncio.sleep(0.001)  # gRPC sending the chunk
+                inside -= 1
+                sent[n] = sent.get(n, 0) + 1
+
+    await asyncio.gather(*(pull(n) for n in range(10)))
+    assert most == 3 and sent == {n: 5 for n in range(10)} and slots.expired == 0
+    with pytest.raises(ValueError, match="slots must be at least 1, got 0"):
+        SendSlots(0, 1.0)
+
+
+async def test_a_chunk_that_holds_its_slot_past_the_lease_loses_it() -> None:
+    """A client that stopped reading keeps its chunk unsent: after the lease the slot
+    goes to the next chunk, and giving it back late frees nothing twice."""
+    slots = SendSlots(1, lease_seconds=0.05)
+    stalled = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stuck() -> None:
+        async with slots.slot():
+            stalled.set()
+            await release.wait()
+
+    stuck_task = asyncio.create_task(stuck())
+    await stalled.wait()
+    started = time.monotonic()
+    async with slots.slot():  # waits for the lease, not for the stalled client
+        waited = time.monotonic() - started
+    assert 0.03 < waited < 5 and slots.expired == 1
+    assert slots.free == 1  # the stalled chunk holds none any more
+    release.set()
+    await stuck_task
+    assert slots.free == 1  # its late exit gave nothing back twice
+    async with slots.slot():
+        assert slots.free == 0
