@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -104,4 +105,45 @@ def test_model_over_100_mb_moves_intact(tmp_path: Path) -> None:
         finally:
             client.close()
     finally:
+        cluster.close()
+
+
+@pytest.mark.timeout(240)
+def test_pulls_that_stop_reading_do_not_stall_the_others(tmp_path: Path) -> None:
+    """More stalled pulls than the aggregator sends chunks at once (SendSlots): each
+    holds its turn for one lease at most, so a client that reads gets its model."""
+    from flextrain.aggregator.service import PULL_CHUNKS_IN_FLIGHT
+    from flextrain.proto.v1 import aggregator_pb2 as pb
+
+    # ResNet-20 with a 100,000-class head: 26 MB, far more than a stream's window.
+    job = tiny_job("stalls", tiers=[("full", 9, 2)], model={"family": "resnet", "layers": 20, "numClasses": 100_000})
+    cluster = make_cluster(tmp_path, job)
+    stalled_clients: list[AggregatorClient] = []
+    pool = ThreadPoolExecutor(1)
+    try:
+        cluster.start_aggregator(checkpoints=False)
+        address = f"127.0.0.1:{cluster.port}"
+        staller = AggregatorClient(TrainerConfig(address, TOKEN, "stalls", "full", 9, 0))
+        stalled_clients.append(staller)
+        stalled_id = staller.join().client_id
+        streams = []
+        for _ in range(PULL_CHUNKS_IN_FLIGHT + 2):
+            # A channel each (as separate trainers), reading the header and no more.
+            client = AggregatorClient(TrainerConfig(address, TOKEN, "stalls", "full", 9, 0))
+            stalled_clients.append(client)
+            request = pb.PullModelRequest(client_id=stalled_id, min_round=1, wait_seconds=5)
+            stream = client._pull_model(request, metadata=client._metadata, timeout=200)
+            next(stream)  # the header; the data chunks then fill the stream's window
+            streams.append(stream)
+        reader = AggregatorClient(TrainerConfig(address, TOKEN, "stalls", "full", 9, 1))
+        stalled_clients.append(reader)
+        reader_id = reader.join().client_id
+        pulled = pool.submit(reader.pull, reader_id, 1).result(timeout=60)
+        assert pulled.nbytes > 25 * 2**20 and pulled.round == 1
+        for stream in streams:
+            stream.cancel()
+    finally:
+        pool.shutdown(wait=False)  # a pull that hung ends when its channel closes
+        for client in stalled_clients:
+            client.close()
         cluster.close()
