@@ -207,8 +207,9 @@ class AggregatorService:
                 self._changed.notify_all()
         self._executor.shutdown(wait=True)
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    def _run(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        """Queue `fn(*args)` on the worker thread now; await the future for its result."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _tick(self) -> None:
         while True:
@@ -287,7 +288,7 @@ class AggregatorService:
         if pending is None:
             # Both taken now: a round that closes meanwhile replaces the global state.
             model, names = self.agg.global_state, list(self.agg.expected_specs(depth))
-            pending = asyncio.ensure_future(self._run(self._frame, number, model, names))
+            pending = self._run(self._frame, number, model, names)
             self._encoded = {k: v for k, v in self._encoded.items() if k[0] == number}
             self._encoded[key] = pending
         try:
@@ -367,9 +368,6 @@ class AggregatorService:
                     # Queued behind the chunks still being folded (one worker, in
                     # order): the next push's stage can only begin after it.
                     push.close()
-
-    def _submit(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _accepted(self, ticket: PushTicket) -> None:
         self.accepted += 1
@@ -543,11 +541,12 @@ class SendSlots:
     async def slot(self) -> AsyncIterator[None]:
         await self._free.acquire()
         self._held += 1
-        held = [True]
+        held = True
 
         def give_back(expired: bool) -> None:
-            if held[0]:
-                held[0] = False
+            nonlocal held
+            if held:
+                held = False
                 self._held -= 1
                 self._free.release()
                 self.expired += expired
@@ -610,7 +609,7 @@ class PushStream:
 
     async def _hand_off(self) -> None:
         batch, self._batch = self._batch, []
-        self._pending.append(self._service._submit(self._stage.feed_all, batch))
+        self._pending.append(self._service._run(self._stage.feed_all, batch))
         await self._settle(self.MAX_PENDING)
 
     async def finish(self) -> int:
@@ -629,7 +628,7 @@ class PushStream:
             await self._hand_off()
         await self._settle(0)
         self._finished = True
-        commit = asyncio.ensure_future(service._run(self._stage.commit, ticket.expected_bytes))
+        commit = service._run(self._stage.commit, ticket.expected_bytes)
         cancelled = False
         while True:
             try:
@@ -654,7 +653,7 @@ class PushStream:
                 fold.add_done_callback(_consume)
             self._pending.clear()
             self._batch = []
-            self._service._submit(self._stage.abort)
+            self._service._run(self._stage.abort)
 
 
 def _abort_begun(begun: Future[UpdateStage]) -> None:

@@ -4,8 +4,10 @@ and checkpoint are done (the operator marks a job Succeeded from ``done``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,23 @@ def _shifted(service: AggregatorService, depth: int, shift: float) -> dict[str, 
     return {k: v + shift if v.is_floating_point() else v for k, v in service.agg.prefix_state(depth).items()}
 
 
+@contextlib.asynccontextmanager
+async def _deep_clients(replicas: int) -> AsyncIterator[tuple[AggregatorService, list[str]]]:
+    """A started service of one depth-3 tier of `replicas` clients, all joined."""
+    service = AggregatorService(plan_job(tiny_job(tiers=[("deep", 3, replicas)]), {}))
+    await service.start()
+    try:
+        yield service, [service.join("tiny", "deep", r, 3).client.client_id for r in range(replicas)]
+    finally:
+        await service.stop()
+
+
+def _assert_mean_of(merged: dict[str, torch.Tensor], a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    for key, value in a.items():
+        if value.is_floating_point():
+            assert torch.allclose(merged[key], (value + b[key]) / 2), key
+
+
 async def test_pushes_are_folded_as_they_arrive_and_merge_correctly() -> None:
     plan = plan_job(tiny_job(tiers=[("shallow", 1, 1), ("deep", 3, 1)]), {})
     service = AggregatorService(plan)
@@ -157,11 +176,7 @@ async def test_pushes_are_folded_as_they_arrive_and_merge_correctly() -> None:
 
 
 async def test_pushes_are_received_one_at_a_time() -> None:
-    plan = plan_job(tiny_job(tiers=[("deep", 3, 2)]), {})
-    service = AggregatorService(plan)
-    await service.start()
-    try:
-        ids = [service.join("tiny", "deep", r, 3).client.client_id for r in range(2)]
+    async with _deep_clients(2) as (service, ids):
         updates = [_shifted(service, 3, shift) for shift in (1.0, 3.0)]
         first = encode(updates[0])
         ticket = service.begin_push(ids[0], 1, 5, first.specs)
@@ -174,11 +189,7 @@ async def test_pushes_are_received_one_at_a_time() -> None:
             assert await push.finish() == 1
         assert await second == 1
         merged = service.agg.global_state
-        for key, value in updates[0].items():
-            if value.is_floating_point():
-                assert torch.allclose(merged[key], (value + updates[1][key]) / 2), key
-    finally:
-        await service.stop()
+        _assert_mean_of(merged, updates[0], updates[1])
 
 
 async def test_every_depth_gets_exactly_its_prefix_from_the_shared_views() -> None:
@@ -202,11 +213,7 @@ async def test_a_push_cut_off_midway_leaves_no_trace(monkeypatch: pytest.MonkeyP
     # The client of a push goes away after part of its update was folded into the
     # staging sums: the next push stages into the same buffers and the round's merge
     # holds exactly the updates that completed.
-    plan = plan_job(tiny_job(tiers=[("deep", 3, 3)]), {})
-    service = AggregatorService(plan)
-    await service.start()
-    try:
-        ids = [service.join("tiny", "deep", r, 3).client.client_id for r in range(3)]
+    async with _deep_clients(3) as (service, ids):
         updates = [_shifted(service, 3, shift) for shift in (1.0, 100.0, 3.0)]
         encoded = encode(updates[1])
         ticket = service.begin_push(ids[1], 1, 5, encoded.specs)
@@ -229,20 +236,12 @@ async def test_a_push_cut_off_midway_leaves_no_trace(monkeypatch: pytest.MonkeyP
         monkeypatch.setattr(service.agg, "can_close", lambda now=None: True)
         await service._close_round()
         merged = service.agg.global_state
-        for key, value in updates[0].items():  # the mean of the two completed updates
-            if value.is_floating_point():
-                assert torch.allclose(merged[key], (value + updates[2][key]) / 2), key
+        _assert_mean_of(merged, updates[0], updates[2])  # the mean of the two completed updates
         assert service.accepted == 2
-    finally:
-        await service.stop()
 
 
 async def test_a_push_whose_client_goes_away_while_it_commits_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
-    plan = plan_job(tiny_job(tiers=[("deep", 3, 2)]), {})
-    service = AggregatorService(plan)
-    await service.start()
-    try:
-        ids = [service.join("tiny", "deep", r, 3).client.client_id for r in range(2)]
+    async with _deep_clients(2) as (service, ids):
         updates = [_shifted(service, 3, shift) for shift in (1.0, 3.0)]
         committing = threading.Event()
         begin = service.agg.begin_update
@@ -270,12 +269,8 @@ async def test_a_push_whose_client_goes_away_while_it_commits_is_counted(monkeyp
         assert await second == 1
         assert service.agg.completed_rounds == 1
         merged = service.agg.global_state
-        for key, value in updates[0].items():  # the mean of both updates
-            if value.is_floating_point():
-                assert torch.allclose(merged[key], (value + updates[1][key]) / 2), key
+        _assert_mean_of(merged, updates[0], updates[1])  # the mean of both updates
         assert service.accepted == 2, "the cancelled push's update is counted as accepted"
-    finally:
-        await service.stop()
 
 
 async def test_a_pull_whose_round_closes_before_its_model_is_serialized_gets_the_next(
@@ -283,11 +278,7 @@ async def test_a_pull_whose_round_closes_before_its_model_is_serialized_gets_the
 ) -> None:
     # A closed round's model becomes the next round's merge scratch memory, so it must
     # not be serialized once the round has closed.
-    plan = plan_job(tiny_job(tiers=[("deep", 3, 2)]), {})
-    service = AggregatorService(plan)
-    await service.start()
-    try:
-        a, b = (service.join("tiny", "deep", r, 3).client.client_id for r in range(2))
+    async with _deep_clients(2) as (service, (a, b)):
         frame = service._frame
         first_model = service.agg.global_state
 
@@ -310,16 +301,10 @@ async def test_a_pull_whose_round_closes_before_its_model_is_serialized_gets_the
         ).payload, "the current round's model, intact"
         spares = {t.data_ptr() for ts in service.agg._acc._spare.values() for t in ts}  # type: ignore[attr-defined]
         assert {t.data_ptr() for t in first_model.values() if t.numel()} & spares, "round 1's model is scratch now"
-    finally:
-        await service.stop()
 
 
 async def test_a_push_that_goes_away_while_its_turn_begins_frees_the_turn(monkeypatch: pytest.MonkeyPatch) -> None:
-    plan = plan_job(tiny_job(tiers=[("deep", 3, 2)]), {})
-    service = AggregatorService(plan)
-    await service.start()
-    try:
-        ids = [service.join("tiny", "deep", r, 3).client.client_id for r in range(2)]
+    async with _deep_clients(2) as (service, ids):
         begin, beginning = service.agg.begin_update, threading.Event()
 
         def slow_begin(*args: Any) -> Any:
@@ -345,8 +330,6 @@ async def test_a_push_that_goes_away_while_its_turn_begins_frees_the_turn(monkey
         # The stage begun for the vanished push was dropped: the next push is taken.
         assert await _push(service, ids[1], _shifted(service, 3, 3.0)) == 1
         assert service.agg.round.pushed == {ids[1]}
-    finally:
-        await service.stop()
 
 
 async def test_send_slots_bound_the_chunks_in_flight_and_let_every_pull_progress() -> None:
