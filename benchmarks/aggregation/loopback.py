@@ -222,6 +222,10 @@ def _round_client(port: int, sizes: list[int], repeats: int, work: Path, index: 
             tmp = work / f"done-{index}-{r}.tmp"
             tmp.write_text(json.dumps({"ends": ends, "cpu_seconds": cpu}))
             tmp.replace(work / f"done-{index}-{r}")
+        # Connections stay up until no process is in a measured round.
+        deadline = time.monotonic() + 600
+        while not (work / "teardown").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         for c in clients:
             c.close()
@@ -251,6 +255,111 @@ def _raw_round(clients: list[RawClient], sizes: list[int], start: float) -> list
     return ends
 
 
+class RawRun:
+    """Raw rounds of one traffic, round by round (so that they can alternate with the
+    aggregator's rounds of the same traffic): client i pulls then pushes sizes[i] bytes;
+    the clients are threads of `processes` processes (started with `start(argv)`, which
+    returns a Popen). ``start``, ``run_round`` for each round (the first ``warmup`` are
+    not counted), ``finish`` for the numbers; ``close`` stops the processes.
+    `server_cpu` reads the server process's CPU seconds, for the CPU a round costs
+    there. `distinct`: see :class:`Chunks` (a model's bytes are distinct memory; False
+    re-sends one chunk)."""
+
+    def __init__(
+        self,
+        port: int,
+        sizes: list[int],
+        *,
+        processes: int,
+        rounds: int,
+        warmup: int,
+        work: Path,
+        start: Callable[[list[str]], Any],
+        server_cpu: Callable[[], float | None] = lambda: None,
+        distinct: bool = True,
+    ) -> None:
+        self.port, self.sizes, self.rounds, self.warmup, self.work = port, sizes, rounds, warmup, work
+        self._start, self._server_cpu, self.distinct = start, server_cpu, distinct
+        self.groups = [sizes[i::processes] for i in range(min(processes, len(sizes)))]
+        self.procs: list[Any] = []
+        self.seconds: list[float] = []
+        self.client_cpu: list[float] = []
+        self.server: list[float] = []
+        self._done = 0
+
+    def __enter__(self) -> RawRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        work = self.work
+        work.mkdir(parents=True, exist_ok=True)
+        for f in work.iterdir():
+            f.unlink()
+        spec = work / "sizes.json"
+        spec.write_text(json.dumps(self.groups))
+        self.procs = [
+            self._start([sys.executable, "-m", "benchmarks.aggregation.loopback", "--round-client", str(i),
+                         "--port", str(self.port), "--spec", str(spec), "--repeats", str(self.rounds),
+                         *(["--distinct"] if self.distinct else [])])
+            for i in range(len(self.groups))
+        ]
+
+    def run_round(self) -> None:
+        r = self._done
+        if r >= self.rounds:
+            raise RuntimeError(f"all {self.rounds} raw rounds have run")
+        work, n = self.work, len(self.groups)
+        _wait_files(work, [f"ready-{i}-{r}" for i in range(n)], self.procs)
+        begin = time.time() + 0.2
+        before = self._server_cpu()
+        tmp = work / f"go-{r}.tmp"
+        tmp.write_text(repr(begin))
+        tmp.replace(work / f"go-{r}")
+        _wait_files(work, [f"done-{i}-{r}" for i in range(n)], self.procs)
+        after = self._server_cpu()
+        done = [json.loads((work / f"done-{i}-{r}").read_text()) for i in range(n)]
+        end = max(max(d["ends"]) for d in done)
+        if r >= self.warmup:
+            self.seconds.append(end - begin)
+            self.client_cpu.append(sum(d["cpu_seconds"] for d in done))
+            if before is not None and after is not None:
+                self.server.append(after - before)
+        self._done = r + 1
+
+    def finish(self) -> dict[str, Any]:
+        while self._done < self.rounds:
+            self.run_round()
+        (self.work / "teardown").write_text("")
+        seconds = self.seconds
+        total = 2 * sum(self.sizes)
+        rates = [total / MIB / s for s in seconds]
+        return {
+            "clients": len(self.sizes),
+            "processes": len(self.groups),
+            "bytes_per_round": total,
+            "round_seconds": seconds,
+            "round_seconds_best": min(seconds),
+            "round_seconds_median": statistics.median(seconds),
+            "mib_s_best": max(rates),
+            "mib_s_median": statistics.median(rates),
+            "distinct": self.distinct,
+            # CPU of the measured rounds (the clients' includes their waiting for the start).
+            "clients_cpu_seconds_per_round": statistics.fmean(self.client_cpu),
+            "server_cpu_seconds_per_round": statistics.fmean(self.server) if self.server else None,
+        }
+
+    def close(self) -> None:
+        if self.work.exists():
+            (self.work / "teardown").write_text("")
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
 def raw_rounds(
     port: int,
     sizes: list[int],
@@ -262,64 +371,11 @@ def raw_rounds(
     server_cpu: Callable[[], float | None] = lambda: None,
     distinct: bool = True,
 ) -> dict[str, Any]:
-    """Seconds of `repeats` raw rounds in which client i pulls then pushes sizes[i] bytes;
-    the clients are threads of `processes` processes (started with `start(argv)`, which
-    returns a Popen). The first repeat warms up and is not counted. `server_cpu` reads the
-    server process's CPU seconds, for the CPU a round costs there. `distinct`: see
-    :class:`Chunks` (a model's bytes are distinct memory; False re-sends one chunk)."""
-    work.mkdir(parents=True, exist_ok=True)
-    for f in work.iterdir():
-        f.unlink()
-    groups = [sizes[i::processes] for i in range(min(processes, len(sizes)))]
-    spec = work / "sizes.json"
-    spec.write_text(json.dumps(groups))
-    procs = [
-        start([sys.executable, "-m", "benchmarks.aggregation.loopback", "--round-client", str(i),
-               "--port", str(port), "--spec", str(spec), "--repeats", str(repeats + 1),
-               *(["--distinct"] if distinct else [])])
-        for i in range(len(groups))
-    ]
-    seconds: list[float] = []
-    client_cpu: list[float] = []
-    server: list[float] = []
-    try:
-        for r in range(repeats + 1):
-            _wait_files(work, [f"ready-{i}-{r}" for i in range(len(groups))], procs)
-            begin = time.time() + 0.2
-            before = server_cpu()
-            tmp = work / f"go-{r}.tmp"
-            tmp.write_text(repr(begin))
-            tmp.replace(work / f"go-{r}")
-            _wait_files(work, [f"done-{i}-{r}" for i in range(len(groups))], procs)
-            after = server_cpu()
-            done = [json.loads((work / f"done-{i}-{r}").read_text()) for i in range(len(groups))]
-            end = max(max(d["ends"]) for d in done)
-            if r:
-                seconds.append(end - begin)
-                client_cpu.append(sum(d["cpu_seconds"] for d in done))
-                if before is not None and after is not None:
-                    server.append(after - before)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    total = 2 * sum(sizes)
-    rates = [total / MIB / s for s in seconds]
-    return {
-        "clients": len(sizes),
-        "processes": len(groups),
-        "bytes_per_round": total,
-        "round_seconds": seconds,
-        "round_seconds_best": min(seconds),
-        "round_seconds_median": statistics.median(seconds),
-        "mib_s_best": max(rates),
-        "mib_s_median": statistics.median(rates),
-        "distinct": distinct,
-        # CPU of the measured rounds (the clients' includes their waiting for the start).
-        "clients_cpu_seconds_per_round": statistics.fmean(client_cpu),
-        "server_cpu_seconds_per_round": statistics.fmean(server) if server else None,
-    }
+    """`repeats` raw rounds on their own after one warm-up round (see :class:`RawRun`)."""
+    with RawRun(port, sizes, processes=processes, rounds=repeats + 1, warmup=1, work=work, start=start,
+                server_cpu=server_cpu, distinct=distinct) as run:
+        run.start()
+        return run.finish()
 
 
 def _wait_files(work: Path, names: list[str], procs: list[Any], timeout: float = 600) -> None:

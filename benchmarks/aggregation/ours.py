@@ -2,9 +2,9 @@
 no training (benchmarks/aggregation/ours_clients.py), all on loopback.
 
 Round latency of round r = (the moment the aggregator answered the last push of r,
-which it does only after merging, i.e. after closing the round) minus (the moment the
-last client started its pull of r, i.e. when all clients are pulling). Round 1 is the
-warm-up (joins, first encodes); the job has one round more than the clients run, so
+which it does only after merging, i.e. after closing the round) minus (the start time
+the benchmark gave round r, which every client waits for before it pulls). Round 1 is
+the warm-up (joins, first encodes); the job has one round more than the clients run, so
 the aggregator never reaches its last round and never evaluates (evaluateEveryRounds
 is set beyond the job's rounds): evaluation is excluded by construction.
 """
@@ -137,123 +137,220 @@ def _round_log_seconds(log: Path) -> dict[int, float]:
     return out
 
 
-def run_case(case: Case, tracker: Tracker, work: Path, *, warmup: int, measured: int, client_procs: int) -> dict[str, Any]:
-    """Run one case end to end and return its raw numbers."""
-    work.mkdir(parents=True, exist_ok=True)
-    client_rounds = warmup + measured
-    plan = make_plan(case, client_rounds + 1)
-    plan_file = work / "plan.json"
-    plan_file.write_text(plan.to_json())
-    token_file = work / "token"
-    token_file.write_text(TOKEN)
-    port_file = work / "port"
-    port_file.unlink(missing_ok=True)
-    full_bytes = model_bytes(case)
-    prefixes = prefix_bytes(case)
+class OursRun:
+    """One case on our side, round by round, so that its rounds can alternate with
+    another system's (the raw rounds of the same traffic): ``start`` (the aggregator up,
+    the clients joined and waiting), ``run_round`` for rounds 1, 2, ... (the first
+    ``warmup`` are not counted), then ``finish`` for the numbers. ``close`` stops every
+    process; use the object as a context manager.
 
-    agg_log = tracker.logs / f"ours-{case.key}-aggregator.log"
-    agg_log.unlink(missing_ok=True)
-    argv = [
-        *AGGREGATOR_COMMAND, "aggregator",
-        "--plan", str(plan_file), "--token-file", str(token_file),
-        "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-        "--log-format", "json", "--device", "cpu", *case.aggregator_args,
-    ]
-    aggregator = tracker.start(f"ours-{case.key}-aggregator", argv, cwd=REPO)
-    result: dict[str, Any] = {"case": case.key, "label": case.label, "clients": case.num_clients, "model_bytes": full_bytes}
-    procs = []
-    try:
+    A round begins at a start time the clients wait for (all at once, as raw loopback's
+    clients do) and ends when the aggregator has answered the last push, which it does
+    only after merging, i.e. after closing the round.
+    """
+
+    def __init__(self, case: Case, tracker: Tracker, work: Path, *, warmup: int, measured: int, client_procs: int) -> None:
+        self.case, self.tracker, self.work = case, tracker, work
+        self.warmup, self.measured = warmup, measured
+        self.client_rounds = warmup + measured
+        self.n_procs = max(1, min(client_procs, case.num_clients))
+        self.full_bytes = model_bytes(case)
+        self.per_round_budget = 60 + 40 * self.full_bytes * case.num_clients / 1e9
+        self.sync = work / "sync"
+        self.agg_log = tracker.logs / f"ours-{case.key}-aggregator.log"
+        self.aggregator: Any = None
+        self.procs: list[Any] = []
+        self.outs: list[Path] = []
+        self.plan: Any = None
+        self.idle_rss = 0
+        self.idle_cpu = 0.0
+        self._begins: dict[int, float] = {}
+        self._server_cpu: dict[int, float] = {}
+        self._clients_cpu: dict[int, float] = {}
+        self._done_rounds = 0
+
+    def __enter__(self) -> OursRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        case, work, tracker = self.case, self.work, self.tracker
+        work.mkdir(parents=True, exist_ok=True)
+        self.sync.mkdir(parents=True, exist_ok=True)
+        for f in self.sync.iterdir():
+            f.unlink()
+        self.plan = plan = make_plan(case, self.client_rounds + 1)
+        plan_file = work / "plan.json"
+        plan_file.write_text(plan.to_json())
+        token_file = work / "token"
+        token_file.write_text(TOKEN)
+        port_file = work / "port"
+        port_file.unlink(missing_ok=True)
+        self.agg_log.unlink(missing_ok=True)
+        argv = [
+            *AGGREGATOR_COMMAND, "aggregator",
+            "--plan", str(plan_file), "--token-file", str(token_file),
+            "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
+            "--log-format", "json", "--device", "cpu", *case.aggregator_args,
+        ]
+        aggregator = self.aggregator = tracker.start(f"ours-{case.key}-aggregator", argv, cwd=REPO)
+
         def listening() -> bool:
             if aggregator.poll() is not None:
-                raise RuntimeError(f"aggregator exited with {aggregator.returncode}; see {agg_log}")
+                raise RuntimeError(f"aggregator exited with {aggregator.returncode}; see {self.agg_log}")
             return port_file.exists()
 
         wait_for(listening, 120, "the aggregator to listen")
         port = int(port_file.read_text())
         time.sleep(0.5)
-        idle_rss = proc_status(aggregator.pid).get("VmRSS", 0)
-        idle_cpu = cpu_seconds(aggregator.pid) or 0.0
+        self.idle_rss = proc_status(aggregator.pid).get("VmRSS", 0)
+        self.idle_cpu = cpu_seconds(aggregator.pid) or 0.0
 
         clients = [{"tier": n, "depth": d, "replica": i} for n, d, r in case.tiers for i in range(r)]
-        n_procs = max(1, min(client_procs, len(clients)))
-        groups = [clients[i::n_procs] for i in range(n_procs)]
-        per_round_budget = 60 + 40 * full_bytes * case.num_clients / 1e9
-        outs = []
+        groups = [clients[i::self.n_procs] for i in range(self.n_procs)]
         for i, group in enumerate(groups):
             spec = {
                 "address": f"127.0.0.1:{port}",
                 "token": TOKEN,
                 "job": plan.name,
-                "rounds": client_rounds,
+                "rounds": self.client_rounds,
                 "wait_seconds": 30,
-                "max_pull_attempts": max(2, math.ceil(per_round_budget / 30) + 1),
-                "timeout_seconds": 60 + per_round_budget * client_rounds,
+                "max_pull_attempts": max(2, math.ceil(self.per_round_budget / 30) + 1),
+                "timeout_seconds": 600 + self.per_round_budget * self.client_rounds,
+                "sync_dir": str(self.sync),
+                "index": i,
                 "clients": group,
             }
             spec_file = work / f"clients-{i}.json"
             spec_file.write_text(json.dumps(spec))
             out = work / f"clients-{i}.out.json"
             out.unlink(missing_ok=True)
-            outs.append(out)
-            procs.append(tracker.start(
+            self.outs.append(out)
+            self.procs.append(tracker.start(
                 f"ours-{case.key}-clients-{i}",
                 [sys.executable, "-m", "benchmarks.aggregation.ours_clients", "--spec", str(spec_file), "--out", str(out)],
                 cwd=REPO,
                 env=tracker.env({"OMP_NUM_THREADS": "1"}),
             ))
-        limit = 120 + per_round_budget * client_rounds
-        wait_for(lambda: all(p.poll() is not None for p in procs), limit, "our clients to finish", interval=0.2)
-        peak = tracker.peak_of(aggregator.pid)
-        server_cpu = (cpu_seconds(aggregator.pid) or idle_cpu) - idle_cpu
+
+    def _failed(self) -> str | None:
+        if self.aggregator.poll() is not None:
+            return f"the aggregator exited with {self.aggregator.returncode}; see {self.agg_log}"
+        for i, p in enumerate(self.procs):
+            if p.poll() not in (None, 0):
+                return f"client process {i} exited with {p.returncode}; see {self.work / f'clients-{i}.out.json'}"
+        return None
+
+    def run_round(self) -> None:
+        """The next round: every client pulls, then pushes; returns when all have."""
+        r = self._done_rounds + 1
+        if r > self.client_rounds:
+            raise RuntimeError(f"all {self.client_rounds} rounds have run")
+        begin = time.time() + 0.2
+        before = cpu_seconds(self.aggregator.pid)
+        tmp = self.sync / f"go-{r}.tmp"
+        tmp.write_text(repr(begin))
+        tmp.replace(self.sync / f"go-{r}")
+        names = [self.sync / f"done-{i}-{r}" for i in range(self.n_procs)]
+
+        def all_pushed() -> bool:
+            failed = self._failed()
+            if failed:
+                raise RuntimeError(f"round {r}: {failed}")
+            return all(n.exists() for n in names)
+
+        wait_for(all_pushed, 60 + self.per_round_budget, f"round {r} of our clients", interval=0.01)
+        after = cpu_seconds(self.aggregator.pid)
+        self._begins[r] = begin
+        if before is not None and after is not None:
+            self._server_cpu[r] = after - before
+        self._clients_cpu[r] = sum(float(json.loads(n.read_text())["cpu_seconds"]) for n in names)
+        self._done_rounds = r
+
+    def finish(self) -> dict[str, Any]:
+        """Tear the clients down (after the last round) and return the raw numbers."""
+        case = self.case
+        while self._done_rounds < self.client_rounds:
+            self.run_round()
+        peak = self.tracker.peak_of(self.aggregator.pid)
+        server_cpu = (cpu_seconds(self.aggregator.pid) or self.idle_cpu) - self.idle_cpu
+        (self.sync / "teardown").write_text("")
+        wait_for(lambda: all(p.poll() is not None for p in self.procs), 120, "our clients to exit", interval=0.05)
         rows: list[dict[str, Any]] = []
         errors = []
-        client_cpu = 0.0
-        for out in outs:
+        for out in self.outs:
             if not out.exists():
                 errors.append(f"{out.name}: no output")
                 continue
             for client in json.loads(out.read_text()):
-                client_cpu += float(client.get("process_cpu_seconds", 0.0))
                 if "error" in client:
                     errors.append(f"{client['tier']}-{client['replica']}: {client['error']}")
                 rows.extend(dict(r, tier=client["tier"], replica=client["replica"]) for r in client.get("rounds", []))
         if errors:
             raise RuntimeError("client errors: " + "; ".join(errors[:5]))
-        log_seconds = _round_log_seconds(agg_log)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                tracker.stop_pids([p.pid])
-        tracker.stop_pids([aggregator.pid])
+        log_seconds = _round_log_seconds(self.agg_log)
+        prefixes = prefix_bytes(case)
+        measured = range(self.warmup + 1, self.client_rounds + 1)
+        per_round = []
+        for r in measured:
+            these = [x for x in rows if x["round"] == r]
+            if len(these) != case.num_clients:
+                raise RuntimeError(f"round {r}: {len(these)} of {case.num_clients} clients reported")
+            end = max(x["push_end"] for x in these)
+            nbytes = sum(x["pulled_bytes"] + x["pushed_bytes"] for x in these)
+            to_model = sorted(x["pulled"] - self._begins[r] for x in these)
+            per_round.append({
+                "round": r, "seconds": end - self._begins[r], "bytes": nbytes,
+                # From the round's start until a client holds its model: first, median, last client.
+                "time_to_model": [to_model[0], statistics.median(to_model), to_model[-1]],
+                "aggregator_log_seconds": log_seconds.get(r),
+                "server_cpu_seconds": self._server_cpu.get(r), "clients_cpu_seconds": self._clients_cpu[r],
+            })
+        seconds = [x["seconds"] for x in per_round]
+        bytes_per_round = statistics.median(x["bytes"] for x in per_round)
+        fedavg_bytes = self.full_bytes * case.num_clients * 2
+        median = statistics.median(seconds)
+        expected = sum(prefixes[d] * r * 2 for _, d, r in case.tiers)
+        server_round_cpu = [x["server_cpu_seconds"] for x in per_round if x["server_cpu_seconds"] is not None]
+        return {
+            "case": case.key,
+            "label": case.label,
+            "clients": case.num_clients,
+            "model_bytes": self.full_bytes,
+            "rounds": per_round,
+            "round_seconds_median": median,
+            "round_seconds_best": min(seconds),
+            "round_seconds_mean": statistics.fmean(seconds),
+            "time_to_model_seconds": [statistics.median(x["time_to_model"][i] for x in per_round) for i in range(3)],
+            "bytes_per_round": bytes_per_round,
+            "bytes_per_round_expected": expected,
+            "fedavg_bytes_per_round": fedavg_bytes,
+            "bytes_share_of_fedavg": bytes_per_round / fedavg_bytes,
+            "throughput_mib_s": bytes_per_round / median / 2**20,
+            "server_peak_rss_bytes": peak,
+            "server_idle_rss_bytes": self.idle_rss,
+            # CPU of the measured rounds, from each round's start to its last push (the
+            # clients' includes their wait for the start time, as raw loopback's does).
+            "server_cpu_seconds_per_round": statistics.fmean(server_round_cpu) if server_round_cpu else None,
+            "clients_cpu_seconds_per_round": statistics.fmean(x["clients_cpu_seconds"] for x in per_round),
+            # The whole run's, joins and warm-up included.
+            "server_cpu_seconds_total": server_cpu,
+            "client_processes": self.n_procs,
+            "prefix_bytes": prefixes,
+        }
 
-    per_round = []
-    for r in range(warmup + 1, client_rounds + 1):
-        these = [x for x in rows if x["round"] == r]
-        if len(these) != case.num_clients:
-            raise RuntimeError(f"round {r}: {len(these)} of {case.num_clients} clients reported")
-        start = max(x["pull_start"] for x in these)
-        end = max(x["push_end"] for x in these)
-        nbytes = sum(x["pulled_bytes"] + x["pushed_bytes"] for x in these)
-        per_round.append({"round": r, "seconds": end - start, "bytes": nbytes, "aggregator_log_seconds": log_seconds.get(r)})
-    seconds = [x["seconds"] for x in per_round]
-    bytes_per_round = statistics.median(x["bytes"] for x in per_round)
-    fedavg_bytes = full_bytes * case.num_clients * 2
-    median = statistics.median(seconds)
-    expected = sum(prefixes[d] * r * 2 for _, d, r in case.tiers)
-    result.update({
-        "rounds": per_round,
-        "round_seconds_median": median,
-        "round_seconds_mean": statistics.fmean(seconds),
-        "bytes_per_round": bytes_per_round,
-        "bytes_per_round_expected": expected,
-        "fedavg_bytes_per_round": fedavg_bytes,
-        "bytes_share_of_fedavg": bytes_per_round / fedavg_bytes,
-        "throughput_mib_s": bytes_per_round / median / 2**20,
-        "server_peak_rss_bytes": peak,
-        "server_idle_rss_bytes": idle_rss,
-        "server_cpu_seconds_per_round": server_cpu / client_rounds,
-        "clients_cpu_seconds_per_round": client_cpu / client_rounds,
-        "client_processes": n_procs,
-        "prefix_bytes": prefixes,
-    })
-    return result
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                self.tracker.stop_pids([p.pid])
+        if self.aggregator is not None:
+            self.tracker.stop_pids([self.aggregator.pid])
+
+
+def run_case(case: Case, tracker: Tracker, work: Path, *, warmup: int, measured: int, client_procs: int) -> dict[str, Any]:
+    """Run one case end to end, on its own, and return its raw numbers."""
+    with OursRun(case, tracker, work, warmup=warmup, measured=measured, client_procs=client_procs) as run:
+        run.start()
+        return run.finish()

@@ -3,8 +3,14 @@ round pulls the model of its depth and pushes the pulled tensors back unchanged 
 update: same names, shapes and dtypes, finite values).
 
 One process runs several clients as threads (the sync gRPC client releases the GIL on
-network I/O); the benchmark starts a few such processes. Timestamps are wall-clock
-(time.time()) so that processes on the same machine can be compared.
+network I/O); the benchmark starts a few such processes. Rounds are started by the
+benchmark, as raw loopback's are (benchmarks/aggregation/loopback.py): files in the
+spec's sync directory say when each round begins (go-R holds its wall-clock start) and
+when this process's clients have all pushed it (done-P-R, with the process's CPU
+seconds for the round). Channels are closed only when the benchmark says so (the
+file ``teardown``), never while another process is still in a measured round.
+Timestamps are wall-clock (time.time()) so that processes on the same machine can be
+compared.
 
     python -m benchmarks.aggregation.ours_clients --spec FILE.json --out FILE.json
 """
@@ -12,6 +18,7 @@ network I/O); the benchmark starts a few such processes. Timestamps are wall-clo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -25,8 +32,62 @@ from flextrain.allocator import retain_freed_memory
 from flextrain.trainer.client import AggregatorClient
 from flextrain.trainer.config import TrainerConfig
 
+#: How often the process looks for the benchmark's files.
+POLL_SECONDS = 0.002
 
-def run_client(spec: dict[str, Any], client: dict[str, Any], start: threading.Barrier, out: dict[str, Any]) -> None:
+
+def wait_file(path: Path, deadline: float, abort: threading.Event | None = None) -> None:
+    while not path.exists():
+        if time.monotonic() > deadline or (abort is not None and abort.is_set()):
+            raise TimeoutError(f"waited too long for {path.name}")
+        time.sleep(POLL_SECONDS)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class Rounds:
+    """The benchmark's round gates, shared by the threads of this process: ``begin(r)``
+    blocks until round r's start time; ``pushed(r)`` returns once every client of the
+    process has pushed r, and the last one to arrive reports the round (done-P-R)."""
+
+    def __init__(self, sync: Path, index: int, clients: int, deadline: float) -> None:
+        self.sync = sync
+        self.index = index
+        self.deadline = deadline
+        self.abort = threading.Event()
+        self._round = 0
+        self._cpu = 0.0
+        self._begin_lock = threading.Lock()
+        self._starts: dict[int, float] = {}
+        self._all_pushed = threading.Barrier(clients, action=self._report)
+
+    def begin(self, r: int) -> None:
+        with self._begin_lock:  # one thread reads the file; the others share its value
+            if r not in self._starts:
+                go = self.sync / f"go-{r}"
+                wait_file(go, self.deadline, self.abort)
+                self._starts[r] = float(go.read_text())
+                self._round, self._cpu = r, time.process_time()
+            start = self._starts[r]
+        time.sleep(max(0.0, start - time.time()))
+
+    def pushed(self, r: int) -> None:
+        self._all_pushed.wait(timeout=max(1.0, self.deadline - time.monotonic()))
+
+    def _report(self) -> None:
+        cpu = time.process_time() - self._cpu  # every thread of the process
+        write_atomically(self.sync / f"done-{self.index}-{self._round}", json.dumps({"cpu_seconds": cpu}))
+
+    def fail(self) -> None:
+        self.abort.set()
+        self._all_pushed.abort()
+
+
+def run_client(spec: dict[str, Any], client: dict[str, Any], rounds: Rounds, out: dict[str, Any], keep: list[AggregatorClient]) -> None:
     config = TrainerConfig(
         aggregator=spec["address"],
         token=spec["token"],
@@ -37,13 +98,14 @@ def run_client(spec: dict[str, Any], client: dict[str, Any], start: threading.Ba
         device="cpu",
     )
     agg = AggregatorClient(config)
-    rounds: list[dict[str, Any]] = []
-    out["rounds"] = rounds
+    keep.append(agg)  # closed by main() after the teardown signal
+    records: list[dict[str, Any]] = []
+    out["rounds"] = records
     try:
         joined = agg.join()
         wire_dtype = joined.training.wire_dtype
-        start.wait(timeout=120)
         for r in range(1, int(spec["rounds"]) + 1):
+            rounds.begin(r)
             t_pull = time.time()
             for _attempt in range(int(spec["max_pull_attempts"])):  # a long poll may time out
                 pulled = agg.pull(joined.client_id, min_round=r, wait_seconds=float(spec["wait_seconds"]), reuse_buffer=True)
@@ -54,46 +116,46 @@ def run_client(spec: dict[str, Any], client: dict[str, Any], start: threading.Ba
                 raise RuntimeError(f"pull of round {r} returned ready={pulled.ready} round={pulled.round} done={pulled.done}")
             pushed = agg.push(joined.client_id, r, pulled.tensors, 1, wire_dtype, 0.0, 0.0)
             t_pushed = time.time()
-            rounds.append({"round": r, "pull_start": t_pull, "pulled": t_pulled, "push_end": t_pushed, "pulled_bytes": pulled.nbytes, "pushed_bytes": pushed})
+            records.append({"round": r, "pull_start": t_pull, "pulled": t_pulled, "push_end": t_pushed, "pulled_bytes": pulled.nbytes, "pushed_bytes": pushed})
             del pulled
+            rounds.pushed(r)
     except Exception as exc:  # reported in the output file
         out["error"] = f"{type(exc).__name__}: {exc}"
-        start.abort()
-    finally:
-        agg.close()
+        rounds.fail()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--spec", type=Path, required=True, help="JSON: address, token, job, rounds, wait_seconds, clients[]")
+    p.add_argument("--spec", type=Path, required=True, help="JSON: address, token, job, rounds, wait_seconds, sync_dir, index, clients[]")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     retain_freed_memory()  # as `flextrain trainer` does, before any thread starts
     torch.set_num_threads(1)
     spec = json.loads(args.spec.read_text())
     clients = spec["clients"]
+    deadline = time.monotonic() + float(spec["timeout_seconds"])
+    rounds = Rounds(Path(spec["sync_dir"]), int(spec["index"]), len(clients), deadline)
     outs: list[dict[str, Any]] = [dict(c) for c in clients]
-    start = threading.Barrier(len(clients))
+    keep: list[AggregatorClient] = []
     threads = [
-        threading.Thread(target=run_client, args=(spec, c, start, o), name=f"client-{c['tier']}-{c['replica']}", daemon=True)
+        threading.Thread(target=run_client, args=(spec, c, rounds, o, keep), name=f"client-{c['tier']}-{c['replica']}", daemon=True)
         for c, o in zip(clients, outs, strict=True)
     ]
     for t in threads:
         t.start()
-    cpu0 = time.process_time()
-    deadline = time.monotonic() + float(spec["timeout_seconds"])
     for t in threads:
         t.join(timeout=max(0.0, deadline - time.monotonic()))
     for t, o in zip(threads, outs, strict=True):
         if t.is_alive():
             o.setdefault("error", "timed out")
-    cpu = time.process_time() - cpu0  # all threads of this process, joins and rounds
-    for o in outs:
-        o["process_cpu_seconds"] = cpu / len(outs)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(outs))
-    tmp.replace(args.out)
-    return 0 if not any("error" in o for o in outs) else 1
+    failed = any("error" in o for o in outs)
+    write_atomically(args.out, json.dumps(outs))
+    if not failed:  # keep the connections until no process is in a measured round
+        with contextlib.suppress(TimeoutError):
+            wait_file(Path(spec["sync_dir"]) / "teardown", deadline)
+    for agg in keep:
+        agg.close()
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

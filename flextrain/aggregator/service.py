@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import time
 from collections import deque
@@ -507,28 +509,37 @@ class AggregatorService:
 
 
 class SendSlots:
-    """Bounds the model chunks that all pulls together are sending at once.
+    """Bounds the model chunks that all pulls together are sending at once, and serves
+    the pulls in the order they began.
 
     gRPC copies each message it sends and holds the copy until the transport has taken
     it, so N pulls sending at once hold about N chunks: memory that grows with the
     number of clients (about 1.5 MiB a client with a 53 MB model: docs/aggregator.md).
-    A pull takes a slot for each chunk (``async with slots.slot(): yield chunk``; the
-    servicer's next chunk is asked for only once the last one was sent) and gives it
-    back when the chunk is out. Pulls take turns chunk by chunk, so they all progress.
+    A pull takes a slot for each chunk (``async with slots.slot(order): yield chunk``;
+    the servicer's next chunk is asked for only once the last one was sent) and gives
+    it back when the chunk is out.
+
+    A free slot goes to the waiting chunk of the pull that began first (``order``, from
+    ``next_order``): with S slots, the S oldest pulls send side by side and a later one
+    starts when one of them ends. The first clients of a round get their model after
+    a fraction of the time it takes to serve them all, instead of all of them at the
+    end, and start training (or, without training, pushing) while the rest still pull.
 
     A slot is leased, not owned: a chunk that holds it longer than ``lease_seconds``
     (a client that stopped reading, so that its flow-control window stays full) loses
-    it to the next chunk. A stalled client therefore slows the others by one lease at
-    most and holds at most its one chunk.
+    it to the next chunk. A stalled client therefore slows the others by one lease at a
+    time at most and holds at most its one chunk.
     """
 
     def __init__(self, slots: int, lease_seconds: float) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
-        self._free = asyncio.Semaphore(slots)
         self._slots = slots
         self._lease = lease_seconds
         self._held = 0
+        self._orders = itertools.count()
+        self._arrivals = itertools.count()  # ties in order: first come, first served
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
         #: Leases that timed out (their chunk kept going without a slot).
         self.expired = 0
 
@@ -537,18 +548,42 @@ class SendSlots:
         """Slots nobody holds now."""
         return self._slots - self._held
 
+    def next_order(self) -> int:
+        """The place of a pull that begins now: after every pull that began before."""
+        return next(self._orders)
+
+    async def _acquire(self, order: int) -> None:
+        if self._held < self._slots and not self._waiting:
+            self._held += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (order, next(self._arrivals), waiter))
+        try:
+            await waiter  # resolved by _release, which passes its slot on
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot as it was cancelled: pass it on
+            raise
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, waiter = heapq.heappop(self._waiting)
+            if not waiter.done():  # skip waiters that were cancelled
+                waiter.set_result(None)  # the slot goes to it: _held is unchanged
+                return
+        self._held -= 1
+
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        await self._free.acquire()
-        self._held += 1
+    async def slot(self, order: int = 0) -> AsyncIterator[None]:
+        """Hold a slot while the block sends one chunk of the pull with place `order`."""
+        await self._acquire(order)
         held = True
 
         def give_back(expired: bool) -> None:
             nonlocal held
             if held:
                 held = False
-                self._held -= 1
-                self._free.release()
+                self._release()
                 self.expired += expired
 
         timer = asyncio.get_running_loop().call_later(self._lease, give_back, True)

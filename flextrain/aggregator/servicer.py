@@ -164,8 +164,9 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         yield header
         slots = self.service.send_slots
         assert slots is not None, "the service is started before it serves"
+        order = slots.next_order()  # pulls are served in the order their data begins
         for frame in encoded.frames:
-            async with slots.slot():  # held until gRPC has sent it (it asks for the next then)
+            async with slots.slot(order):  # held until gRPC has sent it (it asks for the next then)
                 yield frame  # a serialized data chunk (see flextrain.wire.frames)
 
     async def PushUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk | memoryview], context: grpc.aio.ServicerContext) -> pb.PushUpdateResponse:

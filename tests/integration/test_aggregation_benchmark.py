@@ -93,3 +93,22 @@ def test_the_memory_verdict_is_on_growth_with_the_model() -> None:
     # Without the small configuration (e.g. a partial run) the plain multiple decides.
     alone = _memory_target({"ours/large": ours(50, 216)}, "ours/large", "large", "")
     assert "bytes per byte" not in alone and alone.endswith("| **not met** |")
+
+
+def test_the_throughput_verdict_pairs_each_round_with_the_raw_round_next_to_it() -> None:
+    """The verdict is the median of raw round r / our round r over rounds run back to
+    back; the best raw round against our median (conservative) is shown next to it. A
+    raw side that was not paired falls back to that conservative reading."""
+    from benchmarks.aggregation.bench import _throughput_target, raw_share
+
+    ours = {"rounds": [{"seconds": s} for s in (1.0, 2.0, 1.0)], "round_seconds_median": 1.0, "throughput_mib_s": 1000.0}
+    raw = {"round_seconds": [0.8, 1.8, 0.6], "round_seconds_best": 0.6, "round_seconds_median": 0.8, "mib_s_median": 1250.0, "paired": True}
+    res = {"ours/large": ours, "raw/large": raw}
+    share = raw_share(res, "ours/large")
+    assert share is not None and share.paired == 0.8 and share.best == 0.6  # ratios 0.8, 0.9, 0.6
+    row = _throughput_target(res, "ours/large", "large", None)[0]
+    assert "**80%**: median over 3 rounds" in row and "against the best raw round (0.600 s): 60%" in row
+    assert row.endswith("| **met** |")
+    unpaired = dict(raw, paired=False)
+    row = _throughput_target({"ours/large": ours, "raw/large": unpaired}, "ours/large", "large", None)[0]
+    assert "median over" not in row and row.endswith("| **not met** |")

@@ -353,6 +353,36 @@ async def test_send_slots_bound_the_chunks_in_flight_and_let_every_pull_progress
         SendSlots(0, 1.0)
 
 
+async def test_free_slots_go_to_the_pull_that_began_first() -> None:
+    """Pulls are served in the order they began, whatever order their chunks queue in;
+    a waiter that gave up is skipped, and nothing is handed out twice."""
+    slots = SendSlots(1, lease_seconds=30)
+    orders = [slots.next_order() for _ in range(4)]
+    assert orders == sorted(orders) and len(set(orders)) == 4
+    served: list[int] = []
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with slots.slot(orders[0]):
+            await release.wait()
+
+    async def chunk(order: int) -> None:
+        async with slots.slot(order):
+            served.append(order)
+            await asyncio.sleep(0)
+
+    first = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    # Queued youngest first; the one of orders[2] gives up before its turn.
+    late, gone, early = (asyncio.create_task(chunk(o)) for o in (orders[3], orders[2], orders[1]))
+    await asyncio.sleep(0)
+    gone.cancel()
+    release.set()
+    await asyncio.gather(first, late, early)
+    assert served == [orders[1], orders[3]]
+    assert slots.free == 1 and slots.expired == 0
+
+
 async def test_a_chunk_that_holds_its_slot_past_the_lease_loses_it() -> None:
     """A client that stopped reading keeps its chunk unsent: after the lease the slot
     goes to the next chunk, and giving it back late frees nothing twice."""
