@@ -202,7 +202,9 @@ def run_loopback(tracker: Tracker, work: Path, quick: bool) -> dict[str, Any]:
         return loopback.measure(port, mib=64 if quick else 256, streams=20, repeats=3)
 
 
-def run_pair(tracker: Tracker, work: Path, case: Case, *, warmup: int, measured: int, client_procs: int) -> dict[str, Any]:
+def run_pair(
+    tracker: Tracker, work: Path, case: Case, *, warmup: int, measured: int, client_procs: int, train_seconds: float = 0.0
+) -> dict[str, Any]:
     """One configuration on our side and, round for round, the same traffic with raw
     gRPC (loopback.RawRun: each client pulls, then pushes, exactly the bytes of its
     prefix, the clients spread over the same processes). Rounds alternate (raw, ours;
@@ -225,9 +227,11 @@ def run_pair(tracker: Tracker, work: Path, case: Case, *, warmup: int, measured:
             with (
                 loopback.RawRun(
                     port, sizes, processes=n_procs, rounds=warmup + measured, warmup=warmup, work=work / "raw" / "sync",
-                    start=start, server_cpu=lambda: cpu_seconds(pid),
+                    start=start, server_cpu=lambda: cpu_seconds(pid), train_seconds=train_seconds,
                 ) as raw,
-                ours.OursRun(case, tracker, work / "ours", warmup=warmup, measured=measured, client_procs=client_procs) as run,
+                ours.OursRun(
+                    case, tracker, work / "ours", warmup=warmup, measured=measured, client_procs=client_procs, train_seconds=train_seconds
+                ) as run,
             ):
                 raw.start()
                 run.start()
@@ -281,8 +285,11 @@ def render(report: dict[str, Any]) -> str:
         f"Rounds: {report['warmup']} warm-up + {report.get('pair_measured', report['measured'])} measured per FlexTrain "
         f"configuration, each round next to a raw round of the same traffic (alternating which goes first); "
         f"{report['warmup']} + {report['measured']} for Flower and for the 80-client case "
-        "(latency: median, then min–max). Clients do no training: transport, serialisation, "
-        "orchestration and merging only.",
+        "(latency: median, then min–max). "
+        + (f"Every client sleeps {report['train_seconds']:g} s between its pull and its push (--train-seconds: "
+           "a stand-in for local training), which the rounds include."
+           if report.get("train_seconds") else
+           "Clients do no training: transport, serialisation, orchestration and merging only."),
         "",
     ]
     if lb and "error" not in lb:
@@ -567,9 +574,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--large-classes", type=int, default=200_000, help="head size of the large model (default: ResNet-20 + 200,000 classes = 53 MB)")
     p.add_argument("--flower-python", type=Path, default=DEFAULT_FLOWER_PYTHON, help="python of a virtualenv with flwr (default .venv-flower)")
     p.add_argument("--no-deployment", action="store_true", help="skip Flower's Deployment Engine (the slowest part)")
+    p.add_argument("--train-seconds", type=float, default=0.0,
+                   help="FlexTrain's clients and their raw rounds' clients sleep this long between pull and push "
+                        "(a stand-in for local training that uses no CPU; needs --only flextrain)")
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 2 if args.quick else 3
+    if args.train_seconds < 0:
+        p.error("--train-seconds must be >= 0")
+    if args.train_seconds and args.only != "flextrain":
+        p.error("--train-seconds needs --only flextrain (Flower's clients do not simulate training)")
     if args.pair_rounds is None:
         args.pair_rounds = 2 if args.quick else 6
     if args.rounds < 1 or args.pair_rounds < 1 or args.warmup < 1:
@@ -600,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "measured": args.rounds,
         "pair_measured": args.pair_rounds,
+        "train_seconds": args.train_seconds,
         "client_procs": args.client_procs,
         "machine": machine(),
         "cases": {},
@@ -640,13 +655,15 @@ def main(argv: list[str] | None = None) -> int:
         if do_ours:
             for key in run_cases:  # each with the same traffic's raw rounds, alternating: its ceiling
                 section(f"pair/{key}", lambda key=key: run_pair(
-                    tracker, work / f"pair-{key}", all_cases[key], warmup=args.warmup, measured=args.pair_rounds, client_procs=args.client_procs))
+                    tracker, work / f"pair-{key}", all_cases[key], warmup=args.warmup, measured=args.pair_rounds,
+                    client_procs=args.client_procs, train_seconds=args.train_seconds))
                 pair = results.pop(f"pair/{key}")
                 for side in ("raw", "ours"):
                     results[f"{side}/{key}"] = dict(pair[side], section_seconds=pair["section_seconds"]) if side in pair else dict(pair)
             for key in memory_cases:
                 section(f"ours/{key}", lambda key=key: ours.run_case(
-                    all_cases[key], tracker, work / f"ours-{key}", warmup=args.warmup, measured=args.rounds, client_procs=args.client_procs))
+                    all_cases[key], tracker, work / f"ours-{key}", warmup=args.warmup, measured=args.rounds,
+                    client_procs=args.client_procs, train_seconds=args.train_seconds))
         if do_flower:
             flower_cases = [("resnet56", all_cases["resnet56-full"])] + ([("large", all_cases["large"])] if "large" in run_cases else [])
             models = {}

@@ -203,7 +203,7 @@ def measure(port: int, *, mib: int, streams: int, repeats: int) -> dict[str, Any
 # orchestration) is the difference.
 
 
-def _round_client(port: int, sizes: list[int], repeats: int, work: Path, index: int, distinct: bool) -> None:
+def _round_client(port: int, sizes: list[int], repeats: int, work: Path, index: int, distinct: bool, train_seconds: float = 0.0) -> None:
     """One client process of raw_rounds(): a thread per size; files in `work` sync the
     processes (ready-P-R -> go-R with the start time -> done-P-R with end times)."""
     retain_freed_memory()
@@ -217,7 +217,7 @@ def _round_client(port: int, sizes: list[int], repeats: int, work: Path, index: 
             while not go.exists():
                 time.sleep(0.002)
             cpu = time.process_time()
-            ends = _raw_round(clients, sizes, float(go.read_text()))
+            ends = _raw_round(clients, sizes, float(go.read_text()), train_seconds)
             cpu = time.process_time() - cpu
             tmp = work / f"done-{index}-{r}.tmp"
             tmp.write_text(json.dumps({"ends": ends, "cpu_seconds": cpu}))
@@ -231,8 +231,9 @@ def _round_client(port: int, sizes: list[int], repeats: int, work: Path, index: 
             c.close()
 
 
-def _raw_round(clients: list[RawClient], sizes: list[int], start: float) -> list[float]:
-    """At wall-clock `start`, every client pulls then pushes its size; their end times."""
+def _raw_round(clients: list[RawClient], sizes: list[int], start: float, train_seconds: float = 0.0) -> list[float]:
+    """At wall-clock `start`, every client pulls, sleeps `train_seconds` (simulated
+    local training), then pushes its size; their end times."""
     ends: list[float] = []
     errors: list[BaseException] = []
 
@@ -240,6 +241,7 @@ def _raw_round(clients: list[RawClient], sizes: list[int], start: float) -> list
         try:
             time.sleep(max(0.0, start - time.time()))
             c.download(n)
+            time.sleep(train_seconds)
             c.upload(n)
             ends.append(time.time())
         except BaseException as exc:  # reported below
@@ -277,8 +279,10 @@ class RawRun:
         start: Callable[[list[str]], Any],
         server_cpu: Callable[[], float | None] = lambda: None,
         distinct: bool = True,
+        train_seconds: float = 0.0,
     ) -> None:
         self.port, self.sizes, self.rounds, self.warmup, self.work = port, sizes, rounds, warmup, work
+        self.train_seconds = train_seconds
         self._start, self._server_cpu, self.distinct = start, server_cpu, distinct
         self.groups = [sizes[i::processes] for i in range(min(processes, len(sizes)))]
         self.procs: list[Any] = []
@@ -303,7 +307,7 @@ class RawRun:
         self.procs = [
             self._start([sys.executable, "-m", "benchmarks.aggregation.loopback", "--round-client", str(i),
                          "--port", str(self.port), "--spec", str(spec), "--repeats", str(self.rounds),
-                         *(["--distinct"] if self.distinct else [])])
+                         "--train-seconds", repr(self.train_seconds), *(["--distinct"] if self.distinct else [])])
             for i in range(len(self.groups))
         ]
 
@@ -397,13 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec", type=Path, help="--round-client: JSON list of each process's sizes")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--distinct", action="store_true", help="--round-client: send distinct memory (see Chunks)")
+    p.add_argument("--train-seconds", type=float, default=0.0, help="--round-client: sleep between pull and push")
     args = p.parse_args(argv)
     if args.serve and args.port_file:
         asyncio.run(_serve(args.port_file))
         return 0
     if args.round_client is not None and args.port and args.spec:
         sizes = json.loads(args.spec.read_text())[args.round_client]
-        _round_client(args.port, sizes, args.repeats, args.spec.parent, args.round_client, args.distinct)
+        _round_client(args.port, sizes, args.repeats, args.spec.parent, args.round_client, args.distinct, args.train_seconds)
         return 0
     p.error("use --serve --port-file FILE, or --round-client N --port P --spec FILE (the benchmark starts these)")
     return 2

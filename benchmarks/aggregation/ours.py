@@ -149,13 +149,16 @@ class OursRun:
     only after merging, i.e. after closing the round.
     """
 
-    def __init__(self, case: Case, tracker: Tracker, work: Path, *, warmup: int, measured: int, client_procs: int) -> None:
+    def __init__(
+        self, case: Case, tracker: Tracker, work: Path, *, warmup: int, measured: int, client_procs: int, train_seconds: float = 0.0
+    ) -> None:
         self.case, self.tracker, self.work = case, tracker, work
+        self.train_seconds = train_seconds
         self.warmup, self.measured = warmup, measured
         self.client_rounds = warmup + measured
         self.n_procs = max(1, min(client_procs, case.num_clients))
         self.full_bytes = model_bytes(case)
-        self.per_round_budget = 60 + 40 * self.full_bytes * case.num_clients / 1e9
+        self.per_round_budget = 60 + 40 * self.full_bytes * case.num_clients / 1e9 + train_seconds
         self.sync = work / "sync"
         self.agg_log = tracker.logs / f"ours-{case.key}-aggregator.log"
         self.aggregator: Any = None
@@ -220,6 +223,7 @@ class OursRun:
                 "max_pull_attempts": max(2, math.ceil(self.per_round_budget / 30) + 1),
                 "timeout_seconds": 600 + self.per_round_budget * self.client_rounds,
                 "sync_dir": str(self.sync),
+                "train_seconds": self.train_seconds,
                 "index": i,
                 "clients": group,
             }
@@ -349,8 +353,10 @@ class OursRun:
             self.tracker.stop_pids([self.aggregator.pid])
 
 
-def run_case(case: Case, tracker: Tracker, work: Path, *, warmup: int, measured: int, client_procs: int) -> dict[str, Any]:
+def run_case(
+    case: Case, tracker: Tracker, work: Path, *, warmup: int, measured: int, client_procs: int, train_seconds: float = 0.0
+) -> dict[str, Any]:
     """Run one case end to end, on its own, and return its raw numbers."""
-    with OursRun(case, tracker, work, warmup=warmup, measured=measured, client_procs=client_procs) as run:
+    with OursRun(case, tracker, work, warmup=warmup, measured=measured, client_procs=client_procs, train_seconds=train_seconds) as run:
         run.start()
         return run.finish()

@@ -1,6 +1,7 @@
 """Fake FlexTrain trainers for the benchmark: no training. Each client joins, then every
 round pulls the model of its depth and pushes the pulled tensors back unchanged (a valid
-update: same names, shapes and dtypes, finite values).
+update: same names, shapes and dtypes, finite values), after sleeping the spec's
+``train_seconds`` (0 by default; a stand-in for local training that uses no CPU).
 
 One process runs several clients as threads (the sync gRPC client releases the GIL on
 network I/O); the benchmark starts a few such processes. Rounds are started by the
@@ -114,6 +115,7 @@ def run_client(spec: dict[str, Any], client: dict[str, Any], rounds: Rounds, out
             t_pulled = time.time()
             if not pulled.ready or pulled.round != r:
                 raise RuntimeError(f"pull of round {r} returned ready={pulled.ready} round={pulled.round} done={pulled.done}")
+            time.sleep(float(spec.get("train_seconds", 0.0)))  # simulated local training (no CPU)
             pushed = agg.push(joined.client_id, r, pulled.tensors, 1, wire_dtype, 0.0, 0.0)
             t_pushed = time.time()
             records.append({"round": r, "pull_start": t_pull, "pulled": t_pulled, "push_end": t_pushed, "pulled_bytes": pulled.nbytes, "pushed_bytes": pushed})
