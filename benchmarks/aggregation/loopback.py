@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from benchmarks.aggregation.procs import write_atomically
 from flextrain.allocator import retain_freed_memory
 
 CHUNK = 2 * 1024 * 1024
@@ -97,9 +98,7 @@ async def _serve(port_file: Path) -> None:
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    tmp = port_file.with_name(port_file.name + ".tmp")
-    tmp.write_text(str(port))
-    tmp.replace(port_file)
+    write_atomically(port_file, str(port))
     await server.wait_for_termination()
 
 
@@ -219,9 +218,7 @@ def _round_client(port: int, sizes: list[int], repeats: int, work: Path, index: 
             cpu = time.process_time()
             ends = _raw_round(clients, sizes, float(go.read_text()), train_seconds)
             cpu = time.process_time() - cpu
-            tmp = work / f"done-{index}-{r}.tmp"
-            tmp.write_text(json.dumps({"ends": ends, "cpu_seconds": cpu}))
-            tmp.replace(work / f"done-{index}-{r}")
+            write_atomically(work / f"done-{index}-{r}", json.dumps({"ends": ends, "cpu_seconds": cpu}))
         # Connections stay up until no process is in a measured round.
         deadline = time.monotonic() + 600
         while not (work / "teardown").exists() and time.monotonic() < deadline:
@@ -319,9 +316,7 @@ class RawRun:
         _wait_files(work, [f"ready-{i}-{r}" for i in range(n)], self.procs)
         begin = time.time() + 0.2
         before = self._server_cpu()
-        tmp = work / f"go-{r}.tmp"
-        tmp.write_text(repr(begin))
-        tmp.replace(work / f"go-{r}")
+        write_atomically(work / f"go-{r}", repr(begin))
         _wait_files(work, [f"done-{i}-{r}" for i in range(n)], self.procs)
         after = self._server_cpu()
         done = [json.loads((work / f"done-{i}-{r}").read_text()) for i in range(n)]

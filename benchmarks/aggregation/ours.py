@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.aggregation.procs import Tracker, cpu_seconds, proc_status, wait_for
+from benchmarks.aggregation.procs import (
+    Tracker,
+    cpu_seconds,
+    proc_status,
+    wait_for,
+    write_atomically,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "benchmark-token"
@@ -154,7 +160,7 @@ class OursRun:
     ) -> None:
         self.case, self.tracker, self.work = case, tracker, work
         self.train_seconds = train_seconds
-        self.warmup, self.measured = warmup, measured
+        self.warmup = warmup
         self.client_rounds = warmup + measured
         self.n_procs = max(1, min(client_procs, case.num_clients))
         self.full_bytes = model_bytes(case)
@@ -164,7 +170,6 @@ class OursRun:
         self.aggregator: Any = None
         self.procs: list[Any] = []
         self.outs: list[Path] = []
-        self.plan: Any = None
         self.idle_rss = 0
         self.idle_cpu = 0.0
         self._begins: dict[int, float] = {}
@@ -184,7 +189,7 @@ class OursRun:
         self.sync.mkdir(parents=True, exist_ok=True)
         for f in self.sync.iterdir():
             f.unlink()
-        self.plan = plan = make_plan(case, self.client_rounds + 1)
+        plan = make_plan(case, self.client_rounds + 1)
         plan_file = work / "plan.json"
         plan_file.write_text(plan.to_json())
         token_file = work / "token"
@@ -254,9 +259,7 @@ class OursRun:
             raise RuntimeError(f"all {self.client_rounds} rounds have run")
         begin = time.time() + 0.2
         before = cpu_seconds(self.aggregator.pid)
-        tmp = self.sync / f"go-{r}.tmp"
-        tmp.write_text(repr(begin))
-        tmp.replace(self.sync / f"go-{r}")
+        write_atomically(self.sync / f"go-{r}", repr(begin))
         names = [self.sync / f"done-{i}-{r}" for i in range(self.n_procs)]
 
         def all_pushed() -> bool:

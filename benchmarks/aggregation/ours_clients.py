@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.aggregation.procs import write_atomically
 from flextrain.allocator import retain_freed_memory
 from flextrain.trainer.client import AggregatorClient
 from flextrain.trainer.config import TrainerConfig
@@ -44,15 +45,9 @@ def wait_file(path: Path, deadline: float, abort: threading.Event | None = None)
         time.sleep(POLL_SECONDS)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 class Rounds:
     """The benchmark's round gates, shared by the threads of this process: ``begin(r)``
-    blocks until round r's start time; ``pushed(r)`` returns once every client of the
+    blocks until round r's start time; ``pushed()`` returns once every client of the
     process has pushed r, and the last one to arrive reports the round (done-P-R)."""
 
     def __init__(self, sync: Path, index: int, clients: int, deadline: float) -> None:
@@ -76,7 +71,7 @@ class Rounds:
             start = self._starts[r]
         time.sleep(max(0.0, start - time.time()))
 
-    def pushed(self, r: int) -> None:
+    def pushed(self) -> None:
         self._all_pushed.wait(timeout=max(1.0, self.deadline - time.monotonic()))
 
     def _report(self) -> None:
@@ -120,7 +115,7 @@ def run_client(spec: dict[str, Any], client: dict[str, Any], rounds: Rounds, out
             t_pushed = time.time()
             records.append({"round": r, "pull_start": t_pull, "pulled": t_pulled, "push_end": t_pushed, "pulled_bytes": pulled.nbytes, "pushed_bytes": pushed})
             del pulled
-            rounds.pushed(r)
+            rounds.pushed()
     except Exception as exc:  # reported in the output file
         out["error"] = f"{type(exc).__name__}: {exc}"
         rounds.fail()

@@ -56,6 +56,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader polling for the file sees all or nothing."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     """Poll `predicate` until it returns something truthy; bounded by `timeout` seconds."""
     deadline = time.monotonic() + timeout
