@@ -125,9 +125,20 @@ class _Conditions:
         self.events: list[Event] = []
 
     def set(self, type_: str, status: str, reason: str, message: str) -> None:
+        """Set a condition. A pass may set one type more than once (TiersAvailable: True
+        from the nodes, then False from the depth); the transition time compares with the
+        condition as stored before the pass, so an unchanged world changes nothing."""
         self.items = set_condition(
             self.items, type_, status, reason, message, now=self.now, generation=self.generation
         )
+        stored = self.before.get(type_)
+        if stored is not None and stored.status == status:
+            self.items = [
+                c.model_copy(update={"last_transition_time": stored.last_transition_time})
+                if c.type == type_
+                else c
+                for c in self.items
+            ]
 
     def status_of(self, type_: str) -> str | None:
         c = get_condition(self.items, type_)

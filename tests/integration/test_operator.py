@@ -604,3 +604,33 @@ async def test_liveness_endpoint_answers(cluster: Cluster) -> None:
         report = await eventually(healthy, what="/healthz")
         assert "jobs" in report
         await eventually(lambda: cluster.status("probed").get("phase"), what="a first status")
+
+
+async def test_a_job_waiting_for_an_unsatisfiable_depth_is_quiet(cluster: Cluster) -> None:
+    """A capacity too small for one block: the job waits, and while nothing changes the
+    operator writes its status once, not on every pass (transition times stay put)."""
+    await cluster.create(node("cpu-1", {"flextrain.dev/pool": "cpu"}))
+    await cluster.create(make_tier("cpu", capacity={"parameters": 10}))
+    job = make_job(
+        "tight", tiers=[{"name": "weak", "deviceTierRef": "cpu", "replicas": 1, "depth": "auto"}]
+    )
+    settings = dataclasses.replace(FAST, status_interval=0.1)
+    async with running_operator(cluster, settings) as op:
+        await cluster.create(job)
+        condition = await eventually(
+            lambda: (
+                (c := cluster.condition("tight", "TiersAvailable"))
+                and c["reason"] == "DepthUnsatisfiable"
+                and c
+            ),
+            what="DepthUnsatisfiable",
+        )
+        writes = op.runtime.stats["status_patches"]
+        passes = op.runtime.stats["reconciles"]
+        # 25 passes, 0.1 s apart: the clock (whole seconds in transition times) moves twice.
+        await eventually(
+            lambda: op.runtime.stats["reconciles"] >= passes + 25, what="25 more passes"
+        )
+        assert op.runtime.stats["status_patches"] == writes, op.runtime.stats
+        assert cluster.condition("tight", "TiersAvailable") == condition
+        assert len(cluster.events("DepthUnsatisfiable")) == 1

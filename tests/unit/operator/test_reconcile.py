@@ -457,3 +457,16 @@ def test_conditions_stay_bounded_and_keep_their_transition_time() -> None:
     assert later.status == first.status  # nothing changed: no status write
     types = [c.type for c in later.status.conditions or []]
     assert len(types) == len(set(types)) <= 16
+
+
+def test_an_unsatisfiable_depth_is_a_steady_state() -> None:
+    """Later passes over an unchanged world change nothing, not even a transition time,
+    so the operator writes no status (TiersAvailable is set twice within a pass: first
+    True from the nodes, then False from the depth)."""
+    j = job(tiers=[{"name": "weak", "deviceTierRef": "cpu", "replicas": 2, "depth": "auto"}])
+    tiers = {"cpu": tier("cpu", capacity={"parameters": 10})}
+    first = run(j, tiers=tiers)
+    assert cond(first, "TiersAvailable") == ("False", "DepthUnsatisfiable")
+    later = run(j, status=first.status, tiers=tiers, now=NOW + timedelta(minutes=5))
+    assert later.status == first.status
+    assert later.events == []
