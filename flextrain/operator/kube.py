@@ -26,6 +26,7 @@ from typing import Any, Final
 import aiohttp
 
 from flextrain.api.common import API_VERSION
+from flextrain.operator import names
 
 JSON = dict[str, Any]
 
@@ -270,7 +271,7 @@ class KubeClient:
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:16]}", "namespace": ns},
+            "metadata": {"name": names.event_name(name, uuid.uuid4().hex[:16]), "namespace": ns},
             "involvedObject": {
                 "apiVersion": involved.get("apiVersion"),
                 "kind": involved.get("kind"),

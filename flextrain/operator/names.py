@@ -2,7 +2,8 @@
 
 Child names are valid DNS-1035 labels (Services need that) of at most 63 characters:
 `<job>-aggregator`, `<job>-token`, `<job>-<tier>`. A name that would be longer is cut
-and ends in a hash of the full name, so it stays unique and stable.
+and ends in a hash of the full name, so it stays unique and stable. Event names
+(`<job>.<16 hex>`) are cut the same way at 253 characters.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ GRPC_PORT_NAME: Final[str] = "grpc"
 METRICS_PORT_NAME: Final[str] = "metrics"
 
 MAX_NAME: Final[int] = 63
+#: The longest object name the API accepts (a DNS-1123 subdomain), Events included.
+MAX_OBJECT_NAME: Final[int] = 253
 _INVALID: Final = re.compile(r"[^a-z0-9-]")
 
 
@@ -55,6 +58,18 @@ def label_value(job: str) -> str:
         return job
     digest = hashlib.sha256(job.encode()).hexdigest()[:8]
     return f"{job[: MAX_NAME - 9].rstrip('-.')}-{digest}"
+
+
+def event_name(involved: str, unique: str) -> str:
+    """The name of an Event about object `involved`: `<involved>.<unique>`, as kubectl and
+    the controllers name theirs. Object names may be 253 characters long, the limit of the
+    Event's own name too: a name that would be longer is cut and ends in a hash of the
+    whole object name, so it stays a valid DNS-1123 subdomain and tells jobs apart."""
+    room = MAX_OBJECT_NAME - len(unique) - 1
+    if len(involved) > room:
+        digest = hashlib.sha256(involved.encode()).hexdigest()[:8]
+        involved = f"{involved[: room - 9].rstrip('-.')}-{digest}"
+    return f"{involved}.{unique}"
 
 
 def secret_name(job: str) -> str:

@@ -4,7 +4,8 @@ with the gaps that matter to kopf, kubectl and the operator filled in.
 What kmock 0.8 lacks and this subclass adds (measured, see docs/architecture notes):
 - metadata.uid / resourceVersion / creationTimestamp / generation, generateName;
 - 201 on create, 409 on a duplicate, 404 on a missing object, 422 when a JSON-patch
-  `test` fails (kmock answers 500);
+  `test` fails (kmock answers 500), 422 for an object name that is not a DNS-1123
+  subdomain of at most 253 characters (Events named after long objects included);
 - the status subresource: PATCH .../status changes only status, a main PATCH never does;
   generation moves only when something outside metadata/status changes;
 - numeric list resourceVersions, `kind`/`apiVersion` on lists, label selectors on list
@@ -92,6 +93,22 @@ def selector_matches(selector: str | None, labels: Mapping[str, str]) -> bool:
         if not ok:
             return False
     return True
+
+
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _invalid_name(name: str) -> str | None:
+    """Why kube-apiserver refuses an object name (every kind the tests create is named by
+    a DNS-1123 subdomain of at most 253 characters), or None."""
+    if len(name) > 253:
+        return "must be no more than 253 bytes"
+    if not _SUBDOMAIN.match(name):
+        return (
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+            "characters, '-' or '.', and must start and end with an alphanumeric character"
+        )
+    return None
 
 
 def _now() -> str:
@@ -310,6 +327,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if not meta.get("name"):
             raise kmock.KubernetesError(
                 status=422, reason="Invalid", message="metadata.name: Required value"
+            )
+        if problem := _invalid_name(meta["name"]):
+            kind = (self._info(res).kind if self._info(res) else None) or res.plural
+            raise kmock.KubernetesError(
+                status=422,
+                reason="Invalid",
+                message=f'{kind} "{meta["name"]}" is invalid: metadata.name: Invalid value: '
+                f'"{meta["name"]}": {problem}',
             )
         if self._namespaced(res):
             meta["namespace"] = request.namespace or meta.get("namespace") or "default"

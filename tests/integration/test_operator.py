@@ -634,3 +634,15 @@ async def test_a_job_waiting_for_an_unsatisfiable_depth_is_quiet(cluster: Cluste
         assert op.runtime.stats["status_patches"] == writes, op.runtime.stats
         assert cluster.condition("tight", "TiersAvailable") == condition
         assert len(cluster.events("DepthUnsatisfiable")) == 1
+
+
+async def test_a_job_with_the_longest_name_gets_its_events(cluster: Cluster) -> None:
+    """Object names may be 253 characters long, and so may Event names: the operator's
+    Events about such a job are accepted and still name the job."""
+    longest = "a" * 200 + "." + "b" * 52
+    async with running_operator(cluster):
+        await cluster.create(make_job(longest))  # its DeviceTier is missing: a Warning
+        [warning] = await eventually(lambda: cluster.events("DeviceTierNotFound"), what="Event")
+        assert warning["involvedObject"]["name"] == longest
+        assert warning["involvedObject"]["kind"] == "FlexTrainJob"
+        assert len(warning["metadata"]["name"]) <= 253

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
 
-from flextrain.operator.kube import Conflict, NotFound, _error, status_patch, url_of
+from flextrain.operator.kube import (
+    Conflict,
+    KubeClient,
+    NotFound,
+    _error,
+    status_patch,
+    url_of,
+)
 
 
 @pytest.mark.parametrize(
@@ -43,3 +53,31 @@ def test_errors_map_to_named_exceptions() -> None:
     err = _error(409, '{"reason": "AlreadyExists", "message": "exists"}')
     assert isinstance(err, Conflict) and err.reason == "AlreadyExists" and "exists" in str(err)
     assert _error(500, "not json").status == 500
+
+
+SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LONGEST = "a" * 200 + "." + "b" * 52  # 253 characters: the longest object name there is
+
+
+@pytest.mark.parametrize("name", ["train", "a.b-c", LONGEST, "x" * 236, "y" * 237, "a" * 235 + ".b"])
+async def test_event_names_are_valid_for_any_object_name(name: str) -> None:
+    client = KubeClient()
+    posted: list[tuple[str, str, Any]] = []
+
+    async def request(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        posted.append((method, path, kwargs["body"]))
+        return {}
+
+    client.request = request  # type: ignore[method-assign]
+    involved = {"apiVersion": "flextrain.dev/v1alpha1", "kind": "FlexTrainJob",
+                "metadata": {"name": name, "namespace": "ns", "uid": "u"}}
+    await client.post_event(involved, "Warning", "Reason", "message")
+    await client.post_event(involved, "Warning", "Reason", "message")
+    names = [body["metadata"]["name"] for _, _, body in posted]
+    for event in names:
+        assert len(event) <= 253 and SUBDOMAIN.match(event), event
+    assert names[0] != names[1]  # every Event is a new object
+    assert all(body["involvedObject"]["name"] == name for _, _, body in posted)
+    assert posted[0][1] == "/api/v1/namespaces/ns/events"
+    if len(name) <= 236:
+        assert names[0].startswith(name + ".")  # short names stay readable as they are
