@@ -86,6 +86,15 @@ RULES: Final[tuple[Rule, ...]] = (
     ),
     Rule(
         GROUP,
+        ("flextrainjobs/finalizers",),
+        ("update",),
+        "children name their job in ownerReferences with blockOwnerDeletion: true, which "
+        "the OwnerReferencesPermissionEnforcement admission plugin allows only to those who "
+        "may update the job's finalizers",
+        "namespaced",
+    ),
+    Rule(
+        GROUP,
         ("flextrainjobs/status",),
         ("get", "patch"),
         "phase, rounds, accuracy, conditions",

@@ -1,6 +1,9 @@
 """RBAC as the API server enforces it, for the chart tests: the permissions a rendered
 chart grants its ServiceAccount, and an emulator (tests/integration/kube_emulator.py)
-that answers 403 to any request of the operator those permissions do not allow."""
+that answers 403 to any request of the operator those permissions do not allow,
+including what the OwnerReferencesPermissionEnforcement admission plugin checks: an
+object created with an ownerReference that sets `blockOwnerDeletion: true` needs
+`update` on the owner's `finalizers` subresource."""
 
 from __future__ import annotations
 
@@ -151,4 +154,31 @@ class RbacEmulator(KubeEmulator):
                     message=f'cannot {verb} resource "{resource}" in API group "{group}" {where}',
                 )
             self.used.add((group, resource, verb, request.namespace))
+            if request.action == enums.action.CREATE:
+                self._enforce_owner_references(request, resource, group)
         return await super()._handle(request)
+
+    def _enforce_owner_references(self, request: rendering.Request, resource: str, group: str) -> None:
+        """OwnerReferencesPermissionEnforcement (plugin/pkg/admission/gc): setting
+        blockOwnerDeletion on a new object needs update on the owner's finalizers."""
+        data = request.data if isinstance(request.data, dict) else {}
+        refs = (data.get("metadata") or {}).get("ownerReferences") or []
+        for ref in refs:
+            if not ref.get("blockOwnerDeletion"):
+                continue
+            owner_group = ref["apiVersion"].rpartition("/")[0]
+            owners = [res.plural for res, info in self.resources.items()
+                      if info.kind == ref["kind"] and str(res.group or "") == owner_group]
+            for plural in owners:
+                if not self.grants.allows(owner_group, f"{plural}/finalizers", "update", request.namespace):
+                    where = f'in the namespace "{request.namespace}"' if request.namespace else "at the cluster scope"
+                    self.denied.append(f"update {owner_group or 'core'}/{plural}/finalizers "
+                                       f"(blockOwnerDeletion on a new {resource})")
+                    name = (data.get("metadata") or {}).get("name", "")
+                    raise kmock.KubernetesError(
+                        status=403, reason="Forbidden",
+                        message=f'{resource}{"." + group if group else ""} "{name}" is forbidden: '
+                        "cannot set blockOwnerDeletion if an ownerReference refers to a resource "
+                        "you can't set finalizers on: "
+                        f'cannot update resource "{plural}/finalizers" in API group "{owner_group}" {where}',
+                    )

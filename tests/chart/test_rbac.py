@@ -16,7 +16,7 @@ import kmock
 import pytest
 import yaml
 
-from flextrain.operator import handlers, rbac
+from flextrain.operator import handlers, names, rbac
 from flextrain.operator.config import OperatorSettings
 from tests.chart.chart import (
     CHART,
@@ -205,3 +205,18 @@ async def test_the_operator_runs_a_job_to_its_end_within_the_charts_rbac(
                      ("flextrain.dev", "devicetiers/status", "patch"), ("", "events", "create"),
                      ("flextrain.dev", "flextrainjobs", "delete")):
             assert call in used, (call, sorted(used))
+
+
+@pytest.mark.parametrize(("values", "namespaces"), MODES)
+def test_children_may_block_their_jobs_deletion(
+    render: Render, values: tuple[Path, ...], namespaces: list[str] | None
+) -> None:
+    """Children carry ownerReferences with blockOwnerDeletion: true; with the
+    OwnerReferencesPermissionEnforcement admission plugin (on in most clusters) creating
+    them needs update on flextrainjobs/finalizers where the job lives."""
+    docs = documents(render(*values))
+    grants = Grants.of(docs, *service_account(docs))
+    owner = names.owner_reference("FlexTrainJob", "j", "uid")
+    assert owner["blockOwnerDeletion"] is True
+    for namespace in namespaces or ["any-namespace"]:
+        assert grants.allows("flextrain.dev", "flextrainjobs/finalizers", "update", namespace)

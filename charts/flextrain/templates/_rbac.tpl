@@ -42,6 +42,12 @@ else one Role per watched namespace. */}}
 - apiGroups: ["flextrain.dev"]
   resources: ["flextrainjobs"]
   verbs: ["get", "list", "watch", "patch", "delete"]
+# Application: children name their job in ownerReferences with blockOwnerDeletion: true;
+# the OwnerReferencesPermissionEnforcement admission plugin allows that only to those who
+# may update the job's finalizers.
+- apiGroups: ["flextrain.dev"]
+  resources: ["flextrainjobs/finalizers"]
+  verbs: ["update"]
 # Application: job status (phase, round, accuracy, conditions).
 - apiGroups: ["flextrain.dev"]
   resources: ["flextrainjobs/status"]

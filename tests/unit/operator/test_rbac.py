@@ -34,6 +34,8 @@ def test_every_verb_the_operator_uses_is_granted() -> None:
         ("flextrain.dev", "devicetiers/status", "patch"),
         ("flextrain.dev", "flextrainjobs", "delete"),
         ("flextrain.dev", "flextrainjobs", "patch"),
+        # children's ownerReferences block the job's deletion (blockOwnerDeletion: true)
+        ("flextrain.dev", "flextrainjobs/finalizers", "update"),
     ]
     # what kopf watches (list + watch): the indices and the daemon's resource
     for group, resource in [
