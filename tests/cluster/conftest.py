@@ -1,0 +1,137 @@
+"""Cluster tests: one real control plane for the session (etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler from Kubernetes' own modules), the factory's
+node pools registered on it, and the node agent playing their kubelets.
+
+Every test here is marked `cluster` (deselect with `-m "not cluster"`). The control
+plane is built by scripts/build-controlplane.sh on first use (Go and the Go module
+proxy are needed; the first build takes 10+ minutes, later ones seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from tests.cluster import nodes
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.node_agent import NodeAgent
+from tests.tools import REPO, ensure_tools
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    plane = ControlPlane.start(tmp_path_factory.mktemp("controlplane"))
+    print(f"\ncontrol plane ready in {plane.start_seconds:.1f} s at {plane.server}")
+    try:
+        yield plane
+    finally:
+        code = plane.stop()
+        assert code == 0, f"control plane exited {code} on SIGTERM; log: {plane.log}"
+
+
+@pytest.fixture(scope="session")
+def api(control_plane: ControlPlane) -> client.ApiClient:
+    """An admin API client (system:masters)."""
+    return config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def node_names(api: client.ApiClient) -> list[str]:
+    names = nodes.register(api)
+    core = client.CoreV1Api(api)
+    # The node lifecycle controller removes the not-ready taint TaintNodesByCondition put
+    # on at registration once it has seen the Ready condition and a fresh lease.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pending = [
+            n.metadata.name
+            for n in core.list_node().items
+            if any(t.key.startswith("node.kubernetes.io/") for t in n.spec.taints or [])
+        ]
+        if not pending:
+            return names
+        time.sleep(0.5)
+    raise AssertionError(f"nodes still tainted not-ready after 60 s: {pending}")
+
+
+@pytest.fixture(scope="session")
+def agent(
+    api: client.ApiClient, node_names: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeAgent]:
+    running = NodeAgent(api, node_names, tmp_path_factory.mktemp("node-agent")).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def kubectl(control_plane: ControlPlane) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """kubectl(*args, check=True, input=None) with the admin kubeconfig."""
+    binary = ensure_tools() / "kubectl"
+
+    def run(*args: str, check: bool = True, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(binary), "--kubeconfig", str(control_plane.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=REPO,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr}")
+        return done
+
+    return run
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test (deleted afterwards, by the real namespace controller)."""
+    core = client.CoreV1Api(api)
+    base = request.node.name.lower().replace("_", "-")[:40].strip("-")
+    name = f"{base}-{uuid.uuid4().hex[:5]}"
+    core.create_namespace({"metadata": {"name": name}})
+    wait_for(lambda: _default_sa(core, name), timeout=30, what=f"default ServiceAccount in {name}")
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(Exception):
+            core.delete_namespace(name)
+
+
+def _default_sa(core: client.CoreV1Api, namespace: str) -> bool:
+    try:
+        core.read_namespaced_service_account("default", namespace)
+    except client.ApiException:
+        return False
+    return True
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll `predicate` until it returns something truthy; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
