@@ -9,7 +9,9 @@ Pydantic's JSON schema is not a valid CRD schema as it is. This module turns it 
   prunes or, with kubectl's default strict field validation, rejects unknown fields);
 * JSON-Schema-2020 `exclusiveMinimum: n` becomes OpenAPI 3.0's `minimum: n,
   exclusiveMinimum: true`; `const` becomes a one-value enum;
-* `x-kubernetes-*` extensions declared on models and fields are kept and merged.
+* `x-kubernetes-*` extensions declared on models and fields are kept and merged;
+* `propertyNames` (a map's key schema, which CRDs lack) becomes CEL over the keys: an
+  enum, or the key type's own rules (written on `self`) as `self.all(k, ...)`.
 
 `flextrain crds` writes the result to `crds/` and, wrapped in `{{- if .Values.crds.enabled }}`,
 to the Helm chart's `charts/flextrain/templates/crds/`; tests fail when the committed files
@@ -19,6 +21,7 @@ differ from a fresh generation.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,18 +163,7 @@ def _structural(node: Any) -> Any:
         node["maximum"] = node.pop("exclusiveMaximum")
         node["exclusiveMaximum"] = True
     if "propertyNames" in node:
-        allowed = node.pop("propertyNames")["enum"]
-        node = _merge(
-            node,
-            {
-                "x-kubernetes-validations": [
-                    {
-                        "rule": f"self.all(k, k in {allowed})",
-                        "message": f"keys must be one of {', '.join(allowed)}",
-                    }
-                ]
-            },
-        )
+        node = _merge(node, {"x-kubernetes-validations": _key_rules(node.pop("propertyNames"))})
     if "properties" in node:
         node["properties"] = {k: _structural(v) for k, v in node["properties"].items()}
     if "anyOf" in node:
@@ -182,6 +174,34 @@ def _structural(node: Any) -> Any:
     if "required" in node and not node["required"]:
         del node["required"]
     return node
+
+
+_SELF: Final = re.compile(r"\bself\b")
+
+
+def _key_rules(names: JSON) -> list[JSON]:
+    """A map's key schema (`propertyNames`, which CRDs lack) as CEL over the keys: an enum,
+    and each of the key type's own rules (written on `self`, the key) for every key."""
+    rules: list[JSON] = []
+    if "enum" in names:
+        allowed = names["enum"]
+        rules.append(
+            {
+                "rule": f"self.all(k, k in {allowed})",
+                "message": f"keys must be one of {', '.join(allowed)}",
+            }
+        )
+    for rule in names.get("x-kubernetes-validations", []):
+        rules.append(
+            {
+                "rule": f"self.all(k, {_SELF.sub('k', rule['rule'])})",
+                "message": f"every key: {rule['message']}",
+            }
+        )
+    unknown = set(names) - {"enum", "type", "description", "x-kubernetes-validations"}
+    if unknown:
+        raise ValueError(f"cannot express map key constraints {sorted(unknown)} in a CRD")
+    return rules
 
 
 def openapi_schema(model: type[BaseModel]) -> JSON:

@@ -12,32 +12,57 @@ from typing import Annotated, Final, Literal
 from pydantic import Field, model_validator
 
 from flextrain.api.common import ApiModel, Conditions, FieldProblem, ObjectMeta, cel, rules_config
-from flextrain.api.quantity import Quantity, parse_quantity
+from flextrain.api.kubevalues import Image, LabelKey, LabelValue, TolerationKey
+from flextrain.api.quantity import Quantity, ResourceQuantity, parse_quantity
 
 KIND: Final[str] = "DeviceTier"
 PLURAL: Final[str] = "devicetiers"
 SHORT_NAMES: Final[tuple[str, ...]] = ("dt",)
 
 GPU_RESOURCE: Final[str] = "nvidia.com/gpu"
+#: The most nodeSelector labels a DeviceTier may name (bounds the CRD's CEL cost).
+MAX_NODE_SELECTOR: Final[int] = 64
 
 
 class Toleration(ApiModel):
-    """A pod toleration, as in the Kubernetes core API."""
+    """A pod toleration, as in the Kubernetes core API, with the API server's rules
+    (ValidateTolerations): an empty key needs operator Exists, Exists takes no value,
+    tolerationSeconds only goes with effect NoExecute."""
 
-    key: str | None = Field(
+    model_config = rules_config(
+        cel(
+            "(has(self.key) && size(self.key) > 0) || self.operator == 'Exists'",
+            "operator must be Exists when key is empty (an empty key with Exists tolerates "
+            "every taint)",
+            field_path=".operator",
+        ),
+        cel(
+            "self.operator != 'Exists' || !has(self.value) || size(self.value) == 0",
+            "value must be empty when operator is Exists (Exists matches any value)",
+            field_path=".value",
+        ),
+        cel(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "effect must be NoExecute when tolerationSeconds is set",
+            field_path=".effect",
+        ),
+    )
+
+    key: TolerationKey | None = Field(
         default=None,
-        max_length=317,
-        description="key: the taint key the toleration applies to; empty with operator Exists "
-        "matches every taint.",
+        description="key: the taint key the toleration applies to, a label key (optional DNS "
+        "subdomain prefix and '/', then a name of at most 63 characters); empty with "
+        "operator Exists matches every taint.",
     )
     operator: Literal["Exists", "Equal"] = Field(
         default="Equal",
-        description="operator: Equal (key and value must match) or Exists (any value).",
+        description="operator: Equal (key and value must match) or Exists (any value; then "
+        "value must be empty).",
     )
-    value: str | None = Field(
+    value: LabelValue | None = Field(
         default=None,
-        max_length=63,
-        description="value: the taint value to match when operator is Equal.",
+        description="value: the taint value to match when operator is Equal; a label value "
+        "(at most 63 characters).",
     )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None,
@@ -48,8 +73,33 @@ class Toleration(ApiModel):
         default=None,
         ge=0,
         description="tolerationSeconds: for NoExecute, seconds the pod stays bound after the "
-        "taint appears; unset means forever.",
+        "taint appears; unset means forever. Only with effect NoExecute.",
     )
+
+    @model_validator(mode="after")
+    def _as_the_api_server_wants(self) -> Toleration:
+        if not self.key and self.operator != "Exists":
+            raise FieldProblem(
+                ("operator",),
+                self.operator,
+                "operator must be Exists when key is empty (an empty key with Exists "
+                "tolerates every taint); set a key or use operator Exists",
+            )
+        if self.operator == "Exists" and self.value:
+            raise FieldProblem(
+                ("value",),
+                self.value,
+                "value must be empty when operator is Exists (Exists matches any value); "
+                "remove the value or use operator Equal",
+            )
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise FieldProblem(
+                ("effect",),
+                self.effect,
+                "effect must be NoExecute when tolerationSeconds is set (it says how long "
+                "a pod stays after a NoExecute taint appears)",
+            )
+        return self
 
 
 ResourceName = Literal["cpu", "memory", "ephemeral-storage"]
@@ -58,14 +108,18 @@ ResourceName = Literal["cpu", "memory", "ephemeral-storage"]
 class Resources(ApiModel):
     """Container resources of the tier's trainer pods (accelerators are set separately)."""
 
-    requests: dict[ResourceName, Quantity] | None = Field(
+    requests: dict[ResourceName, ResourceQuantity] | None = Field(
         default=None,
+        max_length=3,
         description="requests: resources the scheduler reserves per trainer pod "
-        "(cpu in cores or millicores, memory and ephemeral-storage in bytes with suffixes).",
+        "(cpu in cores or millicores, memory and ephemeral-storage in bytes with suffixes); "
+        "not negative.",
     )
-    limits: dict[ResourceName, Quantity] | None = Field(
+    limits: dict[ResourceName, ResourceQuantity] | None = Field(
         default=None,
-        description="limits: the most a trainer pod may use; memory over the limit kills the pod.",
+        max_length=3,
+        description="limits: the most a trainer pod may use; memory over the limit kills the "
+        "pod; not negative.",
     )
 
     @model_validator(mode="after")
@@ -147,10 +201,13 @@ class Capacity(ApiModel):
 class DeviceTierSpec(ApiModel):
     """Desired state of a DeviceTier."""
 
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict,
+        max_length=MAX_NODE_SELECTOR,
         description="nodeSelector: node labels a node must carry to run this tier's trainers, "
-        "e.g. {nvidia.com/gpu.present: 'true'}. kubernetes.io/arch is added from architecture.",
+        "e.g. {nvidia.com/gpu.present: 'true'}; at most "
+        f"{MAX_NODE_SELECTOR}, keys are label keys and values label values (at most 63 "
+        "characters). kubernetes.io/arch is added from architecture.",
     )
     tolerations: list[Toleration] = Field(
         default_factory=list,
@@ -171,12 +228,11 @@ class DeviceTierSpec(ApiModel):
         description="resources: CPU, memory and ephemeral-storage requests and limits of each "
         "trainer pod.",
     )
-    image: str | None = Field(
+    image: Image | None = Field(
         default=None,
-        min_length=1,
-        max_length=512,
         description="image: trainer image for this tier, overriding the job's and the "
-        "operator's default (e.g. a CUDA variant for GPU tiers).",
+        "operator's default (e.g. a CUDA variant for GPU tiers); 1 to 512 characters, no "
+        "leading or trailing whitespace.",
     )
     capacity: Capacity | None = Field(
         default=None,

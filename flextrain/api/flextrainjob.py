@@ -26,6 +26,16 @@ from flextrain.api.common import (
     schema_extra,
 )
 from flextrain.api.conditions import JobPhase
+from flextrain.api.kubevalues import (
+    ANNOTATIONS_MAX_BYTES,
+    NO_BACKSTEPS_RULE,
+    AnnotationKey,
+    Image,
+    LabelKey,
+    LabelValue,
+    SubPath,
+    path_problems,
+)
 
 KIND: Final[str] = "FlexTrainJob"
 PLURAL: Final[str] = "flextrainjobs"
@@ -80,10 +90,10 @@ class PersistentVolumeClaimSource(ApiModel):
         pattern=DNS_SUBDOMAIN_PATTERN,
         description="claimName: name of the PersistentVolumeClaim in the job's namespace.",
     )
-    sub_path: str | None = Field(
+    sub_path: SubPath | None = Field(
         default=None,
-        max_length=1024,
-        description="subPath: directory inside the volume to use instead of its root.",
+        description="subPath: directory inside the volume to use instead of its root; a "
+        "relative path without '..' elements, at most 1024 characters.",
     )
 
 
@@ -94,8 +104,15 @@ class HostPathSource(ApiModel):
         min_length=1,
         max_length=4096,
         pattern=r"^/",
-        description="path: absolute directory on the node holding the data.",
+        description="path: absolute directory on the node holding the data; no '..' elements.",
+        json_schema_extra=schema_extra(x_kubernetes_validations=[NO_BACKSTEPS_RULE]),
     )
+
+    @model_validator(mode="after")
+    def _no_backsteps(self) -> HostPathSource:
+        if problems := path_problems(self.path, relative=False):
+            raise FieldProblem(("path",), self.path, f"path {'; '.join(problems)}")
+        return self
 
 
 class DataSource(ApiModel):
@@ -419,6 +436,9 @@ RESERVED_ENV: Final[tuple[str, ...]] = (
 )
 #: Label prefix the operator selects its children by: a pod template may not use it.
 RESERVED_LABEL_PREFIX: Final[str] = "flextrain.dev/"
+#: The most labels and annotations a pod template may add (bounds the CRD's CEL cost).
+MAX_POD_LABELS: Final[int] = 64
+MAX_POD_ANNOTATIONS: Final[int] = 64
 
 
 class EnvVar(ApiModel):
@@ -450,9 +470,12 @@ class PodTemplate(ApiModel):
     aggregator). The operator only adds its own defaults around these values and never
     overwrites them."""
 
-    labels: dict[str, str] | None = Field(
+    labels: dict[LabelKey, LabelValue] | None = Field(
         default=None,
-        description="labels: extra pod labels; keys under flextrain.dev/ are reserved.",
+        max_length=MAX_POD_LABELS,
+        description=f"labels: extra pod labels, at most {MAX_POD_LABELS}: keys are label keys "
+        "(keys under flextrain.dev/ are reserved), values label values (at most 63 "
+        "characters).",
         json_schema_extra=schema_extra(
             x_kubernetes_validations=[
                 cel(
@@ -462,8 +485,11 @@ class PodTemplate(ApiModel):
             ]
         ),
     )
-    annotations: dict[str, str] | None = Field(
-        default=None, description="annotations: extra pod annotations."
+    annotations: dict[AnnotationKey, str] | None = Field(
+        default=None,
+        max_length=MAX_POD_ANNOTATIONS,
+        description=f"annotations: extra pod annotations, at most {MAX_POD_ANNOTATIONS}: keys "
+        "are label keys in any letter case; keys and values together at most 256 KiB.",
     )
     env: list[EnvVar] | None = Field(
         default=None,
@@ -506,6 +532,14 @@ class PodTemplate(ApiModel):
 
     @model_validator(mode="after")
     def _nothing_reserved(self) -> PodTemplate:
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in (self.annotations or {}).items())
+        if size > ANNOTATIONS_MAX_BYTES:
+            raise FieldProblem(
+                ("annotations",),
+                f"{size} bytes",
+                f"annotations take {size} bytes (keys and values), more than the "
+                f"{ANNOTATIONS_MAX_BYTES} the API server allows on a pod",
+            )
         for key in self.labels or {}:
             if key.startswith(RESERVED_LABEL_PREFIX):
                 raise FieldProblem(
@@ -598,12 +632,11 @@ class FlexTrainJobSpec(ApiModel):
         description="checkpoint: where checkpoints and the final model are kept; unset keeps "
         "them in the aggregator pod only (lost if the pod is deleted).",
     )
-    image: str | None = Field(
+    image: Image | None = Field(
         default=None,
-        min_length=1,
-        max_length=512,
         description="image: trainer and aggregator image for this job; a DeviceTier's image "
-        "overrides it for its trainers; unset uses the operator's default.",
+        "overrides it for its trainers; unset uses the operator's default. 1 to 512 "
+        "characters, no leading or trailing whitespace.",
     )
     pod_template: PodTemplate | None = Field(
         default=None,

@@ -14,6 +14,9 @@ QUANTITY_PATTERN: Final[str] = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 _QUANTITY_RE: Final = re.compile(QUANTITY_PATTERN)
+#: The same grammar without a minus sign: what container resources accept (the API
+#: server refuses a negative request or limit: "must be greater than or equal to 0").
+NON_NEGATIVE_QUANTITY_PATTERN: Final[str] = QUANTITY_PATTERN.replace("^(\\+|-)?", "^\\+?", 1)
 
 _BINARY: Final[dict[str, int]] = {
     "Ki": 2**10,
@@ -83,6 +86,30 @@ Quantity = Annotated[
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "x-kubernetes-int-or-string": True,
             "pattern": QUANTITY_PATTERN,
+        }
+    ),
+]
+
+
+def _non_negative(value: str) -> str:
+    if parse_quantity(value) < 0:
+        raise ValueError(
+            f"{value!r} must be greater than or equal to 0 (a request or limit cannot be negative)"
+        )
+    return value
+
+
+#: A container resource request or limit: a quantity that is not negative.
+ResourceQuantity = Annotated[
+    str,
+    BeforeValidator(_normalise),
+    AfterValidator(_non_negative),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "minimum": 0,
+            "pattern": NON_NEGATIVE_QUANTITY_PATTERN,
         }
     ),
 ]

@@ -225,9 +225,10 @@ def rule_violations(body: JSON, kind: str, old: JSON | None = None) -> list[Sche
         else:
             detail = ""
         if not ok:
-            out.append(
-                SchemaViolation(format_path(path), value, rule["message"] + detail, "crd-rule")
-            )
+            # A rule's fieldPath (".operator") names the field it is about, as the API
+            # server reports it.
+            where = format_path(path) + rule.get("fieldPath", "")
+            out.append(SchemaViolation(where, value, rule["message"] + detail, "crd-rule"))
     return out
 
 

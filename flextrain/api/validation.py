@@ -217,6 +217,11 @@ def _model_problems(doc: Document, error: ValidationError) -> list[Problem]:
     return list(problems.values())
 
 
+def _within(path: str, outer: str) -> bool:
+    """True when `path` names a field inside `outer` ('a.b[0]' is within 'a.b')."""
+    return path.startswith(outer + ".") or path.startswith(outer + "[")
+
+
 def _check_document(doc: Document, result: ValidationResult) -> None:
     body = doc.body
     if not isinstance(body, dict):
@@ -262,8 +267,10 @@ def _check_document(doc: Document, result: ValidationResult) -> None:
     # did not already report is reported too (that would also mean the two drifted).
     seen = {p.path for p in found}
     for v in crd_violations(body, kind):
+        # Skip what the model reported already: the same field, one inside it, or the map
+        # or list around it (a CRD rule over a map's keys names the map).
         if v.path not in seen and not any(
-            v.path.startswith(s + ".") or v.path.startswith(s + "[") for s in seen
+            _within(v.path, s) or _within(s, v.path) for s in seen
         ):
             found.append(Problem(doc.label, v.path, v.value, v.message, v.check))
             seen.add(v.path)

@@ -114,3 +114,20 @@ def test_valid_objects_pass_the_crd() -> None:
 def test_gpu_tier_needs_a_count() -> None:
     tier = make_tier(accelerator={"type": "nvidia.com/gpu"})
     assert [v.path for v in crd_violations(tier, "DeviceTier")] == ["spec.accelerator"]
+
+
+@pytest.mark.parametrize("info", crdgen.RESOURCES, ids=lambda i: i.kind)
+def test_cel_rules_over_maps_and_lists_are_bounded(info: crdgen.CrdInfo) -> None:
+    """kube-apiserver refuses a CRD whose CEL rules' estimated cost exceeds its budget;
+    a rule that iterates a map or list without maxProperties/maxItems is estimated over
+    the largest request (3 MiB of entries), which is how a label-key rule on an unbounded
+    map went over (measured with apiextensions-apiserver v0.37's own validation). So every
+    iterating rule sits on a bounded map or list, and strings that rules read are bounded."""
+    schema = crdgen.openapi_schema(info.model)
+    for path, node in _nodes(schema):
+        for rule in node.get("x-kubernetes-validations", []):
+            text = rule["rule"]
+            if any(f"self.{f}(" in text for f in ("all", "exists", "exists_one", "map", "filter")):
+                assert "maxProperties" in node or "maxItems" in node, (path, text)
+            if node.get("type") == "string" and "matches(" in text:
+                assert "maxLength" in node, (path, text)

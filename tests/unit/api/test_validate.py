@@ -188,7 +188,7 @@ BAD: list[tuple[str, str, Callable[[Body], None], str, bool]] = [
         "unknown-resource",
         "tier",
         _set("spec.resources", {"requests": {"gpu": 1}}),
-        "spec.resources.requests",
+        "spec.resources.requests.gpu",
         True,
     ),
     (
@@ -228,6 +228,162 @@ BAD: list[tuple[str, str, Callable[[Body], None], str, bool]] = [
         False,
     ),
     ("auto-depth-without-capacity", "tier", _delete("spec.capacity"), "spec.tiers[1].depth", False),
+    # What kube-apiserver refuses in the pods built from a DeviceTier or a job.
+    (
+        "toleration-exists-with-value",
+        "tier",
+        _set("spec.tolerations", [{"key": "k", "operator": "Exists", "value": "v"}]),
+        "spec.tolerations[0].value",
+        True,
+    ),
+    (
+        "toleration-empty-key-with-equal",
+        "tier",
+        _set("spec.tolerations", [{"operator": "Equal", "value": "v"}]),
+        "spec.tolerations[0].operator",
+        True,
+    ),
+    (
+        "toleration-seconds-without-noexecute",
+        "tier",
+        _set(
+            "spec.tolerations",
+            [{"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 60}],
+        ),
+        "spec.tolerations[0].effect",
+        True,
+    ),
+    (
+        "toleration-seconds-without-effect",
+        "tier",
+        _set("spec.tolerations", [{"key": "k", "operator": "Exists", "tolerationSeconds": 60}]),
+        "spec.tolerations[0].effect",
+        True,
+    ),
+    (
+        "toleration-unknown-effect",
+        "tier",
+        _set("spec.tolerations", [{"key": "k", "operator": "Exists", "effect": "NoRun"}]),
+        "spec.tolerations[0].effect",
+        True,
+    ),
+    (
+        "toleration-bad-key",
+        "tier",
+        _set("spec.tolerations", [{"key": "gpu type", "operator": "Exists"}]),
+        "spec.tolerations[0].key",
+        True,
+    ),
+    (
+        "toleration-key-prefix-too-long",
+        "tier",
+        _set("spec.tolerations", [{"key": "p" * 254 + "/gpu", "operator": "Exists"}]),
+        "spec.tolerations[0].key",
+        True,
+    ),
+    (
+        "toleration-bad-value",
+        "tier",
+        _set("spec.tolerations", [{"key": "k", "value": "two words"}]),
+        "spec.tolerations[0].value",
+        True,
+    ),
+    (
+        "node-selector-bad-key",
+        "tier",
+        _set("spec.nodeSelector", {"pool name": "edge"}),
+        "spec.nodeSelector.pool name",
+        True,
+    ),
+    (
+        "node-selector-key-name-too-long",
+        "tier",
+        _set("spec.nodeSelector", {"example.com/" + "n" * 64: "edge"}),
+        "spec.nodeSelector.example.com/" + "n" * 64,
+        True,
+    ),
+    (
+        "node-selector-uppercase-prefix",
+        "tier",
+        _set("spec.nodeSelector", {"Example.com/pool": "edge"}),
+        "spec.nodeSelector.Example.com/pool",
+        True,
+    ),
+    (
+        "node-selector-value-too-long",
+        "tier",
+        _set("spec.nodeSelector", {"pool": "e" * 64}),
+        "spec.nodeSelector.pool",
+        True,
+    ),
+    (
+        "node-selector-bad-value",
+        "tier",
+        _set("spec.nodeSelector", {"pool": "-edge"}),
+        "spec.nodeSelector.pool",
+        True,
+    ),
+    (
+        "negative-cpu-request",
+        "tier",
+        _set("spec.resources", {"requests": {"cpu": "-500m"}}),
+        "spec.resources.requests.cpu",
+        True,
+    ),
+    (
+        "negative-memory-limit",
+        "tier",
+        _set("spec.resources", {"limits": {"memory": -1}}),
+        "spec.resources.limits.memory",
+        True,
+    ),
+    ("tier-image-with-spaces", "tier", _set("spec.image", " registry/x:1"), "spec.image", True),
+    ("job-image-with-newline", "job", _set("spec.image", "registry/x:1\n"), "spec.image", True),
+    (
+        "pod-label-bad-key",
+        "job",
+        _set("spec.podTemplate", {"labels": {"team/name/x": "vision"}}),
+        "spec.podTemplate.labels.team/name/x",
+        True,
+    ),
+    (
+        "pod-label-bad-value",
+        "job",
+        _set("spec.podTemplate", {"labels": {"team": "vision ai"}}),
+        "spec.podTemplate.labels.team",
+        True,
+    ),
+    (
+        "pod-annotation-bad-key",
+        "job",
+        _set("spec.podTemplate", {"annotations": {"note!": "x"}}),
+        "spec.podTemplate.annotations.note!",
+        True,
+    ),
+    (
+        "pod-annotations-too-large",
+        "job",
+        _set("spec.podTemplate", {"annotations": {"big": "x" * (256 * 1024)}}),
+        "spec.podTemplate.annotations",
+        False,
+    ),
+    (
+        "pvc-sub-path-absolute",
+        "job",
+        _set(
+            "spec.checkpoint",
+            {"persistentVolumeClaim": {"claimName": "ckpt", "subPath": "/runs"}},
+        ),
+        "spec.checkpoint.persistentVolumeClaim.subPath",
+        True,
+    ),
+    (
+        "host-path-with-backsteps",
+        "job",
+        _set("spec.tiers.0.dataSource", {"hostPath": {"path": "/data/../etc"}}),
+        "spec.tiers[0].dataSource.hostPath.path",
+        True,
+    ),
 ]
 
 
@@ -352,3 +508,61 @@ def test_console_script_runs_without_importing_torch(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+GOOD: list[tuple[str, str, Callable[[Body], None]]] = [
+    ("tolerate-every-taint", "tier", _set("spec.tolerations", [{"operator": "Exists"}])),
+    (
+        "toleration-seconds-with-noexecute",
+        "tier",
+        _set(
+            "spec.tolerations",
+            [{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+              "effect": "NoExecute", "tolerationSeconds": 300}],
+        ),
+    ),
+    ("toleration-empty-value", "tier", _set("spec.tolerations", [{"key": "k", "value": ""}])),
+    (
+        "node-selector-edge-cases",
+        "tier",
+        _set("spec.nodeSelector", {"example.com/pool": "", "Pool_A": "x.y-Z", "p" * 63: "v" * 63}),
+    ),
+    ("zero-request", "tier", _set("spec.resources", {"requests": {"cpu": 0, "memory": "+1Gi"}})),
+    (
+        "annotation-key-in-any-case",
+        "job",
+        _set("spec.podTemplate", {"annotations": {"Example.COM/Note": "any text at all"}}),
+    ),
+    (
+        "relative-sub-path",
+        "job",
+        _set("spec.checkpoint", {"persistentVolumeClaim": {"claimName": "c", "subPath": "a/..b/c"}}),
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "kind", "mutate"), GOOD, ids=[g[0] for g in GOOD])
+def test_what_the_api_server_accepts_is_accepted(
+    case: str, kind: str, mutate: Callable[[Body], None]
+) -> None:
+    docs, target = _documents(kind, mutate)
+    result = validate_documents(docs)
+    assert result.ok, f"{case}: {result.to_text()}"
+    assert crd_violations(copy.deepcopy(target), target["kind"]) == []
+
+
+def test_toleration_errors_say_what_is_allowed() -> None:
+    docs, _ = _documents(
+        "tier", _set("spec.tolerations", [{"key": "k", "operator": "Exists", "value": "v"}])
+    )
+    problem = next(p for p in validate_documents(docs).problems if p.document.endswith("cpu)"))
+    assert problem.path == "spec.tolerations[0].value" and problem.value == "v"
+    assert "value must be empty when operator is Exists" in problem.message
+    assert "use operator Equal" in problem.message
+    docs, _ = _documents("tier", _set("spec.nodeSelector", {"pool name": "e"}))
+    problems = [p for p in validate_documents(docs).problems if p.document.endswith("cpu)")]
+    assert {p.path: p.message for p in problems} == {
+        "spec.nodeSelector.pool name": "key 'pool name' is not allowed: not a valid label key: "
+        "name part must consist of alphanumeric characters, '-', '_' or '.', and must start "
+        "and end with an alphanumeric character (e.g. 'MyName', 'my.name' or '123-abc')",
+    }
