@@ -55,6 +55,7 @@ class JobReason(StrEnum):
 
     CREATED = "Created"
     TIER_NOT_FOUND = "DeviceTierNotFound"
+    TIER_INVALID = "DeviceTierInvalid"
     NO_MATCHING_NODES = "NoMatchingNodes"
     TIERS_AVAILABLE = "TiersAvailable"
     DEPTH_CHOSEN = "DepthChosen"

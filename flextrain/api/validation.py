@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -62,8 +62,13 @@ class Problem:
     check: str  # model | crd-schema | crd-rule | reference | yaml
 
     def __str__(self) -> str:
+        return f"{self.document}: {self.detail}"
+
+    @property
+    def detail(self) -> str:
+        """The problem without its document: `path: message (got value)`."""
         shown = "" if self.value is _MISSING else f" (got {_short(self.value)})"
-        return f"{self.document}: {self.path}: {self.message}{shown}"
+        return f"{self.path}: {self.message}{shown}"
 
 
 @dataclass
@@ -220,6 +225,14 @@ def _model_problems(doc: Document, error: ValidationError) -> list[Problem]:
 def _within(path: str, outer: str) -> bool:
     """True when `path` names a field inside `outer` ('a.b[0]' is within 'a.b')."""
     return path.startswith(outer + ".") or path.startswith(outer + "[")
+
+
+def object_problems(body: Mapping[str, Any], error: ValidationError) -> list[str]:
+    """What the typed model found wrong in one object (with `kind`), one line per field:
+    `path: message (got value)`, as `flextrain validate` words it. The operator reports
+    a DeviceTier it cannot read with these."""
+    doc = Document(str(body.get("kind") or "object"), 0, dict(body))
+    return [p.detail for p in _model_problems(doc, error)]
 
 
 def _check_document(doc: Document, result: ValidationResult) -> None:

@@ -28,9 +28,16 @@ from typing import Any
 import kopf
 
 from flextrain.api.common import GROUP, VERSION
+from flextrain.api.devicetier import DeviceTier
 from flextrain.operator import kube, names, observed
 from flextrain.operator.config import OperatorSettings
-from flextrain.operator.runtime import Runtime, Snapshot, job_key, parse_device_tier
+from flextrain.operator.runtime import (
+    InvalidDeviceTier,
+    Runtime,
+    Snapshot,
+    job_key,
+    parse_device_tier,
+)
 from flextrain.operator.tiers import NodeInfo, node_info
 
 REGISTRY = kopf.OperatorRegistry()
@@ -124,9 +131,9 @@ async def probe_jobs(memo: Any, **_: Any) -> int:
 
 
 @kopf.index(*TIERS, registry=REGISTRY)
-def device_tiers(name: str, body: kopf.Body, **_: Any) -> dict[str, Any] | None:
-    tier = parse_device_tier(body)
-    return {name: tier} if tier else None
+def device_tiers(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    """Every DeviceTier: parsed, or what is wrong with it (jobs say so, not "not found")."""
+    return {name: parse_device_tier(body)}
 
 
 @kopf.index("", "v1", "nodes", registry=REGISTRY)
@@ -210,7 +217,18 @@ def _values(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
 
 
 def _tiers(index: kopf.Index[str, Any]) -> dict[str, Any]:
-    return {name: tier for name, store in index.items() for tier in store}
+    return {
+        name: tier for name, store in index.items() for tier in store if isinstance(tier, DeviceTier)
+    }
+
+
+def _invalid_tiers(index: kopf.Index[str, Any]) -> dict[str, InvalidDeviceTier]:
+    return {
+        name: tier
+        for name, store in index.items()
+        for tier in store
+        if isinstance(tier, InvalidDeviceTier)
+    }
 
 
 def _nodes(index: kopf.Index[str, NodeInfo]) -> list[NodeInfo]:
@@ -244,6 +262,7 @@ async def flextrainjob(
             wakeup.clear()
             snapshot = Snapshot(
                 device_tiers=_tiers(device_tiers),
+                invalid_tiers=_invalid_tiers(device_tiers),
                 nodes=_nodes(nodes),
                 tier_jobs=_values(tier_jobs, key),
                 aggregators=_values(aggregators, key),

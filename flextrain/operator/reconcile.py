@@ -275,8 +275,11 @@ def reconcile(
     now: datetime,
     settings: OperatorSettings,
     token: str,
+    *,
+    invalid_tiers: Mapping[str, str] | None = None,
 ) -> Plan:
-    """The plan for one FlexTrainJob (see the module docstring)."""
+    """The plan for one FlexTrainJob (see the module docstring). `invalid_tiers`: the
+    DeviceTiers that exist but do not read into the model, with what is wrong."""
     now = now.replace(microsecond=0)
     prev = status or FlexTrainJobStatus()
     generation = _extra(job, "generation")
@@ -321,16 +324,28 @@ def reconcile(
         and ready_matching(device_tiers[t.device_tier_ref], nodes) == 0
     ]
     if missing:
-        refs = ", ".join(f"tier {t.name!r} -> DeviceTier {t.device_tier_ref!r}" for t in missing)
+        broken = invalid_tiers or {}
+        invalid = [t for t in missing if t.device_tier_ref in broken]
+        absent = [t for t in missing if t.device_tier_ref not in broken]
+        parts = [
+            f"DeviceTier {t.device_tier_ref!r} (tier {t.name!r}) exists but is invalid: "
+            f"{broken[t.device_tier_ref]}; fix it (kubectl edit devicetier {t.device_tier_ref})"
+            for t in invalid
+        ]
+        if absent:
+            refs = ", ".join(f"tier {t.name!r} -> DeviceTier {t.device_tier_ref!r}" for t in absent)
+            parts.append(f"DeviceTier not found: {refs}")
+        waits_for = "exists" if not invalid else "is valid" if not absent else "exists and is valid"
         conds.set(
             C.TIERS_AVAILABLE,
             F,
-            R.TIER_NOT_FOUND,
-            f"DeviceTier not found: {refs}; "
+            R.TIER_INVALID if invalid else R.TIER_NOT_FOUND,
+            "; ".join(parts)
+            + "; "
             + (
-                "the tier's trainers cannot be created until it exists"
+                f"the tier's trainers cannot be created until it {waits_for}"
                 if started
-                else "the job starts when it is created"
+                else f"the job starts when it {waits_for}"
             ),
         )
     elif no_nodes:

@@ -23,8 +23,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from flextrain.api.common import API_VERSION
+from flextrain.api.devicetier import KIND as KIND_TIER
 from flextrain.api.devicetier import DeviceTier, DeviceTierStatus
 from flextrain.api.flextrainjob import KIND, FlexTrainJob, FlexTrainJobStatus
+from flextrain.api.validation import object_problems
 from flextrain.operator import names, observed
 from flextrain.operator.config import OperatorSettings
 from flextrain.operator.kube import Conflict, KubeClient, KubeError, status_patch
@@ -41,15 +43,30 @@ def job_key(namespace: str, name: str) -> Key:
     return (namespace, names.label_value(name))
 
 
-def parse_device_tier(body: Mapping[str, Any]) -> DeviceTier | None:
-    """A DeviceTier from its object; None when the spec is invalid (the CRD prevents it)."""
+@dataclass(frozen=True)
+class InvalidDeviceTier:
+    """A DeviceTier that exists but does not read into the typed model: it breaks the
+    CRD's rules (created before a rule was added, or on an API server without CEL) or the
+    rules the model adds. Jobs on it wait and say why, naming the fields."""
+
+    name: str
+    problems: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.problems)
+
+
+def parse_device_tier(body: Mapping[str, Any]) -> DeviceTier | InvalidDeviceTier:
+    """A DeviceTier from its object, or what is wrong with it."""
+    meta = dict(body.get("metadata") or {})
+    raw = {"kind": KIND_TIER, "metadata": meta, "spec": dict(body.get("spec") or {})}
     try:
-        tier = DeviceTier.model_validate(
-            {"metadata": dict(body.get("metadata") or {}), "spec": dict(body.get("spec") or {})}
-        )
+        tier = DeviceTier.model_validate(raw)
     except ValidationError as exc:
-        log.warning("DeviceTier %s ignored: %s", (body.get("metadata") or {}).get("name"), exc)
-        return None
+        problems = tuple(object_problems(raw, exc))
+        log.warning("DeviceTier %s is invalid: %s", meta.get("name"), "; ".join(problems))
+        return InvalidDeviceTier(str(meta.get("name", "")), problems)
     try:
         status = DeviceTierStatus.model_validate(dict(body.get("status") or {}))
     except ValidationError:
@@ -71,6 +88,8 @@ class Snapshot:
 
     device_tiers: Mapping[str, DeviceTier]
     nodes: Sequence[NodeInfo]
+    #: DeviceTiers that exist but are invalid, by name.
+    invalid_tiers: Mapping[str, InvalidDeviceTier] = field(default_factory=dict)
     tier_jobs: Sequence[observed.TierJobState] = ()
     aggregators: Sequence[observed.AggregatorState] = ()
     services: Sequence[observed.ChildState] = ()
@@ -215,6 +234,7 @@ class Runtime:
             now,
             self.settings,
             memory.token or new_token(),
+            invalid_tiers={k: v.message for k, v in snapshot.invalid_tiers.items()},
         )
         await self._apply(plan, memory, job, involved, status_before, visible)
         delay = self.settings.status_interval
@@ -403,11 +423,13 @@ class TierRefresher:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._task: asyncio.Task[None] | None = None
-        self._tiers: Mapping[str, Iterable[DeviceTier]] | None = None
+        self._tiers: Mapping[str, Iterable[DeviceTier | InvalidDeviceTier]] | None = None
         self._nodes: Mapping[str, Iterable[NodeInfo]] | None = None
 
     def poke(
-        self, tiers: Mapping[str, Iterable[DeviceTier]], nodes: Mapping[str, Iterable[NodeInfo]]
+        self,
+        tiers: Mapping[str, Iterable[DeviceTier | InvalidDeviceTier]],
+        nodes: Mapping[str, Iterable[NodeInfo]],
     ) -> None:
         """Schedule a refresh; `tiers` and `nodes` are the live caches (name -> values)."""
         self._tiers, self._nodes = tiers, nodes
@@ -432,6 +454,8 @@ class TierRefresher:
         now = datetime.now(UTC).replace(microsecond=0)
         for name in list(self._tiers):
             for tier in list(self._tiers.get(name, ())):
+                if not isinstance(tier, DeviceTier):
+                    continue  # invalid: the jobs on it say why
                 new = device_tier_status(tier, nodes, now).to_wire()
                 before = tier.status.to_wire() if tier.status else {}
                 patch = status_patch(before, new)

@@ -646,3 +646,36 @@ async def test_a_job_with_the_longest_name_gets_its_events(cluster: Cluster) -> 
         assert warning["involvedObject"]["name"] == longest
         assert warning["involvedObject"]["kind"] == "FlexTrainJob"
         assert len(warning["metadata"]["name"]) <= 253
+
+
+async def test_an_invalid_device_tier_is_reported_as_invalid_not_missing(cluster: Cluster) -> None:
+    """A DeviceTier that breaks the CRD's rules (made before a rule existed, or on an API
+    server without CEL) is listed by `kubectl get dt`: jobs on it say it is invalid and
+    why, and start once it is fixed."""
+    await cluster.create(node("cpu-1", {"flextrain.dev/pool": "cpu"}))
+    await cluster.create(
+        make_tier("cpu", tolerations=[{"key": "dedicated", "operator": "Exists", "value": "ml"}])
+    )
+    async with running_operator(cluster):
+        await cluster.create(make_job("blocked"))
+        condition = await eventually(
+            lambda: (c := cluster.condition("blocked", "TiersAvailable")) and c["status"] == "False" and c,
+            what="TiersAvailable=False",
+        )
+        assert condition["reason"] == "DeviceTierInvalid", condition
+        assert "DeviceTier 'cpu' (tier 'strong') exists but is invalid" in condition["message"]
+        assert "spec.tolerations[0].value: value must be empty when operator is Exists" in (
+            condition["message"]
+        )
+        [warning] = await eventually(lambda: cluster.events("DeviceTierInvalid"), what="Warning")
+        assert warning["type"] == "Warning" and warning["message"] == condition["message"]
+        assert cluster.list(JOBS) == []
+
+        await cluster.patch(
+            DT, None, "cpu", {"spec": {"tolerations": [{"key": "dedicated", "operator": "Exists"}]}}
+        )
+        await _children(cluster, "blocked", 2)
+        await eventually(
+            lambda: cluster.condition("blocked", "TiersAvailable")["status"] == "True",
+            what="TiersAvailable=True",
+        )

@@ -77,6 +77,7 @@ def run(
     nodes: list[Any] | None = None,
     now: Any = NOW,
     settings: OperatorSettings = SETTINGS,
+    invalid_tiers: dict[str, str] | None = None,
 ) -> Plan:
     return reconcile(
         j or job(),
@@ -88,6 +89,7 @@ def run(
         now,
         settings,
         "tok",
+        invalid_tiers=invalid_tiers,
     )
 
 
@@ -470,3 +472,14 @@ def test_an_unsatisfiable_depth_is_a_steady_state() -> None:
     later = run(j, status=first.status, tiers=tiers, now=NOW + timedelta(minutes=5))
     assert later.status == first.status
     assert later.events == []
+
+
+def test_an_invalid_device_tier_is_named_invalid_not_missing() -> None:
+    problems = "spec.tolerations[0].value: value must be empty when operator is Exists (got 'v')"
+    plan = run(tiers={}, invalid_tiers={"cpu": problems})
+    condition = next(c for c in plan.status.conditions or [] if c.type == "TiersAvailable")
+    assert (condition.status, condition.reason) == ("False", "DeviceTierInvalid")
+    assert "DeviceTier 'cpu' (tier 'strong') exists but is invalid" in condition.message
+    assert problems in condition.message and "not found" not in condition.message
+    assert plan.create == [] and plan.status.phase == "Pending"
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "DeviceTierInvalid")]
