@@ -23,5 +23,13 @@ mkdir -p "$(dirname "$out")"
 start=$(date +%s)
 echo "==> building the test control plane ($(go version | cut -d' ' -f3); first build: 10+ minutes on 2 cores)"
 # -mod=readonly: go.sum is the pin; a module that does not match it fails the build.
-(cd "$src" && go build -mod=readonly -trimpath -o "$out" .)
+# The version the API server reports (kubectl version, helm's kubeVersion check) is
+# stamped at link time, as Kubernetes' own build does (hack/lib/version.sh).
+version=$(sed -n 's/^[[:space:]]*k8s.io\/kubernetes \(v[0-9.]*\)$/\1/p' "$src/go.mod" | head -1)
+minor=$(echo "$version" | cut -d. -f2)
+ldflags=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+done
+(cd "$src" && go build -mod=readonly -trimpath -ldflags "$ldflags" -o "$out" .)
 echo "==> $out built in $(( $(date +%s) - start )) s"

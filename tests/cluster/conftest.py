@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from tests.cluster import nodes
+from tests.cluster import install, nodes
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.node_agent import NodeAgent
 from tests.tools import REPO, ensure_tools
@@ -135,3 +135,71 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interva
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="session")
+def helm_binary() -> Path:
+    return ensure_tools() / "helm"
+
+
+@pytest.fixture(scope="session")
+def installed_chart(
+    control_plane: ControlPlane, api: client.ApiClient, agent: NodeAgent, helm_binary: Path
+) -> subprocess.CompletedProcess[str]:
+    """`helm install` of the chart with its default DeviceTiers, as an admin would."""
+    done = install.helm(
+        helm_binary,
+        control_plane,
+        "install",
+        install.RELEASE,
+        str(install.CHART),
+        "--namespace",
+        install.NAMESPACE,
+        "--create-namespace",
+        "--set",
+        "deviceTiers.enabled=true",
+        "--wait",
+        "--timeout",
+        "120s",
+    )
+    assert done.returncode == 0, f"helm install failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+#: Operator settings of the cluster tests: the chart's environment with shorter intervals.
+FAST_OPERATOR_ENV = {
+    "FLEXTRAIN_OPERATOR_STATUS_INTERVAL": "1",
+    "FLEXTRAIN_OPERATOR_TIER_DEBOUNCE": "0.2",
+    "FLEXTRAIN_OPERATOR_FINISH_GRACE": "3",
+}
+
+
+@pytest.fixture(scope="session")
+def operator(
+    control_plane: ControlPlane,
+    api: client.ApiClient,
+    agent: NodeAgent,
+    installed_chart: subprocess.CompletedProcess[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[install.OperatorProcess]:
+    """The operator as a local process with the chart's ServiceAccount token and env.
+
+    Trainer pods and the operator reach aggregators through the node agent's cluster DNS.
+    The session fails if the operator met a 403 at any time.
+    """
+    work = tmp_path_factory.mktemp("operator")
+    account = f"{install.RELEASE}-flextrain"
+    kubeconfig = install.token_kubeconfig(api, control_plane, account, install.NAMESPACE, work / "sa.kubeconfig")
+    env = {
+        **install.chart_operator_env(api),
+        **FAST_OPERATOR_ENV,
+        "FLEXTRAIN_OPERATOR_AGGREGATOR_ADDRESS": f"dns://{agent.dns.authority}/{{service}}.{{namespace}}.svc:{{port}}",
+    }
+    proc = install.OperatorProcess(kubeconfig, env, work / "operator.log").start()
+    proc.wait_live()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        forbidden = proc.forbidden()
+        assert not forbidden, "the operator met 403s with the chart's RBAC:\n" + "\n".join(forbidden[:20])

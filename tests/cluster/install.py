@@ -1,0 +1,165 @@
+"""The product as a cluster admin installs it: `helm install` of charts/flextrain into
+the real API server, then the operator as a local process that logs in with the chart's
+ServiceAccount (a token from the TokenRequest API) and runs with the environment the
+chart's Deployment gives it. Any 403 the operator meets is in its log, and the tests
+fail on it: the chart's RBAC is what is proven sufficient."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from tests.cluster.controlplane import ControlPlane
+from tests.tools import REPO
+
+RELEASE = "ft"
+NAMESPACE = "flextrain-system"
+CHART = REPO / "charts" / "flextrain"
+
+
+def helm(helm_binary: Path, plane: ControlPlane, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm_binary), "--kubeconfig", str(plane.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=REPO,
+    )
+
+
+def token_kubeconfig(api: client.ApiClient, plane: ControlPlane, account: str, namespace: str, path: Path) -> Path:
+    """A kubeconfig for ServiceAccount `namespace/account`, with a token from TokenRequest."""
+    core = client.CoreV1Api(api)
+    token = core.create_namespaced_service_account_token(
+        account, namespace, {"spec": {"expirationSeconds": 3600 * 6}}
+    ).status.token
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "test",
+                        "cluster": {"server": plane.server, "certificate-authority": str(plane.ca_file)},
+                    }
+                ],
+                "users": [{"name": account, "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": "test", "user": account}}],
+                "current-context": "sa",
+            }
+        )
+    )
+    return path
+
+
+def chart_operator_env(api: client.ApiClient) -> dict[str, str]:
+    """The operator container's plain environment from the installed chart's Deployment."""
+    apps = client.AppsV1Api(api)
+    deployment = next(
+        d
+        for d in apps.list_namespaced_deployment(NAMESPACE).items
+        if d.metadata.labels.get("app.kubernetes.io/instance") == RELEASE
+    )
+    container = deployment.spec.template.spec.containers[0]
+    return {e.name: e.value for e in container.env or [] if e.value is not None}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclasses.dataclass
+class OperatorProcess:
+    """`flextrain operator -A` as a local process with a given kubeconfig and env."""
+
+    kubeconfig: Path
+    env: Mapping[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    liveness_port: int = 0
+    starts: int = 0
+
+    def start(self) -> OperatorProcess:
+        self.liveness_port = _free_port()
+        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)}
+        self.starts += 1
+        with self.log.open("ab") as out:
+            out.write(f"\n=== operator start {self.starts} ===\n".encode())
+            out.flush()
+            self.proc = subprocess.Popen(
+                [
+                    str(REPO / ".venv" / "bin" / "flextrain"),
+                    "operator",
+                    "-A",
+                    "--log-format",
+                    "text",
+                    "--liveness",
+                    f"http://127.0.0.1:{self.liveness_port}/healthz",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def wait_live(self, timeout: float = 60) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, f"operator exited: {self.tail()}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"operator not live within {timeout} s: {self.tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a node failure or OOM kill would end it."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.text().splitlines()[-lines:])
+
+    def forbidden(self) -> list[str]:
+        """Log lines that report a 403 from the API server."""
+        return [line for line in self.text().splitlines() if re.search(r"\b403\b|Forbidden|forbidden", line)]
+
+
+def objects(docs: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(docs) if d]
