@@ -77,6 +77,9 @@ class JobReason(StrEnum):
     ALL_TIERS_HEALTHY = "AllTiersHealthy"
     AGGREGATOR_STOPPED = "AggregatorStopped"
     CHILD_CONFLICT = "ChildConflict"
+    CHILD_INVALID = "ChildInvalid"
+    CHILD_FORBIDDEN = "ChildForbidden"
+    CHILD_CREATE_FAILED = "ChildCreateFailed"
     TTL_EXPIRED = "TTLExpired"
 
 

@@ -205,6 +205,7 @@ TolerationKey = Annotated[
     ),
 ]
 
+
 def _image(value: str) -> str:
     if value != value.strip():
         raise ValueError(f"image {value!r} must not have leading or trailing whitespace")
@@ -244,5 +245,7 @@ SUB_PATH_RULES: Final[list[dict[str, str]]] = [
 SubPath = Annotated[
     str,
     AfterValidator(_checked(lambda v: path_problems(v, relative=True), "subPath")),
-    WithJsonSchema({"type": "string", "maxLength": 1024, "x-kubernetes-validations": SUB_PATH_RULES}),
+    WithJsonSchema(
+        {"type": "string", "maxLength": 1024, "x-kubernetes-validations": SUB_PATH_RULES}
+    ),
 ]

@@ -282,9 +282,7 @@ def _check_document(doc: Document, result: ValidationResult) -> None:
     for v in crd_violations(body, kind):
         # Skip what the model reported already: the same field, one inside it, or the map
         # or list around it (a CRD rule over a map's keys names the map).
-        if v.path not in seen and not any(
-            _within(v.path, s) or _within(s, v.path) for s in seen
-        ):
+        if v.path not in seen and not any(_within(v.path, s) or _within(s, v.path) for s in seen):
             found.append(Problem(doc.label, v.path, v.value, v.message, v.check))
             seen.add(v.path)
     result.problems.extend(found)

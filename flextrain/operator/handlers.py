@@ -35,6 +35,7 @@ from flextrain.operator.runtime import (
     InvalidDeviceTier,
     Runtime,
     Snapshot,
+    backoff_delay,
     job_key,
     parse_device_tier,
 )
@@ -218,7 +219,10 @@ def _values(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
 
 def _tiers(index: kopf.Index[str, Any]) -> dict[str, Any]:
     return {
-        name: tier for name, store in index.items() for tier in store if isinstance(tier, DeviceTier)
+        name: tier
+        for name, store in index.items()
+        for tier in store
+        if isinstance(tier, DeviceTier)
     }
 
 
@@ -274,7 +278,7 @@ async def flextrainjob(
                 errors = 0
             except kube.KubeError as exc:
                 errors += 1
-                delay = min(60.0, 0.5 * 2**errors)
+                delay = backoff_delay(errors)
                 logger.warning("reconcile failed (retry in %.1fs): %s", delay, exc)
             waiter = asyncio.ensure_future(wakeup.wait())
             try:

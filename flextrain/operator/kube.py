@@ -52,6 +52,8 @@ class KubeError(Exception):
         super().__init__(f"{status} {reason}: {message}" if reason else f"{status}: {message}")
         self.status = status
         self.reason = reason
+        #: The API server's own words (the Status object's message).
+        self.message = message
 
 
 class NotFound(KubeError):

@@ -8,7 +8,11 @@ and writes the status only when it differs from the stored one.
 
 Existing children are never replaced or re-templated: a child the user edited keeps the
 edit, and a child with the right name that this job does not control is left alone
-(condition Progressing=False, reason ChildConflict).
+(condition Progressing=False, reason ChildConflict). The aggregator and the trainers read
+the job's token from its Secret, so they are planned only once the job owns that Secret:
+the caller creates a missing Secret first and plans again; with a Secret of someone else
+nothing that reads it is created, and what runs is stopped. Creates the API server
+refused (`refused`, from the caller) become Progressing=False with the server's reason.
 
 Phases (see docs/operator.md for the full table):
   Pending    DeviceTiers missing, or the aggregator / trainers are starting
@@ -103,6 +107,37 @@ class AggregatorReading:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class CreateFailure:
+    """A child the API server refused to create (or did not answer about)."""
+
+    kind: str
+    name: str
+    #: HTTP status of the answer; 0 when there was none.
+    status: int
+    #: The API server's reason (Invalid, Forbidden, AlreadyExists, ...), may be empty.
+    reason: str
+    message: str
+
+    @property
+    def condition_reason(self) -> str:
+        if self.status == 422:
+            return R.CHILD_INVALID
+        if self.status == 403:
+            return R.CHILD_FORBIDDEN
+        if self.status == 409:
+            return R.CHILD_CONFLICT
+        return R.CHILD_CREATE_FAILED
+
+    def describe(self) -> str:
+        """`cannot create Job x: the API server answered 422 Invalid: <its message>`."""
+        what = f"cannot create {self.kind} {self.name}"
+        if self.status == 0:
+            return f"{what}: no answer from the API server ({self.message})"
+        answer = f"{self.status} {self.reason}".strip()
+        return f"{what}: the API server answered {answer}: {self.message}"
+
+
 # -- helpers ----------------------------------------------------------------------------
 
 
@@ -152,6 +187,16 @@ class _Conditions:
         return self.items
 
 
+_PROGRESSING_PROBLEMS = frozenset(
+    {
+        R.TIERS_IMMUTABLE,
+        R.CHILD_CONFLICT,
+        R.CHILD_INVALID,
+        R.CHILD_FORBIDDEN,
+        R.CHILD_CREATE_FAILED,
+    }
+)
+
 _BAD = {
     (C.TIERS_AVAILABLE, F),
     (C.DEGRADED, T),
@@ -166,7 +211,7 @@ def _event_for(type_: str, before: Condition | None, after: Condition) -> Event 
     bad = (
         (type_, after.status) in _BAD
         or (type_ == C.AGGREGATOR_READY and after.reason == R.AGGREGATOR_UNAVAILABLE)
-        or (type_ == C.PROGRESSING and after.reason in (R.TIERS_IMMUTABLE, R.CHILD_CONFLICT))
+        or (type_ == C.PROGRESSING and after.reason in _PROGRESSING_PROBLEMS)
     )
     if bad:
         return Event("Warning", after.reason, after.message)
@@ -277,9 +322,11 @@ def reconcile(
     token: str,
     *,
     invalid_tiers: Mapping[str, str] | None = None,
+    refused: Sequence[CreateFailure] = (),
 ) -> Plan:
     """The plan for one FlexTrainJob (see the module docstring). `invalid_tiers`: the
-    DeviceTiers that exist but do not read into the model, with what is wrong."""
+    DeviceTiers that exist but do not read into the model, with what is wrong; `refused`:
+    the children the API server would not create (the caller retries them with backoff)."""
     now = now.replace(microsecond=0)
     prev = status or FlexTrainJobStatus()
     generation = _extra(job, "generation")
@@ -405,6 +452,9 @@ def reconcile(
         return False
 
     suspend = bool(job.spec.suspend)
+    # The aggregator and the trainers read the token from the Secret: they are created
+    # (and kept running) only while this job owns it.
+    secret_ours = observed.secret is not None and observed.secret.controller_uid == uid
     if observed.secret is None:
         create.append(builders.build_secret(clean, token, owner))
     else:
@@ -414,7 +464,15 @@ def reconcile(
     else:
         owned(observed.service, "Service")
     want_replicas = builders.aggregator_replicas(job)
-    if observed.aggregator is None:
+    if not secret_ours:
+        # Nothing that reads a Secret the job does not own; what runs already is stopped.
+        if observed.aggregator is not None:
+            owned(observed.aggregator, "Deployment")
+        for existing in observed.tier_jobs.values():
+            owned(existing, "Job")
+        if observed.secret is not None:
+            patches = _stop_patches(job, observed, uid)
+    elif observed.aggregator is None:
         create.append(
             builders.build_aggregator_deployment(plan, owner, settings, replicas=want_replicas)
         )
@@ -428,7 +486,7 @@ def reconcile(
                 {"spec": {"replicas": want_replicas}},
             )
         )
-    for tier in plan.tiers:
+    for tier in plan.tiers if secret_ours else ():
         state = observed.tier_jobs.get(tier.name)
         if state is None:
             if tier.device_tier in device_tiers:
@@ -441,9 +499,6 @@ def reconcile(
             patches.append(
                 ObjectPatch("batch/v1", "Job", state.name, ns, {"spec": {"suspend": suspend}})
             )
-    if create and not observed.any_child:
-        made = ", ".join(f"{o['kind']} {o['metadata']['name']}" for o in create)
-        events.append(Event("Normal", R.CREATED, f"created {made}"))
 
     # 3. Observations -> status.
     tier_rows = [(t.name, t.replicas, t.depth, t.depth_source) for t in plan.tiers]
@@ -615,12 +670,33 @@ def reconcile(
         waiting = ", ".join(f"{t.name} {t.ready}/{t.replicas}" for t in tier_status)
         conds.set(C.PROGRESSING, T, R.TRAINERS_STARTING, f"trainers ready: {waiting}")
     if conflicts:
+        foreign_secret = observed.secret is not None and not secret_ours
         conds.set(
             C.PROGRESSING,
             F,
             R.CHILD_CONFLICT,
             f"{', '.join(conflicts)} exist(s) but belong(s) to something else; delete or "
-            "rename them, the operator never takes over objects it did not create",
+            "rename them, the operator never takes over objects it did not create"
+            + (
+                f"; no aggregator or trainer is created or kept running while Secret "
+                f"{observed.secret.name} is not the job's (they would read its token)"
+                if foreign_secret and observed.secret is not None
+                else ""
+            ),
+        )
+    if refused:
+        waits = (
+            "; the aggregator and the trainers are created once the Secret exists"
+            if any(f.kind == "Secret" for f in refused)
+            else ""
+        )
+        conds.set(
+            C.PROGRESSING,
+            F,
+            refused[0].condition_reason,
+            "; ".join(f.describe() for f in refused)
+            + waits
+            + "; the operator retries with backoff (at once when what it would create changes)",
         )
     if tiers_edited:
         conds.set(

@@ -3,7 +3,19 @@
 handlers.py (the only kopf module) feeds this with what kopf watches and indexes; a
 pass reads the job, gathers what is observed about its children, asks the aggregator
 for its status when due, calls the pure reconcile() and applies the Plan through
-kube.py. Errors are logged once here and retried on the next pass.
+kube.py:
+
+1. a missing Secret is created first and reconcile() asked again: the aggregator and
+   the trainers read the Secret's token, so they are planned only once the job owns it;
+2. the other missing children are created concurrently; a create the API server refuses
+   is remembered with its error and retried with backoff (`backoff_delay`: 1 s doubling
+   to 60 s; at once when the object to create changes);
+3. reconcile() is asked once more with what now exists and what was refused, so the
+   status and the Events (a Warning per new refusal) say what the pass achieved;
+4. its patches, Events and status (only when it changed) are written.
+
+A request that fails otherwise (a patch, the status) fails the pass; handlers.py logs it
+and retries with the same backoff.
 """
 
 from __future__ import annotations
@@ -11,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from collections import Counter
@@ -23,6 +37,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from flextrain.api.common import API_VERSION
+from flextrain.api.conditions import JobReason
 from flextrain.api.devicetier import KIND as KIND_TIER
 from flextrain.api.devicetier import DeviceTier, DeviceTierStatus
 from flextrain.api.flextrainjob import KIND, FlexTrainJob, FlexTrainJobStatus
@@ -30,12 +45,22 @@ from flextrain.api.validation import object_problems
 from flextrain.operator import names, observed
 from flextrain.operator.config import OperatorSettings
 from flextrain.operator.kube import Conflict, KubeClient, KubeError, status_patch
-from flextrain.operator.reconcile import AggregatorReading, Plan, invalid_spec_status, reconcile
+from flextrain.operator.reconcile import (
+    AggregatorReading,
+    CreateFailure,
+    Event,
+    Plan,
+    invalid_spec_status,
+    reconcile,
+)
 from flextrain.operator.tiers import NodeInfo, device_tier_status
 from flextrain.wire.auth import new_token
 from flextrain.wire.status import StatusClient, StatusUnavailable
 
 log = logging.getLogger("flextrain.operator")
+#: Backoff of refused creates and failed passes: 1 s, doubling, at most 60 s.
+BACKOFF_BASE = 1.0
+BACKOFF_MAX = 60.0
 Key = tuple[str, str]  # (namespace, flextrain.dev/job label value)
 
 
@@ -96,6 +121,17 @@ class Snapshot:
     pods: Sequence[observed.PodState] = ()
 
 
+@dataclass(frozen=True)
+class _Refusal:
+    """A refused create: why, what was refused, how often, and when to try again."""
+
+    failure: CreateFailure
+    digest: str
+    attempts: int
+    #: time.monotonic() before which the same object is not sent again.
+    retry_at: float
+
+
 @dataclass
 class _JobMemory:
     """What a job's daemon remembers between passes."""
@@ -113,6 +149,8 @@ class _JobMemory:
     #: these, it lags behind our own last write, which is then the base of the next pass.
     pending: list[dict[str, Any]] = field(default_factory=list)
     replaced: dict[str, Any] | None = None
+    #: Children the API server refused to create, by (kind, name), until created.
+    refused: dict[tuple[str, str], _Refusal] = field(default_factory=dict)
 
     def base_status(self, visible: dict[str, Any]) -> dict[str, Any]:
         if not self.pending:
@@ -219,48 +257,91 @@ class Runtime:
                 await self._event(involved, event.type, event.reason, event.message)
             return self.settings.status_interval
         status = parse_status(body)
+        uid = str(meta.get("uid") or "")
 
         seen = self._observe(memory, snapshot, job)
-        await self._ensure_token(memory, namespace, name, fresh=status is None and not seen.any_child)
+        fresh = status is None and not seen.any_child
+        await self._ensure_token(memory, namespace, name, uid, fresh=fresh)
         seen = dataclasses.replace(seen, secret=memory.secret)
         reading = await self._read_aggregator(memory, seen, namespace, name)
-        plan = reconcile(
-            job,
-            status,
-            snapshot.device_tiers,
-            snapshot.nodes,
-            seen,
-            reading,
-            now,
-            self.settings,
-            memory.token or new_token(),
-            invalid_tiers={k: v.message for k, v in snapshot.invalid_tiers.items()},
-        )
-        await self._apply(plan, memory, job, involved, status_before, visible)
+
+        def plan_for(seen: observed.Observed, refused: Sequence[CreateFailure] = ()) -> Plan:
+            return reconcile(
+                job,
+                status,
+                snapshot.device_tiers,
+                snapshot.nodes,
+                seen,
+                reading,
+                now,
+                self.settings,
+                memory.token or new_token(),
+                invalid_tiers={k: v.message for k, v in snapshot.invalid_tiers.items()},
+                refused=refused,
+            )
+
+        plan = plan_for(seen)
+        planned: list[Mapping[str, Any]] = []
+        created: list[str] = []
+        secret = [o for o in plan.create if o["kind"] == "Secret"]
+        if secret:
+            # The aggregator and the trainers read the Secret, so reconcile plans them only
+            # once the job owns it: create the Secret alone, then plan again.
+            planned += secret
+            await self._create_children(memory, secret, uid, created)
+            if memory.secret is not None:
+                plan = plan_for(dataclasses.replace(seen, secret=memory.secret))
+        rest = [o for o in plan.create if o["kind"] != "Secret"]
+        planned += rest
+        await self._create_children(memory, rest, uid, created)
+        keys = [_child_key(o) for o in planned]
+        for key_ in list(memory.refused):
+            if key_ not in keys:
+                del memory.refused[key_]  # no longer wanted (or created meanwhile)
+        refused = [memory.refused[k].failure for k in keys if k in memory.refused]
+        if planned:
+            # Plan once more from what exists now, with what was refused: the status and
+            # the Events say what this pass achieved, compared with the stored status.
+            seen = dataclasses.replace(self._observe(memory, snapshot, job), secret=memory.secret)
+            plan = plan_for(seen, refused)
+        events = list(plan.events)
+        if created:
+            events.insert(0, Event("Normal", JobReason.CREATED, f"created {', '.join(created)}"))
+        await self._apply(plan, events, job, involved, status_before, visible, memory)
         delay = self.settings.status_interval
         if plan.requeue_after is not None:
             delay = max(0.05, min(delay, plan.requeue_after))
+        if memory.refused:
+            retry = min(r.retry_at for r in memory.refused.values()) - time.monotonic()
+            delay = max(0.05, min(delay, retry))
         return delay
 
     async def _ensure_token(
-        self, memory: _JobMemory, namespace: str, name: str, *, fresh: bool
+        self, memory: _JobMemory, namespace: str, name: str, uid: str, *, fresh: bool
     ) -> None:
         """Know the job's token: read its Secret once per daemon (the operator restarted,
         or the job is older than this process); a brand-new job gets a new token and its
-        Secret is created (a 409 then means it existed after all, see _apply)."""
+        Secret is created (a 409 then means it existed after all). A Secret the job does
+        not own is read again on every pass until it is gone: its token is never used."""
         if memory.token is not None:
             return
-        secret = None if fresh else await self.kube.get(
-            "v1", "Secret", names.secret_name(name), namespace
+        secret = (
+            None
+            if fresh
+            else await self.kube.get("v1", "Secret", names.secret_name(name), namespace)
         )
         if secret is None:
+            memory.secret = None
             memory.token = new_token()
             return
-        self._remember_secret(memory, secret)
+        self._remember_secret(memory, secret, uid)
 
     @staticmethod
-    def _remember_secret(memory: _JobMemory, secret: Mapping[str, Any]) -> None:
+    def _remember_secret(memory: _JobMemory, secret: Mapping[str, Any], uid: str) -> None:
         memory.secret = observed.child_state(secret)
+        if memory.secret.controller_uid != uid:
+            memory.token = None  # someone else's: never used, and looked up again
+            return
         data = (secret.get("data") or {}).get(names.TOKEN_KEY)
         memory.token = base64.b64decode(data).decode() if data else memory.token or new_token()
 
@@ -324,52 +405,103 @@ class Runtime:
         memory.read_at = time.monotonic()
         return memory.reading
 
+    async def _create_children(
+        self,
+        memory: _JobMemory,
+        objects: Sequence[Mapping[str, Any]],
+        uid: str,
+        created: list[str],
+    ) -> None:
+        """Create children concurrently (they are independent), each refused one retried
+        with backoff: not before its retry time, unless what would be created changed.
+        What exists already is remembered; `created` gets `Kind name` of each new one."""
+        now = time.monotonic()
+        due = []
+        for obj in objects:
+            refusal = memory.refused.get(_child_key(obj))
+            if refusal is None or refusal.digest != _digest(obj) or now >= refusal.retry_at:
+                due.append(obj)
+        results = await asyncio.gather(
+            *(self._create(obj, uid) for obj in due), return_exceptions=True
+        )
+        for obj, result in zip(due, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            key = _child_key(obj)
+            kind, child = key
+            if isinstance(result, CreateFailure):
+                self.stats["create_refused"] += 1
+                before = memory.refused.get(key)
+                digest = _digest(obj)
+                attempts = before.attempts + 1 if before and before.digest == digest else 1
+                delay = backoff_delay(attempts)
+                memory.refused[key] = _Refusal(result, digest, attempts, time.monotonic() + delay)
+                log.warning("%s (attempt %d, retry in %.0fs)", result.describe(), attempts, delay)
+                continue
+            memory.refused.pop(key, None)
+            body, new = result
+            if new:
+                created.append(f"{kind} {child}")
+            if kind == "Secret":
+                self._remember_secret(memory, body, uid)
+            elif (summary := _summary(kind, body)) is not None:
+                memory.expected[key] = summary
+
+    async def _create(
+        self, obj: Mapping[str, Any], uid: str
+    ) -> tuple[Mapping[str, Any], bool] | CreateFailure:
+        """Create one child: (the object, True) when created, (what exists, False) when it
+        existed already and is this job's (the caches were behind) or is the Secret, else
+        why it could not be created."""
+        kind, name = _child_key(obj)
+        namespace = obj["metadata"].get("namespace")
+        try:
+            made = await self.kube.create(obj)
+            self.stats["created"] += 1
+            return (made or obj), True
+        except Conflict as exc:
+            existing = None
+            if exc.reason in ("AlreadyExists", ""):
+                existing = await self.kube.get(obj["apiVersion"], kind, name, namespace)
+            if existing is None:
+                return CreateFailure(kind, name, exc.status, exc.reason, exc.message)
+            if kind == "Secret" or observed.controller_uid(existing) == uid:
+                return existing, False  # a Secret of someone else: reconcile says so
+            return CreateFailure(
+                kind,
+                name,
+                exc.status,
+                exc.reason,
+                f"{exc.message}; it is not this job's (delete or rename it, the operator "
+                "never takes over objects it did not create)",
+            )
+        except KubeError as exc:
+            return CreateFailure(kind, name, exc.status, exc.reason, exc.message)
+
     async def _apply(
         self,
         plan: Plan,
-        memory: _JobMemory,
+        events: Sequence[Event],
         job: FlexTrainJob,
         involved: Mapping[str, Any],
         status_before: Mapping[str, Any],
         visible: dict[str, Any],
+        memory: _JobMemory,
     ) -> None:
+        """Patch what the job owns, post the Events, write the status if it changed."""
         name, namespace = job.metadata.name, job.metadata.namespace or "default"
-        # Children are independent of each other: create them concurrently.
-        results = await asyncio.gather(
-            *(self._create(obj, namespace) for obj in plan.create), return_exceptions=True
-        )
-        for obj, result in zip(plan.create, results, strict=True):
-            if isinstance(result, BaseException):
-                raise result
-            kind, child = obj["kind"], obj["metadata"]["name"]
-            if kind == "Secret":
-                self._remember_secret(memory, result)
-            elif (summary := _summary(kind, result)) is not None:
-                memory.expected[(kind, child)] = summary
         for patch in plan.patch:
             await self.kube.patch(
                 patch.api_version, patch.kind, patch.name, patch.namespace, patch.body
             )
             self.stats["patched"] += 1
-        for event in plan.events:
+        for event in events:
             await self._event(involved, event.type, event.reason, event.message)
         await self._write_status(
             memory, job_ref(namespace, name), status_before, plan.status, visible
         )
         if plan.delete_job:
             await self.kube.delete(API_VERSION, KIND, name, namespace)
-
-    async def _create(self, obj: Mapping[str, Any], namespace: str) -> Mapping[str, Any]:
-        """Create a child; if it exists already, what exists (the caches were behind)."""
-        try:
-            created = await self.kube.create(obj)
-            self.stats["created"] += 1
-            return created or obj
-        except Conflict:
-            existing = await self.kube.get(
-                obj["apiVersion"], obj["kind"], obj["metadata"]["name"], namespace
-            )
-            return existing or obj
 
     async def _write_status(
         self,
@@ -404,6 +536,22 @@ class Runtime:
 
 def job_ref(namespace: str, name: str) -> tuple[str, str]:
     return (namespace, name)
+
+
+def _child_key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    return (str(obj["kind"]), str(obj["metadata"]["name"]))
+
+
+def _digest(obj: Mapping[str, Any]) -> str:
+    """What a child would be, in short: a refused child whose digest changed (the job or
+    its DeviceTier was edited) is retried at once."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def backoff_delay(attempts: int) -> float:
+    """Seconds before retrying after `attempts` failures in a row: 1, 2, 4, ... 60. The one
+    backoff of the operator: refused creates and failed passes (handlers.py) use it."""
+    return float(min(BACKOFF_MAX, BACKOFF_BASE * 2 ** max(0, attempts - 1)))
 
 
 def _summary(kind: str, body: Mapping[str, Any]) -> Any:

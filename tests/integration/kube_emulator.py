@@ -17,7 +17,9 @@ What kmock 0.8 lacks and this subclass adds (measured, see docs/architecture not
 - server-side printing: `Accept: ...;as=Table` on a resource with printer columns gets
   a meta.k8s.io/v1 Table (what `kubectl get` shows);
 - the garbage collector's cascade: deleting an owner deletes its dependents (by
-  ownerReferences uid), unless propagationPolicy is Orphan.
+  ownerReferences uid), unless propagationPolicy is Orphan;
+- refusals on demand (`refuse()`): a create answered with the status, reason and message
+  an admission webhook, a ValidatingAdmissionPolicy or a ResourceQuota would give.
 
 Still not emulated: schema validation and CEL, controllers (tests patch Job,
 Deployment and Pod status themselves), PUT and server-side apply, namespaces.
@@ -151,6 +153,21 @@ class KubeEmulator(kmock.KubernetesEmulator):
     namespaces: set[str] = attrs.field(factory=lambda: {"default", "kube-system"})
 
     _ticker: asyncio.Task[None] | None = attrs.field(default=None, init=False)
+
+    #: Creates to refuse, as an admission webhook, a ValidatingAdmissionPolicy or a quota
+    #: would: (plural, name) -> (status, reason, message). See `refuse()`.
+    refusals: dict[tuple[str, str], tuple[int, str, str]] = attrs.field(factory=dict, init=False)
+    #: How many creates of each (plural, name) were refused.
+    refused: collections.Counter[tuple[str, str]] = attrs.field(
+        factory=collections.Counter, init=False
+    )
+
+    def refuse(self, resource: str, name: str, status: int, reason: str, message: str) -> None:
+        """Answer every create of `resource` (e.g. "batch/v1/jobs") `name` with an error."""
+        self.refusals[(kmock.resource(resource).plural, name)] = (status, reason, message)
+
+    def allow(self, resource: str, name: str) -> None:
+        self.refusals.pop((kmock.resource(resource).plural, name), None)
 
     async def __aenter__(self) -> KubeEmulator:
         await super().__aenter__()
@@ -328,6 +345,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(
                 status=422, reason="Invalid", message="metadata.name: Required value"
             )
+        refusal = self.refusals.get((res.plural, meta["name"]))
+        if refusal is not None:
+            self.refused[(res.plural, meta["name"])] += 1
+            status, reason, message = refusal
+            raise kmock.KubernetesError(status=status, reason=reason, message=message)
         if problem := _invalid_name(meta["name"]):
             kind = (self._info(res).kind if self._info(res) else None) or res.plural
             raise kmock.KubernetesError(

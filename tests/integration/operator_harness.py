@@ -100,7 +100,14 @@ class Cluster:
 
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         api_version, kind = obj["apiVersion"], obj["kind"]
-        resource = {"FlexTrainJob": FTJ, "DeviceTier": DT, "Node": NODES, "Pod": PODS}[kind]
+        resource = {
+            "FlexTrainJob": FTJ,
+            "DeviceTier": DT,
+            "Node": NODES,
+            "Pod": PODS,
+            "Job": JOBS,
+            "Secret": SECRETS,
+        }[kind]
         del api_version
         namespaced = kind not in ("DeviceTier", "Node")
         ns = obj["metadata"].get("namespace", NS) if namespaced else None

@@ -679,3 +679,167 @@ async def test_an_invalid_device_tier_is_reported_as_invalid_not_missing(cluster
             lambda: cluster.condition("blocked", "TiersAvailable")["status"] == "True",
             what="TiersAvailable=True",
         )
+
+
+REFUSALS = [
+    pytest.param(
+        JOBS,
+        "train-deep",
+        422,
+        "Invalid",
+        "jobs.batch \"train-deep\" is invalid: : ValidatingAdmissionPolicy 'gpu-jobs' with "
+        "binding 'gpu-jobs' denied request: GPU Jobs need a priority class",
+        "ChildInvalid",
+        id="422-invalid",
+    ),
+    pytest.param(
+        DEPLOYMENTS,
+        "train-aggregator",
+        403,
+        "Forbidden",
+        "deployments.apps \"train-aggregator\" is forbidden: exceeded quota: compute, "
+        "requested: count/deployments.apps=1, used: count/deployments.apps=4, limited: "
+        "count/deployments.apps=4",
+        "ChildForbidden",
+        id="403-forbidden",
+    ),
+    pytest.param(
+        SERVICES,
+        "train-aggregator",
+        409,
+        "Conflict",
+        "Operation cannot be fulfilled on services \"train-aggregator\": the object has "
+        "been modified; please apply your changes to the latest version and try again",
+        "ChildConflict",
+        id="409-conflict",
+    ),
+]
+
+
+@pytest.mark.parametrize(("resource", "child", "code", "reason", "message", "condition"), REFUSALS)
+async def test_a_refused_child_is_reported_and_retried_with_backoff(
+    cluster: Cluster,
+    resource: str,
+    child: str,
+    code: int,
+    reason: str,
+    message: str,
+    condition: str,
+) -> None:
+    """A create the API server refuses ends as Progressing=False with a reason of its own
+    and the server's words, one Warning, and retries that back off (not one per pass);
+    once the server accepts, the child is made and the condition clears."""
+    await _tiers(cluster)
+    cluster.api.refuse(resource, child, code, reason, message)
+    settings = dataclasses.replace(FAST, status_interval=0.1)
+    async with running_operator(cluster, settings) as op:
+        await cluster.create(_two_tier_job())
+        progressing = await eventually(
+            lambda: (c := cluster.condition("train", "Progressing")) and c["reason"] == condition and c,
+            what=f"Progressing {condition}",
+        )
+        kind = {JOBS: "Job", DEPLOYMENTS: "Deployment", SERVICES: "Service"}[resource]
+        assert progressing["status"] == "False"
+        assert f"cannot create {kind} {child}" in progressing["message"]
+        assert f"{code} {reason}: {message}" in progressing["message"]
+        [warning] = await eventually(lambda: cluster.events(condition), what="a Warning")
+        assert warning["type"] == "Warning" and warning["message"] == progressing["message"]
+        # Everything that does not depend on the refused child is there.
+        assert cluster.get(SECRETS, "train-token") is not None
+        if resource != JOBS:
+            assert cluster.get(JOBS, "train-deep") is not None
+
+        # 3 s of passes 0.1 s apart: retries back off (1 s, 2 s, ...), not 30 attempts.
+        plural = resource.rsplit("/", 1)[-1]
+        attempts = cluster.api.refused[(plural, child)]
+        passes = op.runtime.stats["reconciles"]
+        await asyncio.sleep(3.0)
+        assert op.runtime.stats["reconciles"] >= passes + 10
+        assert cluster.api.refused[(plural, child)] - attempts <= 3
+        assert len(cluster.events(condition)) == 1  # one Warning, not one per retry
+
+        cluster.api.allow(resource, child)
+        await eventually(
+            lambda: cluster.get(resource, child) is not None, what=f"{kind} {child}", timeout=15
+        )
+        await eventually(
+            lambda: cluster.condition("train", "Progressing")["status"] == "True",
+            what="Progressing=True again",
+        )
+        assert any(f"{kind} {child}" in e["message"] for e in cluster.events("Created"))
+
+
+async def test_a_child_of_someone_else_in_the_way_is_reported_and_left_alone(
+    cluster: Cluster,
+) -> None:
+    """A Job with a tier Job's name that the job does not own (and that carries none of
+    its labels, so the watches never show it): 409 AlreadyExists, reported as
+    ChildConflict at once, left alone, and replaced by the operator's own once deleted."""
+    await _tiers(cluster)
+    await cluster.create(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "train-deep", "namespace": NS},
+            "spec": {"template": {"spec": {"containers": [{"name": "x", "image": "x"}]}}},
+        }
+    )
+    async with running_operator(cluster):
+        await cluster.create(_two_tier_job())
+        progressing = await eventually(
+            lambda: (c := cluster.condition("train", "Progressing")) and c["reason"] == "ChildConflict" and c,
+            what="ChildConflict",
+        )
+        assert "cannot create Job train-deep" in progressing["message"]
+        assert "409 AlreadyExists" in progressing["message"]
+        assert "not this job's" in progressing["message"]
+        assert cluster.events("ChildConflict")
+        foreign = cluster.get(JOBS, "train-deep")
+        assert foreign is not None and "ownerReferences" not in foreign["metadata"]
+
+        assert await cluster.delete(JOBS, NS, "train-deep") == 200
+        mine = await eventually(
+            lambda: (j := cluster.get(JOBS, "train-deep")) and j.get("metadata", {}).get("ownerReferences") and j,
+            what="the operator's own Job", timeout=15,
+        )
+        assert mine["metadata"]["labels"]["flextrain.dev/job"] == "train"
+
+
+async def test_a_secret_of_someone_else_keeps_every_workload_away(cluster: Cluster) -> None:
+    """`<job>-token` exists and is not the job's: the conflict is reported first and no
+    Deployment or Job that would read that Secret's token is created; once it is gone,
+    the job makes its own Secret and starts."""
+    await _tiers(cluster)
+    await cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "train-token", "namespace": NS},
+            "data": {"token": base64.b64encode(b"someone else's").decode()},
+        }
+    )
+    async with running_operator(cluster) as op:
+        await cluster.create(_two_tier_job())
+        progressing = await eventually(
+            lambda: (c := cluster.condition("train", "Progressing")) and c["reason"] == "ChildConflict" and c,
+            what="ChildConflict",
+        )
+        assert "Secret train-token" in progressing["message"]
+        assert "no aggregator or trainer is created" in progressing["message"]
+        [warning] = await eventually(lambda: cluster.events("ChildConflict"), what="a Warning")
+        assert warning["type"] == "Warning"
+        passes = op.runtime.stats["reconciles"]
+        await eventually(lambda: op.runtime.stats["reconciles"] >= passes + 3, what="3 passes")
+        assert cluster.list(JOBS) == [] and cluster.list(DEPLOYMENTS) == []
+        secret = cluster.get(SECRETS, "train-token")
+        assert secret is not None and "ownerReferences" not in secret["metadata"]
+
+        assert await cluster.delete(SECRETS, NS, "train-token") == 200
+        await _children(cluster, "train", 2)
+        secret = cluster.get(SECRETS, "train-token")
+        assert secret is not None and secret["metadata"]["ownerReferences"][0]["kind"] == "FlexTrainJob"
+        assert base64.b64decode(secret["data"]["token"]) != b"someone else's"
+        await eventually(
+            lambda: cluster.condition("train", "Progressing")["reason"] == "TrainersStarting",
+            what="the conflict to clear",
+        )

@@ -18,7 +18,7 @@ from flextrain.operator.observed import (
     PodState,
     TierJobState,
 )
-from flextrain.operator.reconcile import AggregatorReading, Plan, reconcile
+from flextrain.operator.reconcile import AggregatorReading, CreateFailure, Plan, reconcile
 from flextrain.wire.status import AggregatorStatus
 from flextrain.wire.status import TierStatus as WireTier
 from tests.unit.operator.conftest import NOW, UID, a_node, job, tier
@@ -78,6 +78,7 @@ def run(
     now: Any = NOW,
     settings: OperatorSettings = SETTINGS,
     invalid_tiers: dict[str, str] | None = None,
+    refused: list[CreateFailure] | None = None,
 ) -> Plan:
     return reconcile(
         j or job(),
@@ -90,6 +91,7 @@ def run(
         settings,
         "tok",
         invalid_tiers=invalid_tiers,
+        refused=refused or (),
     )
 
 
@@ -128,13 +130,22 @@ def reading(
 @pytest.mark.parametrize(
     ("observed", "created"),
     [
-        (Observed(), ["Secret", "Service", "Deployment", "Job", "Job"]),
+        # The aggregator and trainers read the Secret: they come once it is the job's.
+        (Observed(), ["Secret", "Service"]),
+        (Observed(secret=ChildState("job-token", UID)), ["Service", "Deployment", "Job", "Job"]),
         (dataclasses.replace(started(), tier_jobs={}), ["Job", "Job"]),
         (dataclasses.replace(started(), secret=None, service=None), ["Secret", "Service"]),
         (dataclasses.replace(started(), aggregator=None), ["Deployment"]),
         (started(), []),
     ],
-    ids=["nothing", "no tier jobs", "no secret or service", "no aggregator", "everything"],
+    ids=[
+        "nothing",
+        "only the secret",
+        "no tier jobs",
+        "no secret or service",
+        "no aggregator",
+        "everything",
+    ],
 )
 def test_creates_what_is_missing_and_nothing_twice(observed: Observed, created: list[str]) -> None:
     plan = run(observed=observed)
@@ -153,7 +164,7 @@ def test_the_first_pass_records_depths_start_time_and_an_event_for_auto() -> Non
     rows = {t.name: (t.depth, t.depth_source, t.replicas) for t in plan.status.tiers or []}
     assert rows == {"strong": (9, "fixed", 1), "weak": (3, "auto", 2)}
     assert plan.status.start_time == NOW and plan.status.phase == "Pending"
-    assert [e.reason for e in plan.events] == ["DepthChosen", "Created"]
+    assert [e.reason for e in plan.events] == ["DepthChosen"]  # "Created" comes from the runtime
     assert "weak=3 (auto from DeviceTier cpu capacity)" in plan.events[0].message
 
 
@@ -394,7 +405,7 @@ def test_resume_unsuspends_and_restarts_the_deadline_clock() -> None:
 
 
 def test_created_suspended_creates_suspended_jobs_without_a_start_time() -> None:
-    plan = run(job(suspend=True))
+    plan = run(job(suspend=True), observed=Observed(secret=ChildState("job-token", UID)))
     jobs = [o for o in plan.create if o["kind"] == "Job"]
     assert jobs and all(o["spec"]["suspend"] is True for o in jobs)
     assert plan.status.start_time is None and plan.status.phase == "Suspended"
@@ -483,3 +494,68 @@ def test_an_invalid_device_tier_is_named_invalid_not_missing() -> None:
     assert problems in condition.message and "not found" not in condition.message
     assert plan.create == [] and plan.status.phase == "Pending"
     assert [(e.type, e.reason) for e in plan.events] == [("Warning", "DeviceTierInvalid")]
+
+
+def test_a_secret_of_someone_else_means_no_aggregator_and_no_trainers() -> None:
+    foreign = Observed(secret=ChildState("job-token", "another-uid"))
+    plan = run(observed=foreign)
+    assert [o["kind"] for o in plan.create] == ["Service"]  # nothing that reads the Secret
+    condition = next(c for c in plan.status.conditions or [] if c.type == "Progressing")
+    assert (condition.status, condition.reason) == ("False", "ChildConflict")
+    assert "Secret job-token" in condition.message
+    assert "no aggregator or trainer is created or kept running" in condition.message
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "ChildConflict")]
+
+
+def test_workloads_stop_when_their_secret_is_someone_elses() -> None:
+    """Children made while the job owned its Secret, which was then replaced: they would
+    read another token on their next start, so they are stopped, never deleted."""
+    observed = dataclasses.replace(
+        started(strong={"ready": 1}, weak={"ready": 2}), secret=ChildState("job-token", "x")
+    )
+    plan = run(status=running_status(), observed=observed)
+    assert plan.create == []
+    assert {(p.kind, p.name): p.body for p in plan.patch} == {
+        ("Deployment", "job-aggregator"): {"spec": {"replicas": 0}},
+        ("Job", "job-strong"): {"spec": {"suspend": True}},
+        ("Job", "job-weak"): {"spec": {"suspend": True}},
+    }
+    assert cond(plan, "Progressing") == ("False", "ChildConflict")
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "condition"),
+    [
+        (422, "Invalid", "ChildInvalid"),
+        (403, "Forbidden", "ChildForbidden"),
+        (409, "AlreadyExists", "ChildConflict"),
+        (500, "InternalError", "ChildCreateFailed"),
+        (0, "", "ChildCreateFailed"),
+    ],
+)
+def test_a_refused_create_is_a_condition_and_one_warning(
+    code: int, reason: str, condition: str
+) -> None:
+    refused = [CreateFailure("Job", "job-strong", code, reason, "the server's words")]
+    observed = Observed(secret=ChildState("job-token", UID))
+    first = run(observed=observed, refused=refused)
+    [c] = [c for c in first.status.conditions or [] if c.type == "Progressing"]
+    assert (c.status, c.reason) == ("False", condition)
+    assert "cannot create Job job-strong" in c.message and "the server's words" in c.message
+    if code:
+        assert f"answered {code} {reason}".rstrip() in c.message
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", condition)]
+    # The next pass, still refused: nothing new to say, nothing to write.
+    again = run(
+        observed=observed, refused=refused, status=first.status, now=NOW + timedelta(seconds=9)
+    )
+    assert again.events == [] and again.status == first.status
+
+
+def test_a_refused_secret_says_the_workloads_wait_for_it() -> None:
+    refused = [CreateFailure("Secret", "job-token", 403, "Forbidden", "no create on secrets")]
+    plan = run(refused=refused)
+    [c] = [c for c in plan.status.conditions or [] if c.type == "Progressing"]
+    assert c.reason == "ChildForbidden"
+    assert "the aggregator and the trainers are created once the Secret exists" in c.message
+    assert [o["kind"] for o in plan.create] == ["Secret", "Service"]

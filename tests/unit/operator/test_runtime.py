@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flextrain.api.devicetier import DeviceTier
-from flextrain.operator.runtime import InvalidDeviceTier, parse_device_tier
+from flextrain.operator.runtime import InvalidDeviceTier, backoff_delay, parse_device_tier
 from tests.factories import make_tier
 
 
@@ -32,3 +32,8 @@ def test_every_problem_is_named() -> None:
     tier = parse_device_tier(body)
     assert isinstance(tier, InvalidDeviceTier)
     assert [p.split(":")[0] for p in tier.problems] == ["spec.nodeSelector.pool", "spec.architecture"]
+
+
+def test_one_backoff_doubles_from_a_second_to_a_minute() -> None:
+    assert [backoff_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert backoff_delay(1000) == 60
