@@ -10,6 +10,7 @@ proxy are needed; the first build takes 10+ minutes, later ones seconds).
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import time
 import uuid
@@ -106,7 +107,7 @@ def kubectl(control_plane: ControlPlane) -> Callable[..., subprocess.CompletedPr
 def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test (deleted afterwards, by the real namespace controller)."""
     core = client.CoreV1Api(api)
-    base = request.node.name.lower().replace("_", "-")[:40].strip("-")
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-")
     name = f"{base}-{uuid.uuid4().hex[:5]}"
     core.create_namespace({"metadata": {"name": name}})
     wait_for(lambda: _default_sa(core, name), timeout=30, what=f"default ServiceAccount in {name}")

@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from tests.tools import REPO
 
@@ -152,3 +153,33 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+class RawResponse(NamedTuple):
+    status: int
+    body: dict[str, Any]
+
+
+def request(plane: ControlPlane, method: str, path: str, body: Any = None, *, query: str = "", token: str | None = None) -> RawResponse:
+    """One HTTP request to the API server (admin unless `token`), never raising on a
+    status: tests that check refusals read the server's own Status object."""
+    import json
+    import urllib.error
+
+    context = ssl.create_default_context(cafile=str(plane.ca_file))
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        plane.server + path + (f"?{query}" if query else ""),
+        data=data,
+        method=method,
+        headers={
+            "Authorization": f"Bearer {token or plane.admin_token()}",
+            "Content-Type": "application/merge-patch+json" if method == "PATCH" else "application/json",
+            "Accept": "application/json",
+        },
+    )
+    try:
+        with urllib.request.urlopen(req, context=context, timeout=30) as resp:
+            return RawResponse(resp.status, json.loads(resp.read() or b"{}"))
+    except urllib.error.HTTPError as exc:
+        return RawResponse(exc.code, json.loads(exc.read() or b"{}"))
