@@ -164,6 +164,36 @@ def installed_chart(
         "120s",
     )
     assert done.returncode == 0, f"helm install failed:\n{done.stdout}\n{done.stderr}"
+    # OwnerReferencesPermissionEnforcement resolves an owner's kind through the API
+    # server's discovery RESTMapper, which reloads every 30 s: until it knows the new
+    # CRDs, children with blockOwnerDeletion are refused (403, "cannot find RESTMapping").
+    # The operator reports and retries that (docs/operator.md); the tests start after it.
+    probe = {
+        "metadata": {
+            "name": "owner-probe",
+            "ownerReferences": [
+                {
+                    "apiVersion": "flextrain.dev/v1alpha1",
+                    "kind": "FlexTrainJob",
+                    "name": "probe",
+                    "uid": "00000000-0000-4000-8000-000000000000",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        }
+    }
+
+    def owner_kind_known() -> bool:
+        try:
+            client.CoreV1Api(api).create_namespaced_secret(install.NAMESPACE, probe, dry_run="All")
+        except client.ApiException as exc:
+            if exc.status == 403 and "RESTMapping" in str(exc.body):
+                return False
+            raise
+        return True
+
+    wait_for(owner_kind_known, timeout=60, interval=1, what="the API server's RESTMapper to know FlexTrainJob")
     return done
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 from kubernetes import client
 
 from tests.cluster import install
 from tests.cluster.conftest import wait_for
+from tests.cluster.controlplane import ControlPlane
 
 
 def test_chart_installs_crds_rbac_operator_and_device_tiers(
@@ -90,3 +92,18 @@ def test_the_operator_may_do_no_more_than_its_rules(
         answer = kubectl(*args, check=False).stdout.strip()
         expected = "yes" if (verb, resource, sub, ns) in allowed else "no"
         assert answer == expected, f"can-i {verb} {resource}/{sub}: {answer}, expected {expected}"
+
+
+def test_an_operator_without_the_charts_rbac_is_caught(
+    control_plane: ControlPlane, api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """The 403 check of the `operator` fixture can fail: a ServiceAccount without the
+    chart's bindings is refused, and the refusal is found in the operator's log."""
+    client.CoreV1Api(api).create_namespaced_service_account(namespace, {"metadata": {"name": "nobody"}})
+    kubeconfig = install.token_kubeconfig(api, control_plane, "nobody", namespace, tmp_path / "kubeconfig")
+    proc = install.OperatorProcess(kubeconfig, {}, tmp_path / "operator.log").start()
+    try:
+        denials = wait_for(proc.forbidden, timeout=60, what="an RBAC denial in the operator's log")
+    finally:
+        proc.stop()
+    assert f"system:serviceaccount:{namespace}:nobody" in denials[0]
