@@ -103,6 +103,12 @@ RESOURCES: Final[tuple[CrdInfo, ...]] = (
                 "jsonPath": ".status.bestAccuracy",
                 "description": "Best held-out accuracy over depths in the latest evaluation",
             },
+            {
+                "name": "Accuracy",
+                "type": "string",
+                "jsonPath": ".status.accuracyByDepth",
+                "description": "Latest held-out accuracy per depth (d<depth>=<accuracy>)",
+            },
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ),
     ),

@@ -742,6 +742,12 @@ class FlexTrainJobStatus(ApiModel):
         max_length=MAX_TIERS,
         description="accuracy: the latest held-out accuracy per tier depth.",
     )
+    accuracy_by_depth: str | None = Field(
+        default=None,
+        max_length=512,
+        description="accuracyByDepth: the latest accuracy per depth as one line for "
+        "`kubectl get ftj` (e.g. `d3=0.975 d9=0.964`).",
+    )
     tiers: list[TierStatus] | None = Field(
         default=None, max_length=MAX_TIERS, description="tiers: per-tier state."
     )

@@ -280,6 +280,13 @@ def _accuracy(status: AggregatorStatus) -> tuple[list[DepthAccuracy], float | No
     return entries, max(e.accuracy for e in entries if e.round == latest)
 
 
+def accuracy_line(accuracy: Sequence[DepthAccuracy] | None) -> str | None:
+    """`d3=0.975 d9=0.964`: status.accuracyByDepth, the printer column of `kubectl get`."""
+    if not accuracy:
+        return None
+    return " ".join(f"d{a.depth}={a.accuracy:.3f}" for a in sorted(accuracy, key=lambda a: a.depth))
+
+
 def model_location(job: FlexTrainJob, rounds: int) -> str | None:
     """Where the final checkpoint is: `pvc://<claim>/<subPath>/round-NNNNNN.pt`."""
     ckpt = job.spec.checkpoint
@@ -741,6 +748,7 @@ def reconcile(
         tiers_ready=f"{ready_tiers}/{len(tier_status)}",
         best_accuracy=best,
         accuracy=accuracy,
+        accuracy_by_depth=accuracy_line(accuracy),
         tiers=tier_status,
         conditions=conds.finish(),
         start_time=start_time,

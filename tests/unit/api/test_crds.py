@@ -79,7 +79,7 @@ def test_crd_metadata() -> None:
     version = job["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Round", "Tiers Ready", "Best Accuracy", "Age"]
+    assert columns == ["Phase", "Round", "Tiers Ready", "Best Accuracy", "Accuracy", "Age"]
     columns = [c["name"] for c in tier["versions"][0]["additionalPrinterColumns"]]
     assert columns == ["Arch", "Accelerator", "Nodes", "Age"]
 

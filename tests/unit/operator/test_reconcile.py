@@ -321,6 +321,7 @@ def test_round_accuracy_and_last_round_pushed_come_from_the_aggregator() -> None
         (9, 0.83, 3),
     ]
     assert s.best_accuracy == 0.83  # best of the latest evaluation (round 3)
+    assert s.accuracy_by_depth == "d3=0.610 d5=0.900 d9=0.830"  # kubectl get's Accuracy column
     assert {t.name: t.last_round_pushed for t in s.tiers or []} == {"strong": 3, "weak": 3}
     assert s.tiers_ready == "2/2"
 
