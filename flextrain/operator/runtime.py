@@ -260,7 +260,9 @@ class Runtime:
         uid = str(meta.get("uid") or "")
 
         seen = self._observe(memory, snapshot, job)
-        fresh = status is None and not seen.any_child
+        # New: nothing written to its status yet (parse_status reads a missing status as
+        # an empty one, never None) and no child in the caches.
+        fresh = not any(k != "kopf" for k in status_before) and not seen.any_child
         await self._ensure_token(memory, namespace, name, uid, fresh=fresh)
         seen = dataclasses.replace(seen, secret=memory.secret)
         reading = await self._read_aggregator(memory, seen, namespace, name)

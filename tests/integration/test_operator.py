@@ -414,6 +414,20 @@ async def test_a_restarted_operator_creates_nothing_twice(cluster: Cluster) -> N
     assert status_after["tiers"] == status_before["tiers"]
 
 
+async def test_a_new_job_gets_its_secret_without_a_lookup_first(cluster: Cluster) -> None:
+    # A job with no status and no child is new: its token is made and its Secret created
+    # at once (a 409 would mean it existed after all); only an older job's Secret is read.
+    await _tiers(cluster)
+    async with running_operator(cluster):
+        await cluster.create(_two_tier_job())
+        await _children(cluster, "train", 2)
+        await eventually(lambda: cluster.status("train").get("tiers"))
+    assert cluster.api.count_requests("GET", "/secrets/train-token") == 0
+    async with running_operator(cluster) as op:
+        await eventually(lambda: op.runtime.stats["reconciles"] >= 1, what="a pass")
+    assert cluster.api.count_requests("GET", "/secrets/train-token") == 1
+
+
 async def test_suspend_stops_trainers_and_resume_continues(cluster: Cluster) -> None:
     await _tiers(cluster)
     set_job = job_controller(cluster)
