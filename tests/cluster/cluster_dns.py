@@ -1,6 +1,6 @@
 """Cluster DNS for the test control plane: `<service>.<namespace>.svc[.cluster.local]`
-answered with the ready endpoints of the Service's EndpointSlices (kept by the real
-EndpointSlice controller from the pods' status), the way a headless Service resolves.
+answered with the addresses of the Service's ready endpoints (the node agent's lookup),
+the way a headless Service resolves.
 
 Processes reach it through gRPC's own resolver with an explicit DNS server:
 `dns://127.0.0.1:<port>/<service>.<namespace>.svc:<port>`. The operator is pointed at it

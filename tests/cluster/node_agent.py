@@ -12,7 +12,8 @@ pod the real kube-scheduler binds to one of them:
   environment resolved from the pod spec (`value` with `$(VAR)` references,
   `secretKeyRef`, `configMapKeyRef`, `fieldRef` including the Job controller's
   `JOB_COMPLETION_INDEX` annotation, `resourceFieldRef`) and `.venv/bin` first on PATH
-  (the image's PATH). Its exit code becomes the container's terminated state;
+  (the image's PATH). A namespace labelled `agent.flextrain.dev/mode: exec` runs in exec
+  mode while the rest stay in status mode. Its exit code becomes the container's terminated state;
   `restartPolicy` Always / OnFailure restart it (restartCount counts). Readiness is the
   process being alive.
 
@@ -20,8 +21,8 @@ The mapping from a pod to a process on this machine (no container runtime here):
 
 | pod | process |
 |---|---|
-| pod IP | a distinct loopback address 127.1.x.y per pod (status.podIP), so the real EndpointSlice controller publishes it |
-| Service `<svc>.<ns>.svc` | `tests/cluster/cluster_dns.py`: gRPC resolves it through `dns://127.0.0.1:<port>/...` to the ready endpoints |
+| pod IP | a distinct loopback address 127.1.x.y per pod (status.podIP) |
+| Service `<svc>.<ns>.svc` | `tests/cluster/cluster_dns.py`: gRPC resolves it through `dns://127.0.0.1:<port>/...` to the IPs of the Service's ready pods (the agent selects them as the EndpointSlice controller would: the API server refuses loopback addresses in EndpointSlices) |
 | listening ports | the host's: pods share the machine's network, so two pods listening on one port collide (run one job's aggregator at a time) |
 | volumes | each mount's path is a directory under the agent's work dir (emptyDir, PVC: per pod / per claim; hostPath: the host path); env values and arguments that start with a mount path are rewritten to that directory |
 | working directory, logs | `<work>/pods/<ns>_<pod>/`, `stdout.log` there |
@@ -58,6 +59,7 @@ from tests.tools import REPO
 log = logging.getLogger("node-agent")
 
 EXIT_ANNOTATION = "agent.flextrain.dev/exit-code"
+MODE_LABEL = "agent.flextrain.dev/mode"
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -96,7 +98,6 @@ class NodeAgent:
         assert mode in ("status", "exec"), mode
         self.api = api
         self.core = client.CoreV1Api(api)
-        self.discovery = client.DiscoveryV1Api(api)
         self.nodes = set(node_names)
         self.workdir = workdir
         self.mode = mode
@@ -230,8 +231,14 @@ class NodeAgent:
         if state is not None:
             self._kill(state, grace=0.5)
 
-    def _run(self, state: _Pod, pod: dict[str, Any]) -> None:
+    def _exec(self, namespace: str) -> bool:
         if self.mode == "exec":
+            return True
+        labels = self.core.read_namespace(namespace).metadata.labels or {}
+        return labels.get(MODE_LABEL) == "exec"
+
+    def _run(self, state: _Pod, pod: dict[str, Any]) -> None:
+        if self._exec(state.namespace):
             self._spawn(state, pod)
         self._post_status(state, pod, running=True)
 
@@ -477,22 +484,23 @@ class NodeAgent:
     # -- cluster DNS ----------------------------------------------------------------------
 
     def _lookup(self, service: str, namespace: str) -> list[str]:
-        slices = self.discovery.list_namespaced_endpoint_slice(
-            namespace, label_selector=f"kubernetes.io/service-name={service}"
-        )
-        if not slices.items:
-            try:
-                self.core.read_namespaced_service(service, namespace)
-            except ApiException as exc:
-                if exc.status == 404:
-                    raise LookupError(service) from exc
-                raise
+        """The Service's ready endpoints, chosen as the EndpointSlice controller does
+        (selector, Ready, not terminating). The slices themselves cannot be read: the API
+        server refuses loopback addresses in EndpointSlices, so none are published."""
+        try:
+            svc = self.core.read_namespaced_service(service, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise LookupError(service) from exc
+            raise
+        selector = ",".join(f"{k}={v}" for k, v in sorted((svc.spec.selector or {}).items()))
+        if not selector:
+            return []
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
         return sorted(
-            {
-                address
-                for s in slices.items
-                for e in s.endpoints or []
-                if e.conditions is None or e.conditions.ready is not False
-                for address in e.addresses
-            }
+            p.status.pod_ip
+            for p in pods
+            if p.status.pod_ip
+            and p.metadata.deletion_timestamp is None
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
         )
