@@ -15,6 +15,7 @@ from typing import Any
 
 from kubernetes import client
 
+from flextrain.operator import names
 from tests.cluster import install
 from tests.cluster.conftest import wait_for
 from tests.cluster.node_agent import NodeAgent
@@ -73,7 +74,7 @@ class Jobs:
 
     def children(self, job: str) -> dict[str, list[str]]:
         """Kind -> uids of the job's children."""
-        selector = f"flextrain.dev/job={job}"
+        selector = f"flextrain.dev/job={names.label_value(job)}"
         return {
             "Secret": [s.metadata.uid for s in self.core.list_namespaced_secret(self.ns, label_selector=selector).items],
             "Service": [s.metadata.uid for s in self.core.list_namespaced_service(self.ns, label_selector=selector).items],
@@ -82,7 +83,7 @@ class Jobs:
         }
 
     def trainer_pods(self, job: str) -> list[client.V1Pod]:
-        selector = f"flextrain.dev/job={job},flextrain.dev/component=trainer"
+        selector = f"flextrain.dev/job={names.label_value(job)},flextrain.dev/component=trainer"
         return list(self.core.list_namespaced_pod(self.ns, label_selector=selector).items)
 
     def events(self, job: str) -> list[client.CoreV1Event]:
