@@ -10,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS_DIR=${TOOLS_DIR:-.tools}
 out="$PWD/$TOOLS_DIR/bin/controlplane"
+if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+  PATH="/usr/local/go/bin:$PATH"   # Go's default install location, when not on PATH
+fi
 if ! command -v go >/dev/null; then
   echo "build-controlplane: Go is not installed (need Go >= 1.26 for k8s.io/kubernetes v1.37.2)" >&2
   exit 1
@@ -21,7 +24,7 @@ if [ -x "$out" ] && [ "${FORCE:-0}" != 1 ] && [ -z "$(find "$src" -newer "$out" 
 fi
 mkdir -p "$(dirname "$out")"
 start=$(date +%s)
-echo "==> building the test control plane ($(go version | cut -d' ' -f3); first build: 10+ minutes on 2 cores)"
+echo "==> building the test control plane ($(go version | cut -d' ' -f3); first build: 5-8 minutes on 2 cores)"
 # -mod=readonly: go.sum is the pin; a module that does not match it fails the build.
 # The version the API server reports (kubectl version, helm's kubeVersion check) is
 # stamped at link time, as Kubernetes' own build does (hack/lib/version.sh).
@@ -31,5 +34,5 @@ ldflags=""
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 done
-(cd "$src" && go build -mod=readonly -trimpath -ldflags "$ldflags" -o "$out" .)
+(cd "$src" && go build -mod=readonly -buildvcs=false -trimpath -ldflags "$ldflags" -o "$out" .)
 echo "==> $out built in $(( $(date +%s) - start )) s"
