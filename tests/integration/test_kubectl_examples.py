@@ -112,6 +112,7 @@ async def test_examples_apply_and_show_in_kubectl_get(cluster: Cluster) -> None:
             "READY",
             "BEST",
             "ACCURACY",
+            "ACCURACY",
             "AGE",
         ]
         by_name = {row.split()[0]: row.split() for row in rows}
