@@ -9,8 +9,9 @@ agent plays the kubelets in status mode (pods Running, ended when a test asks)."
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kubernetes import client
@@ -43,6 +44,19 @@ def factory_job(name: str, namespace: str, **spec: Any) -> Body:
     }
     body["spec"].update(spec)
     return body
+
+
+@contextlib.contextmanager
+def device_tier(api: client.ApiClient, name: str, **spec: Any) -> Iterator[str]:
+    """A DeviceTier that exists for the `with` block (they are cluster-wide: give each test
+    its own name)."""
+    custom = client.CustomObjectsApi(api)
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DeviceTier", "metadata": {"name": name}, "spec": spec}
+    custom.create_cluster_custom_object(GROUP, VERSION, "devicetiers", body)
+    try:
+        yield name
+    finally:
+        custom.delete_cluster_custom_object(GROUP, VERSION, "devicetiers", name)
 
 
 class Jobs:
@@ -178,24 +192,13 @@ def test_suspend_removes_trainer_pods_and_resume_brings_them_back(
 def test_a_tier_no_node_can_take_shows_the_schedulers_reason(
     api: client.ApiClient, operator: install.OperatorProcess, agent: NodeAgent, namespace: str
 ) -> None:
-    custom = client.CustomObjectsApi(api)
     tier_name = f"edge-no-toleration-{namespace[-5:]}"
-    custom.create_cluster_custom_object(
-        GROUP,
-        VERSION,
-        "devicetiers",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "DeviceTier",
-            "metadata": {"name": tier_name},
-            "spec": {
-                "architecture": "arm64",
-                "nodeSelector": {"flextrain.dev/pool": "edge"},
-                "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
-            },
-        },
-    )
-    try:
+    untolerated = {
+        "architecture": "arm64",
+        "nodeSelector": {"flextrain.dev/pool": "edge"},
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+    }
+    with device_tier(api, tier_name, **untolerated):
         jobs = Jobs(api, namespace)
         jobs.create(
             factory_job(
@@ -218,8 +221,6 @@ def test_a_tier_no_node_can_take_shows_the_schedulers_reason(
         # The operator's own node matching says the same before any pod exists.
         tiers = jobs.condition("stuck", "TiersAvailable")
         assert tiers is not None and tiers["reason"] == "NoMatchingNodes", tiers
-    finally:
-        custom.delete_cluster_custom_object(GROUP, VERSION, "devicetiers", tier_name)
 
 
 def _warning(jobs: Jobs, job: str, reason_part: str) -> client.CoreV1Event | None:

@@ -13,7 +13,7 @@ from kubernetes import client
 from tests.cluster import install
 from tests.cluster.conftest import wait_for
 from tests.cluster.node_agent import NodeAgent
-from tests.cluster.test_operator import GROUP, PLURAL, VERSION, Jobs, factory_job
+from tests.cluster.test_operator import GROUP, PLURAL, VERSION, Jobs, device_tier, factory_job
 
 PERMANENT_FAILURE = 2  # the trainer's exit code for errors retrying cannot fix
 
@@ -83,22 +83,10 @@ def test_a_missing_device_tier_blocks_the_job_until_it_is_created(
 
     assert tier_name in wait_for(not_found, timeout=30, what="DeviceTierNotFound")["message"]
     assert not any(jobs.children("waiting").values()), "children created without their DeviceTier"
-    jobs.custom.create_cluster_custom_object(
-        GROUP,
-        VERSION,
-        "devicetiers",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "DeviceTier",
-            "metadata": {"name": tier_name},
-            "spec": {"nodeSelector": {"flextrain.dev/pool": "cpu"}, "resources": {"requests": {"cpu": "1"}}},
-        },
-    )
-    try:
+    cpu_pool = {"nodeSelector": {"flextrain.dev/pool": "cpu"}, "resources": {"requests": {"cpu": "1"}}}
+    with device_tier(api, tier_name, **cpu_pool):
         wait_for(lambda: jobs.all_children_created("waiting", 1), timeout=30, what="children once the tier exists")
         wait_for(lambda: _running_pods(jobs, "waiting", "cpu"), timeout=60, what="the trainer running")
-    finally:
-        jobs.custom.delete_cluster_custom_object(GROUP, VERSION, "devicetiers", tier_name)
 
 
 def test_a_pool_whose_nodes_stop_reporting_is_explained_until_they_return(
@@ -184,20 +172,8 @@ def test_tiers_cannot_be_changed_after_creation(
 def test_a_job_waiting_for_an_unsatisfiable_depth_writes_nothing(
     api: client.ApiClient, operator: install.OperatorProcess, agent: NodeAgent, namespace: str
 ) -> None:
-    custom = client.CustomObjectsApi(api)
     tier_name = f"tiny-{namespace[-5:]}"
-    custom.create_cluster_custom_object(
-        GROUP,
-        VERSION,
-        "devicetiers",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "DeviceTier",
-            "metadata": {"name": tier_name},
-            "spec": {"nodeSelector": {"flextrain.dev/pool": "cpu"}, "capacity": {"parameters": 10}},
-        },
-    )
-    try:
+    with device_tier(api, tier_name, nodeSelector={"flextrain.dev/pool": "cpu"}, capacity={"parameters": 10}):
         jobs = Jobs(api, namespace)
         jobs.create(
             factory_job("unsatisfiable", namespace, tiers=[{"name": "t", "deviceTierRef": tier_name, "replicas": 1, "depth": "auto"}])
@@ -211,8 +187,6 @@ def test_a_job_waiting_for_an_unsatisfiable_depth_writes_nothing(
         version = jobs.get("unsatisfiable")["metadata"]["resourceVersion"]
         time.sleep(5)  # five status intervals
         assert jobs.get("unsatisfiable")["metadata"]["resourceVersion"] == version, "status rewritten while waiting"
-    finally:
-        custom.delete_cluster_custom_object(GROUP, VERSION, "devicetiers", tier_name)
 
 
 def test_the_longest_job_name_gets_its_events(
