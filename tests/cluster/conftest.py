@@ -54,20 +54,8 @@ def api(control_plane: ControlPlane) -> client.ApiClient:
 @pytest.fixture(scope="session")
 def node_names(api: client.ApiClient) -> list[str]:
     names = nodes.register(api)
-    core = client.CoreV1Api(api)
-    # The node lifecycle controller removes the not-ready taint TaintNodesByCondition put
-    # on at registration once it has seen the Ready condition and a fresh lease.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        pending = [
-            n.metadata.name
-            for n in core.list_node().items
-            if any(t.key.startswith("node.kubernetes.io/") for t in n.spec.taints or [])
-        ]
-        if not pending:
-            return names
-        time.sleep(0.5)
-    raise AssertionError(f"nodes still tainted not-ready after 60 s: {pending}")
+    nodes.wait_untainted(api, timeout=60)
+    return names
 
 
 @pytest.fixture(scope="session")
@@ -147,53 +135,10 @@ def helm_binary() -> Path:
 def installed_chart(
     control_plane: ControlPlane, api: client.ApiClient, agent: NodeAgent, helm_binary: Path
 ) -> subprocess.CompletedProcess[str]:
-    """`helm install` of the chart with its default DeviceTiers, as an admin would."""
-    done = install.helm(
-        helm_binary,
-        control_plane,
-        "install",
-        install.RELEASE,
-        str(install.CHART),
-        "--namespace",
-        install.NAMESPACE,
-        "--create-namespace",
-        "--set",
-        "deviceTiers.enabled=true",
-        "--wait",
-        "--timeout",
-        "120s",
-    )
-    assert done.returncode == 0, f"helm install failed:\n{done.stdout}\n{done.stderr}"
-    # OwnerReferencesPermissionEnforcement resolves an owner's kind through the API
-    # server's discovery RESTMapper, which reloads every 30 s: until it knows the new
-    # CRDs, children with blockOwnerDeletion are refused (403, "cannot find RESTMapping").
-    # The operator reports and retries that (docs/operator.md); the tests start after it.
-    probe = {
-        "metadata": {
-            "name": "owner-probe",
-            "ownerReferences": [
-                {
-                    "apiVersion": "flextrain.dev/v1alpha1",
-                    "kind": "FlexTrainJob",
-                    "name": "probe",
-                    "uid": "00000000-0000-4000-8000-000000000000",
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        }
-    }
-
-    def owner_kind_known() -> bool:
-        try:
-            client.CoreV1Api(api).create_namespaced_secret(install.NAMESPACE, probe, dry_run="All")
-        except client.ApiException as exc:
-            if exc.status == 403 and "RESTMapping" in str(exc.body):
-                return False
-            raise
-        return True
-
-    wait_for(owner_kind_known, timeout=60, interval=1, what="the API server's RESTMapper to know FlexTrainJob")
+    """`helm install` of the chart with its default DeviceTiers, as an admin would; the
+    tests start once the API server can check FlexTrainJob owner references."""
+    done = install.install_chart(helm_binary, control_plane, "deviceTiers.enabled=true")
+    install.wait_owner_kind_known(api, control_plane, timeout=60)
     return done
 
 

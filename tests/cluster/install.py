@@ -41,6 +41,93 @@ def helm(helm_binary: Path, plane: ControlPlane, *args: str, timeout: float = 18
     )
 
 
+def install_chart(helm_binary: Path, plane: ControlPlane, *values: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """`helm install` of the chart into NAMESPACE as an admin would, waiting for its
+    Deployment; `values` are `--set` arguments. Raises with helm's output if it fails."""
+    sets = [arg for value in values for arg in ("--set", value)]
+    done = helm(
+        helm_binary,
+        plane,
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        *sets,
+        "--wait",
+        "--timeout",
+        "120s",
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"helm install failed:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def service_account_client(
+    api: client.ApiClient,
+    plane: ControlPlane,
+    account: str = f"{RELEASE}-flextrain",
+    namespace: str = NAMESPACE,
+) -> client.ApiClient:
+    """An API client logged in as ServiceAccount `namespace/account` (TokenRequest)."""
+    token = (
+        client.CoreV1Api(api)
+        .create_namespaced_service_account_token(account, namespace, {"spec": {"expirationSeconds": 3600}})
+        .status.token
+    )
+    configuration = client.Configuration()
+    configuration.host = plane.server
+    configuration.ssl_ca_cert = str(plane.ca_file)
+    configuration.api_key = {"authorization": token}
+    configuration.api_key_prefix = {"authorization": "Bearer"}
+    return client.ApiClient(configuration)
+
+
+def wait_owner_kind_known(api: client.ApiClient, plane: ControlPlane, *, timeout: float = 60) -> None:
+    """Wait until the API server can check blockOwnerDeletion on a FlexTrainJob owner
+    for the operator's ServiceAccount.
+
+    OwnerReferencesPermissionEnforcement resolves an owner's kind through the API
+    server's discovery RESTMapper, which reloads every 30 s: until it knows the new
+    CRDs, children with blockOwnerDeletion are refused (403, "cannot find RESTMapping").
+    The operator reports and retries that (docs/operator.md); tests and benchmarks start
+    after it. The probe (a dry-run create) is sent as the operator: a user allowed to
+    finalize everything (the admin, system:masters) skips the RESTMapper altogether, so
+    its creates pass at once and prove nothing."""
+    probe = {
+        "metadata": {
+            "name": "owner-probe",
+            "ownerReferences": [
+                {
+                    "apiVersion": "flextrain.dev/v1alpha1",
+                    "kind": "FlexTrainJob",
+                    "name": "probe",
+                    "uid": "00000000-0000-4000-8000-000000000000",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        }
+    }
+    with service_account_client(api, plane) as operator:
+        core = client.CoreV1Api(operator)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                core.create_namespaced_secret(NAMESPACE, probe, dry_run="All")
+                return
+            except client.ApiException as exc:
+                if exc.status != 403 or "RESTMapping" not in str(exc.body):
+                    raise
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout:.0f} s waiting for the API server's RESTMapper to know FlexTrainJob"
+                )
+            time.sleep(1)
+
+
 def token_kubeconfig(api: client.ApiClient, plane: ControlPlane, account: str, namespace: str, path: Path) -> Path:
     """A kubeconfig for ServiceAccount `namespace/account`, with a token from TokenRequest."""
     core = client.CoreV1Api(api)

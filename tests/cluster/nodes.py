@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from typing import Any
 
 from kubernetes import client
@@ -157,6 +158,25 @@ def register(api: client.ApiClient, pools: tuple[Pool, ...] = POOLS) -> list[str
             renew_lease(api, name)
             names.append(name)
     return names
+
+
+def wait_untainted(api: client.ApiClient, *, timeout: float = 60) -> None:
+    """Wait until no node carries a `node.kubernetes.io/` taint: the node lifecycle
+    controller removes the not-ready taint TaintNodesByCondition put on at registration
+    once it has seen the Ready condition and a fresh lease."""
+    core = client.CoreV1Api(api)
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = [
+            n.metadata.name
+            for n in core.list_node().items
+            if any(t.key.startswith("node.kubernetes.io/") for t in n.spec.taints or [])
+        ]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nodes still tainted not-ready after {timeout:.0f} s: {pending}")
+        time.sleep(0.5)
 
 
 def renew_lease(api: client.ApiClient, node: str) -> None:
