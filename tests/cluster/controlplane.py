@@ -67,14 +67,28 @@ class ControlPlane:
         return self.dir / "pki" / "ca.crt"
 
     @classmethod
-    def start(cls, workdir: Path, *, timeout: float = 300.0) -> ControlPlane:
+    def start(
+        cls,
+        workdir: Path,
+        *,
+        timeout: float = 300.0,
+        audit_log: Path | None = None,
+        audit_policy: Path | None = None,
+    ) -> ControlPlane:
+        """Start one in `workdir`; with `audit_log`, the API server writes its audit log
+        there (JSON lines) by `audit_policy` (default: every request at level Metadata)."""
         binary = ensure_built()
         workdir.mkdir(parents=True, exist_ok=True)
         log = workdir / "controlplane.log"
         began = time.monotonic()
         with log.open("w") as log_file:
+            args = [str(binary), "--dir", str(workdir / "state")]
+            if audit_log is not None:
+                args += ["--audit-log", str(audit_log)]
+                if audit_policy is not None:
+                    args += ["--audit-policy", str(audit_policy)]
             proc = subprocess.Popen(
-                [str(binary), "--dir", str(workdir / "state")],
+                args,
                 stdout=subprocess.PIPE,
                 stderr=log_file,
                 text=True,

@@ -3,7 +3,7 @@
 // and kube-scheduler, all from Kubernetes' own modules at one pinned release, started
 // the way Kubernetes' integration tests start them (cmd/*/app/testing), with no kubelet.
 //
-//	controlplane --dir DIR [--port 0] [--ready-timeout 120s]
+//	controlplane --dir DIR [--port 0] [--ready-timeout 120s] [--audit-log FILE [--audit-policy FILE]]
 //
 // DIR receives everything: etcd's data, the self-signed serving certificate, the
 // service-account keys, the static token file and kubeconfig files for the admin,
@@ -16,10 +16,15 @@
 //
 // The API server runs with Node and RBAC authorization, the default admission
 // plugins plus NodeRestriction and OwnerReferencesPermissionEnforcement, and
-// service-account token signing. The controller manager runs every controller that
-// is on by default (job, deployment, replicaset, garbage collector, namespace,
-// serviceaccount, node lifecycle, ...), each with its own service-account
-// credentials, as kubeadm clusters run it.
+// service-account token signing. With --audit-log it also writes its audit log there
+// (JSON lines, one file, never rotated), by the policy in --audit-policy or, without
+// one, every request at level Metadata once it completes (long-running requests such
+// as watches also when their response starts); without it, no audit log.
+//
+// The controller manager runs every controller that is on by default (job,
+// deployment, replicaset, garbage collector, namespace, serviceaccount, node
+// lifecycle, ...), each with its own service-account credentials, as kubeadm clusters
+// run it.
 package main
 
 import (
@@ -64,6 +69,8 @@ func main() {
 	port := flag.Int("port", 0, "API server port on 127.0.0.1 (0: a free one)")
 	readyTimeout := flag.Duration("ready-timeout", 180*time.Second, "how long to wait for /readyz before giving up")
 	verbosity := flag.Int("v", 0, "klog verbosity of the components")
+	auditLog := flag.String("audit-log", "", "write the API server's audit log to this file (JSON lines; none when empty)")
+	auditPolicy := flag.String("audit-policy", "", "audit policy file for --audit-log (default: every request at level Metadata)")
 	flag.Parse()
 	if *dir == "" {
 		fmt.Fprintln(os.Stderr, "controlplane: --dir is required")
@@ -73,7 +80,11 @@ func main() {
 	klog.InitFlags(klogFlags)
 	_ = klogFlags.Set("v", strconv.Itoa(*verbosity))
 
-	if err := run(*dir, *port, *readyTimeout); err != nil {
+	if *auditPolicy != "" && *auditLog == "" {
+		fmt.Fprintln(os.Stderr, "controlplane: --audit-policy needs --audit-log")
+		os.Exit(2)
+	}
+	if err := run(*dir, *port, *readyTimeout, *auditLog, *auditPolicy); err != nil {
 		fmt.Fprintf(os.Stderr, "controlplane: %v\n", err)
 		os.Exit(1)
 	}
@@ -108,7 +119,7 @@ func (c *component) stop(timeout time.Duration) {
 	}
 }
 
-func run(dir string, port int, readyTimeout time.Duration) error {
+func run(dir string, port int, readyTimeout time.Duration, auditLog, auditPolicy string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -164,6 +175,13 @@ func run(dir string, port int, readyTimeout time.Duration) error {
 		"--service-account-signing-key-file=" + creds.saPrivateKey,
 		"--api-audiences=https://kubernetes.default.svc.cluster.local",
 		"--allow-privileged=true",
+	}
+	if auditLog != "" {
+		flags, err := auditFlags(dir, auditLog, auditPolicy)
+		if err != nil {
+			return err
+		}
+		apiserverFlags = append(apiserverFlags, flags...)
 	}
 	apiserver, err := startAPIServer(listener, apiserverFlags)
 	if err != nil {
@@ -236,6 +254,40 @@ func run(dir string, port int, readyTimeout time.Duration) error {
 	case err := <-firstDone(running):
 		return fmt.Errorf("a component stopped: %w", err)
 	}
+}
+
+// defaultAuditPolicy logs every request at level Metadata (who, verb, object, response
+// code, timestamps; no bodies) once, when it completes; watches and other long-running
+// requests also when their response starts.
+const defaultAuditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+`
+
+// auditFlags are the API server flags of an audit log at path: one plain file (no
+// rotation), written as each event happens, by the policy file or defaultAuditPolicy.
+func auditFlags(dir, path, policy string) ([]string, error) {
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	if policy == "" {
+		policy = filepath.Join(dir, "audit-policy.yaml")
+		if err := os.WriteFile(policy, []byte(defaultAuditPolicy), 0o600); err != nil {
+			return nil, err
+		}
+	} else if policy, err = filepath.Abs(policy); err != nil {
+		return nil, err
+	}
+	return []string{
+		"--audit-log-path=" + path,
+		"--audit-policy-file=" + policy,
+		"--audit-log-format=json",
+		"--audit-log-mode=blocking",
+		"--audit-log-maxsize=0",
+	}, nil
 }
 
 // firstDone reports the first component that returns on its own.
