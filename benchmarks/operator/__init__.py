@@ -1,2 +1,2 @@
-"""Operator benchmark: `flextrain operator` (a real process) against the Kubernetes
-emulator of the test suite. See bench.py."""
+"""Operator benchmark: `flextrain operator` (a real process) against a real control plane
+(real.py, the default) or the Kubernetes emulator of the test suite (bench.py)."""
