@@ -4,7 +4,7 @@ node pools registered on it, and the node agent playing their kubelets.
 
 Every test here is marked `cluster` (deselect with `-m "not cluster"`). The control
 plane is built by scripts/build-controlplane.sh on first use (Go and the Go module
-proxy are needed; the first build takes 10+ minutes, later ones seconds).
+proxy are needed; the first build takes 5-8 minutes, later ones seconds).
 """
 
 from __future__ import annotations
