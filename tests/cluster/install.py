@@ -154,13 +154,13 @@ def token_kubeconfig(api: client.ApiClient, plane: ControlPlane, account: str, n
     return path
 
 
-def chart_operator_env(api: client.ApiClient) -> dict[str, str]:
+def chart_operator_env(api: client.ApiClient, release: str = RELEASE, namespace: str = NAMESPACE) -> dict[str, str]:
     """The operator container's plain environment from the installed chart's Deployment."""
     apps = client.AppsV1Api(api)
     deployment = next(
         d
-        for d in apps.list_namespaced_deployment(NAMESPACE).items
-        if d.metadata.labels.get("app.kubernetes.io/instance") == RELEASE
+        for d in apps.list_namespaced_deployment(namespace).items
+        if d.metadata.labels.get("app.kubernetes.io/instance") == release
     )
     container = deployment.spec.template.spec.containers[0]
     return {e.name: e.value for e in container.env or [] if e.value is not None}
@@ -174,11 +174,13 @@ def _free_port() -> int:
 
 @dataclasses.dataclass
 class OperatorProcess:
-    """`flextrain operator -A` as a local process with a given kubeconfig and env."""
+    """`flextrain operator` as a local process with a given kubeconfig and env."""
 
     kubeconfig: Path
     env: Mapping[str, str]
     log: Path
+    #: What it serves: `-A` (every namespace) or `-n NS ...`.
+    scope: tuple[str, ...] = ("-A",)
     proc: subprocess.Popen[bytes] | None = None
     liveness_port: int = 0
     starts: int = 0
@@ -194,7 +196,7 @@ class OperatorProcess:
                 [
                     str(REPO / ".venv" / "bin" / "flextrain"),
                     "operator",
-                    "-A",
+                    *self.scope,
                     "--log-format",
                     "text",
                     "--liveness",
