@@ -21,7 +21,8 @@ Measured, from watches in this process (monotonic clock, each object's first eve
   Secret, Service, Deployment and both tier Jobs exist;
 - creation -> all pods scheduled: until each of its 3 trainer pods has spec.nodeName
   (kube-controller-manager's Job controller creates them, kube-scheduler binds them);
-- creation -> phase Running (the node agent makes bound pods Running and Ready);
+- creation -> all pods Ready (the node agent makes bound pods Running and Ready) and
+  -> phase Running (the operator, once the Deployment and the Jobs report them);
 - the operator's API requests, from the audit log: during creation (first create until
   every job is Running and the operator has been quiet for `quiet` seconds), then in a
   steady window of `settle` seconds; those naming a job, one of its children or one of
@@ -115,17 +116,26 @@ class Seen:
     """First-event times (time.monotonic()) of what the watches showed."""
 
     children: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
-    #: job -> pod name -> when spec.nodeName was first seen set.
+    #: job -> trainer pod name -> when spec.nodeName was first seen set.
     scheduled: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    #: job -> pod name (trainers and the aggregator) -> when first seen Ready.
+    ready: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     running: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def child(self, kind: str, obj: dict[str, Any], now: float) -> None:
         self.children.setdefault((kind, obj["metadata"]["name"]), now)
 
     def pod(self, obj: dict[str, Any], now: float) -> None:
-        job = (obj["metadata"].get("labels") or {}).get(names.JOB_LABEL)
-        if job and (obj.get("spec") or {}).get("nodeName"):
-            self.scheduled.setdefault(job, {}).setdefault(obj["metadata"]["name"], now)
+        labels = obj["metadata"].get("labels") or {}
+        job, name = labels.get(names.JOB_LABEL), obj["metadata"]["name"]
+        if not job:
+            return
+        trainer = labels.get(names.COMPONENT_LABEL) == names.TRAINER
+        if trainer and (obj.get("spec") or {}).get("nodeName"):
+            self.scheduled.setdefault(job, {}).setdefault(name, now)
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            self.ready.setdefault(job, {}).setdefault(name, now)
 
     def flextrainjob(self, obj: dict[str, Any], now: float) -> None:
         if (obj.get("status") or {}).get("phase") == "Running":
@@ -138,6 +148,11 @@ class Seen:
     def scheduled_at(self, job: str) -> float | None:
         pods = self.scheduled.get(names.label_value(job), {})
         return max(pods.values()) if len(pods) >= TRAINERS_PER_JOB else None
+
+    def ready_at(self, job: str) -> float | None:
+        """When its 3 trainer pods and its aggregator pod were all Ready."""
+        pods = self.ready.get(names.label_value(job), {})
+        return max(pods.values()) if len(pods) >= TRAINERS_PER_JOB + 1 else None
 
 
 class Api:
@@ -507,7 +522,7 @@ async def _measure(
             await api.watch(
                 f"/api/v1/namespaces/{NS}/pods",
                 seen.pod,
-                selector=f"{names.COMPONENT_LABEL}={names.TRAINER}",
+                selector=names.JOB_LABEL,
             )
             await api.watch(
                 f"/apis/flextrain.dev/v1alpha1/namespaces/{NS}/flextrainjobs", seen.flextrainjob
@@ -550,6 +565,12 @@ async def _measure(
             )
             scheduled_all = time.monotonic() - creation_start
             await _until(
+                lambda: all(seen.ready_at(n) for n in all_names),
+                300 + 2 * jobs,
+                "every pod Ready",
+            )
+            ready_all = time.monotonic() - creation_start
+            await _until(
                 lambda: all(n in seen.running for n in all_names),
                 300 + 2 * jobs,
                 "every job Running",
@@ -589,13 +610,19 @@ async def _measure(
         "all_children_seconds": children_all,
         "scheduled_seconds": summary([seen.scheduled_at(n) - created[n] for n in all_names]),  # type: ignore[operator]
         "all_scheduled_seconds": scheduled_all,
+        "ready_seconds": summary([seen.ready_at(n) - created[n] for n in all_names]),  # type: ignore[operator]
+        "all_ready_seconds": ready_all,
         "running_seconds_from_creation": summary([seen.running[n] - created[n] for n in all_names]),
+        "running_after_ready_seconds": summary(
+            [seen.running[n] - seen.ready_at(n) for n in all_names]  # type: ignore[operator]
+        ),
         "all_running_seconds": running_all,
         "creates_returned_seconds": created_all,
         "breakdown_seconds": _breakdown(creation_reqs, created_wall),
         "phases_seconds": {
             "children": children_all,
             "scheduled": scheduled_all,
+            "ready": ready_all,
             "running": running_all,
             "steady": steady_start - creation_start,
         },

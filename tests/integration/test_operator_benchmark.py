@@ -176,6 +176,7 @@ def test_real_backend_runs_against_the_control_plane(tmp_path: Path) -> None:
     [result] = json.loads(out.read_text())
     assert result["backend"] == "real" and result["rbac_denials"] == 0
     assert result["scheduled_seconds"]["p50"] >= result["children_seconds"]["p50"] > 0
+    assert result["running_seconds_from_creation"]["p50"] >= result["ready_seconds"]["p50"]
     # 5 creates, kopf's finalizer PATCH, Events and status PATCHes: all the job's own.
     assert result["creation_job_requests_per_job"] == result["creation_requests_per_job"] >= 7
     assert set(result["creation_response_codes"]) <= {"200", "201"}
