@@ -334,6 +334,16 @@ def print_table(results: list[dict[str, Any]]) -> None:
             _f(".3f", "running_after_ready_seconds", "p50"),
         ),
         ("  p95 (s)", _f(".3f", "running_after_ready_seconds", "p95")),
+        (
+            "  of it: Deployment+Jobs report them, p50",
+            _f(".3f", "reported_after_ready_seconds", "p50"),
+        ),
+        ("    p95 (s)", _f(".3f", "reported_after_ready_seconds", "p95")),
+        (
+            "  then operator shows Running, p50 (s)",
+            _f(".3f", "running_after_reported_seconds", "p50"),
+        ),
+        ("    p95 (s)", _f(".3f", "running_after_reported_seconds", "p95")),
         ("API requests per job while creating", _f(".1f", "creation_requests_per_job")),
         ("  of them naming the job or its children", _f(".1f", "creation_job_requests_per_job")),
         ("status PATCHes per job, steady state", _f(".2f", "steady_status_patches_per_job")),

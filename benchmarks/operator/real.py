@@ -22,7 +22,8 @@ Measured, from watches in this process (monotonic clock, each object's first eve
 - creation -> all pods scheduled: until each of its 3 trainer pods has spec.nodeName
   (kube-controller-manager's Job controller creates them, kube-scheduler binds them);
 - creation -> all pods Ready (the node agent makes bound pods Running and Ready) and
-  -> phase Running (the operator, once the Deployment and the Jobs report them);
+  -> phase Running, split into pods Ready -> the Deployment and both Jobs report them
+  (kube-controller-manager) and from then -> Running (the operator);
 - the operator's API requests, from the audit log: during creation (first create until
   every job is Running and the operator has been quiet for `quiet` seconds), then in a
   steady window of `settle` seconds; those naming a job, one of its children or one of
@@ -120,10 +121,19 @@ class Seen:
     scheduled: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     #: job -> pod name (trainers and the aggregator) -> when first seen Ready.
     ready: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    #: (kind, name) -> when the Deployment first reported an available replica, a tier
+    #: Job all its replicas ready.
+    reported: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
     running: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def child(self, kind: str, obj: dict[str, Any], now: float) -> None:
-        self.children.setdefault((kind, obj["metadata"]["name"]), now)
+        key = (kind, obj["metadata"]["name"])
+        self.children.setdefault(key, now)
+        status, spec = obj.get("status") or {}, obj.get("spec") or {}
+        if (kind == "Deployment" and (status.get("availableReplicas") or 0) >= 1) or (
+            kind == "Job" and (status.get("ready") or 0) >= (spec.get("parallelism") or 1)
+        ):
+            self.reported.setdefault(key, now)
 
     def pod(self, obj: dict[str, Any], now: float) -> None:
         labels = obj["metadata"].get("labels") or {}
@@ -148,6 +158,12 @@ class Seen:
     def scheduled_at(self, job: str) -> float | None:
         pods = self.scheduled.get(names.label_value(job), {})
         return max(pods.values()) if len(pods) >= TRAINERS_PER_JOB else None
+
+    def reported_at(self, job: str) -> float | None:
+        """When its Deployment and both tier Jobs reported their pods (the controllers)."""
+        keys = [k for k in children_of(job) if k[0] in ("Deployment", "Job")]
+        times = [self.reported.get(k) for k in keys]
+        return None if any(t is None for t in times) else max(t for t in times if t is not None)
 
     def ready_at(self, job: str) -> float | None:
         """When its 3 trainer pods and its aggregator pod were all Ready."""
@@ -615,6 +631,12 @@ async def _measure(
         "running_seconds_from_creation": summary([seen.running[n] - created[n] for n in all_names]),
         "running_after_ready_seconds": summary(
             [seen.running[n] - seen.ready_at(n) for n in all_names]  # type: ignore[operator]
+        ),
+        "reported_after_ready_seconds": summary(
+            [seen.reported_at(n) - seen.ready_at(n) for n in all_names]  # type: ignore[operator]
+        ),
+        "running_after_reported_seconds": summary(
+            [seen.running[n] - seen.reported_at(n) for n in all_names]  # type: ignore[operator]
         ),
         "all_running_seconds": running_all,
         "creates_returned_seconds": created_all,
