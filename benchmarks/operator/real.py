@@ -230,11 +230,16 @@ class Api:
         assert self.session is not None
         base = {"labelSelector": selector} if selector else {}
         version = ""
+        retry_until = time.monotonic() + 60
         while True:
             if not version:
                 async with self.session.get(self.server + path, params=base) as resp:
                     listed = await resp.json()
                     now = time.monotonic()
+                if (resp.status == 429 or resp.status >= 500) and time.monotonic() < retry_until:
+                    # "storage is (re)initializing": a new CRD's storage, for a moment
+                    await asyncio.sleep(1.0)
+                    continue
                 if resp.status != 200:
                     raise RuntimeError(f"GET {path}: {resp.status} {listed}")
                 for item in listed.get("items") or []:
@@ -250,6 +255,9 @@ class Api:
             async with self.session.get(self.server + path, params=params) as resp:
                 if resp.status == 410:
                     version = ""
+                    continue
+                if (resp.status == 429 or resp.status >= 500) and time.monotonic() < retry_until:
+                    await asyncio.sleep(1.0)
                     continue
                 if resp.status != 200:
                     raise RuntimeError(f"watch {path}: {resp.status} {await resp.text()}")
