@@ -24,6 +24,17 @@ if [ -x "$out" ] && [ "${FORCE:-0}" != 1 ] && [ -z "$(find "$src" -newer "$out" 
 fi
 mkdir -p "$(dirname "$out")"
 start=$(date +%s)
+# Several hundred modules are fetched at once on a cold cache; a DNS or proxy hiccup
+# fails only some of them, and a retry fetches the rest (the cache keeps what came).
+for attempt in 1 2 3 4 5; do
+  if (cd "$src" && go mod download); then break; fi
+  if [ "$attempt" = 5 ]; then
+    echo "build-controlplane: go mod download failed 5 times (is the Go module proxy reachable?)" >&2
+    exit 1
+  fi
+  echo "==> go mod download failed (attempt $attempt); retrying in $((attempt * 15)) s"
+  sleep $((attempt * 15))
+done
 echo "==> building the test control plane ($(go version | cut -d' ' -f3); first build: 5-8 minutes on 2 cores)"
 # -mod=readonly: go.sum is the pin; a module that does not match it fails the build.
 # The version the API server reports (kubectl version, helm's kubeVersion check) is
