@@ -67,21 +67,6 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def post_ready(api: client.ApiClient, node: str) -> None:
-    """Post the node's Ready condition with a fresh heartbeat, as a kubelet does."""
-    stamp = _now()
-    ready = {
-        "type": "Ready",
-        "status": "True",
-        "reason": "KubeletReady",
-        "message": "node agent (tests/cluster) is posting ready status",
-        "lastHeartbeatTime": stamp,
-        "lastTransitionTime": stamp,
-    }
-    # Conditions merge by type (strategic merge): the others stay.
-    client.CoreV1Api(api).patch_node_status(node, {"status": {"conditions": [ready]}})
-
-
 class _Pod:
     """What the agent knows of one pod it runs."""
 
@@ -154,7 +139,7 @@ class NodeAgent:
         lifecycle controller set Ready=Unknown and the unreachable taints meanwhile)."""
         self._paused_nodes.discard(node)
         nodes.renew_lease(self.api, node)
-        post_ready(self.api, node)
+        nodes.post_ready(self.api, node)
 
     # -- what tests ask -------------------------------------------------------------------
 

@@ -75,6 +75,24 @@ def micro_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def ready_condition(stamp: str) -> dict[str, str]:
+    """The Ready condition a kubelet posts, stamped `stamp`."""
+    return {
+        "type": "Ready",
+        "status": "True",
+        "reason": "KubeletReady",
+        "message": "node agent (tests/cluster) is posting ready status",
+        "lastHeartbeatTime": stamp,
+        "lastTransitionTime": stamp,
+    }
+
+
+def post_ready(api: client.ApiClient, node: str) -> None:
+    """Post the node's Ready condition with a fresh heartbeat, as a restarted kubelet
+    does (conditions merge by type: the others stay)."""
+    client.CoreV1Api(api).patch_node_status(node, {"status": {"conditions": [ready_condition(now())]}})
+
+
 def node_manifest(name: str, pool: Pool) -> dict[str, Any]:
     stamp = now()
     return {
@@ -100,14 +118,7 @@ def node_manifest(name: str, pool: Pool) -> dict[str, Any]:
                 {"type": "Hostname", "address": name},
             ],
             "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "KubeletReady",
-                    "message": "node agent (tests/cluster) is posting ready status",
-                    "lastHeartbeatTime": stamp,
-                    "lastTransitionTime": stamp,
-                },
+                ready_condition(stamp),
                 *(
                     {
                         "type": t,
