@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 
@@ -42,6 +42,7 @@ from flextrain.operator.runtime import (
 from flextrain.operator.tiers import NodeInfo, node_info
 
 REGISTRY = kopf.OperatorRegistry()
+T = TypeVar("T")
 FINALIZER = "flextrain.dev/operator"
 ANNOTATIONS_PREFIX = "operator.flextrain.dev"
 JOBS = (GROUP, VERSION, "flextrainjobs")
@@ -217,21 +218,13 @@ def _values(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
     return list(index.get(key, ()))
 
 
-def _tiers(index: kopf.Index[str, Any]) -> dict[str, Any]:
+def _tiers(index: kopf.Index[str, Any], kind: type[T]) -> dict[str, T]:
+    """The indexed DeviceTiers that parsed (`DeviceTier`) or did not (`InvalidDeviceTier`)."""
     return {
         name: tier
         for name, store in index.items()
         for tier in store
-        if isinstance(tier, DeviceTier)
-    }
-
-
-def _invalid_tiers(index: kopf.Index[str, Any]) -> dict[str, InvalidDeviceTier]:
-    return {
-        name: tier
-        for name, store in index.items()
-        for tier in store
-        if isinstance(tier, InvalidDeviceTier)
+        if isinstance(tier, kind)
     }
 
 
@@ -265,8 +258,8 @@ async def flextrainjob(
         while not stopped:
             wakeup.clear()
             snapshot = Snapshot(
-                device_tiers=_tiers(device_tiers),
-                invalid_tiers=_invalid_tiers(device_tiers),
+                device_tiers=_tiers(device_tiers, DeviceTier),
+                invalid_tiers=_tiers(device_tiers, InvalidDeviceTier),
                 nodes=_nodes(nodes),
                 tier_jobs=_values(tier_jobs, key),
                 aggregators=_values(aggregators, key),

@@ -52,12 +52,17 @@ def _fit(name: str, limit: int = MAX_NAME) -> str:
     return f"{name[: limit - 9].rstrip('-')}-{digest}"
 
 
+def _cut(name: str, limit: int) -> str:
+    """`name`, or when longer than `limit` its start plus a hash of all of it."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-.')}-{digest}"
+
+
 def label_value(job: str) -> str:
     """The value of the flextrain.dev/job label: the job name, cut with a hash past 63."""
-    if len(job) <= MAX_NAME:
-        return job
-    digest = hashlib.sha256(job.encode()).hexdigest()[:8]
-    return f"{job[: MAX_NAME - 9].rstrip('-.')}-{digest}"
+    return _cut(job, MAX_NAME)
 
 
 def event_name(involved: str, unique: str) -> str:
@@ -65,11 +70,7 @@ def event_name(involved: str, unique: str) -> str:
     the controllers name theirs. Object names may be 253 characters long, the limit of the
     Event's own name too: a name that would be longer is cut and ends in a hash of the
     whole object name, so it stays a valid DNS-1123 subdomain and tells jobs apart."""
-    room = MAX_OBJECT_NAME - len(unique) - 1
-    if len(involved) > room:
-        digest = hashlib.sha256(involved.encode()).hexdigest()[:8]
-        involved = f"{involved[: room - 9].rstrip('-.')}-{digest}"
-    return f"{involved}.{unique}"
+    return f"{_cut(involved, MAX_OBJECT_NAME - len(unique) - 1)}.{unique}"
 
 
 def secret_name(job: str) -> str:
