@@ -5,8 +5,9 @@ pass reads the job, gathers what is observed about its children, asks the aggreg
 for its status when due, calls the pure reconcile() and applies the Plan through
 kube.py:
 
-1. a missing Secret is created first and reconcile() asked again: the aggregator and
-   the trainers read the Secret's token, so they are planned only once the job owns it;
+1. a missing Secret is created first (with the Service, which does not read it) and
+   reconcile() asked again: the aggregator and the trainers read the Secret's token, so
+   they are planned only once the job owns it;
 2. the other missing children are created concurrently; a create the API server refuses
    is remembered with its error and retried with backoff (`backoff_delay`: 1 s doubling
    to 60 s; at once when the object to create changes);
@@ -285,15 +286,16 @@ class Runtime:
         plan = plan_for(seen)
         planned: list[Mapping[str, Any]] = []
         created: list[str] = []
-        secret = [o for o in plan.create if o["kind"] == "Secret"]
-        if secret:
+        if any(o["kind"] == "Secret" for o in plan.create):
             # The aggregator and the trainers read the Secret, so reconcile plans them only
-            # once the job owns it: create the Secret alone, then plan again.
-            planned += secret
-            await self._create_children(memory, secret, uid, created)
-            if memory.secret is not None:
-                plan = plan_for(dataclasses.replace(seen, secret=memory.secret))
-        rest = [o for o in plan.create if o["kind"] != "Secret"]
+            # once the job owns it: create the Secret (with the Service, which does not
+            # read it), then plan again from what now exists.
+            planned += plan.create
+            await self._create_children(memory, plan.create, uid, created)
+            seen = dataclasses.replace(self._observe(memory, snapshot, job), secret=memory.secret)
+            plan = plan_for(seen)
+        tried = {_child_key(o) for o in planned}
+        rest = [o for o in plan.create if _child_key(o) not in tried]
         planned += rest
         await self._create_children(memory, rest, uid, created)
         keys = [_child_key(o) for o in planned]
