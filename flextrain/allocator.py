@@ -35,6 +35,8 @@ import logging
 import os
 from typing import Final
 
+from flextrain.contract.env import MALLOC_RETAIN
+
 log = logging.getLogger("flextrain")
 
 # mallopt(3) parameters (glibc's malloc.h).
@@ -62,7 +64,7 @@ def retain_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get("FLEXTRAIN_MALLOC_RETAIN", "1").strip().lower() in ("0", "false", "no", "off"):
+    if os.environ.get(MALLOC_RETAIN, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

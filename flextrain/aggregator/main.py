@@ -1,74 +1,73 @@
 """`flextrain aggregator`: run one job's aggregator until SIGTERM.
 
-Every flag has an environment variable (the operator sets those in the Deployment):
-
-| flag | env | meaning |
-|---|---|---|
-| --plan FILE | FLEXTRAIN_PLAN (JSON text) | the job and its resolved tier depths |
-| --token-file FILE | FLEXTRAIN_TOKEN | per-job token every RPC must carry |
-| --host / --port | FLEXTRAIN_PORT | gRPC listen address (port 0: any free port) |
-| --port-file FILE | | write the bound port there once listening |
-| --metrics-port | FLEXTRAIN_METRICS_PORT | Prometheus /metrics port (0: off) |
-| --checkpoint-dir | FLEXTRAIN_CHECKPOINT_DIR | round checkpoints; resumes from the newest |
-| --data-dir | FLEXTRAIN_DATA_DIR | dataset directory for held-out evaluation |
-| --tls-cert/--tls-key/--tls-client-ca | FLEXTRAIN_TLS_* | optional TLS (client CA: mTLS) |
+Every flag has an environment variable of the contract in flextrain.contract.env
+(`AggregatorEnv`; the operator sets them in the Deployment, the table is in
+docs/aggregator.md); a flag wins over its variable. `--port-file FILE` writes the bound
+port there once listening. Exit code 2 (EXIT_PERMANENT) with a one-line reason when the
+configuration is unusable.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flextrain.allocator import retain_freed_memory
+from flextrain.contract.env import EXIT_PERMANENT, LOG_FORMATS, AggregatorEnv, EnvError
 from flextrain.logs import setup_logging
 
 if TYPE_CHECKING:
     from flextrain.aggregator.servicer import AggregatorServer
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", type=Path, help="JobPlan JSON file (default: $FLEXTRAIN_PLAN text)")
     p.add_argument("--token-file", type=Path, help="file holding the job token (default: $FLEXTRAIN_TOKEN)")
     p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=int(_env("FLEXTRAIN_PORT", "50051") or 50051))
+    p.add_argument("--port", type=int, help="gRPC port (default: $FLEXTRAIN_PORT, else 50051; 0: any free port)")
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
-    p.add_argument("--metrics-port", type=int, default=int(_env("FLEXTRAIN_METRICS_PORT", "0") or 0))
-    p.add_argument("--checkpoint-dir", type=Path, default=_path("FLEXTRAIN_CHECKPOINT_DIR"))
-    p.add_argument("--data-dir", type=Path, default=_path("FLEXTRAIN_DATA_DIR"))
-    p.add_argument("--tls-cert", type=Path, default=_path("FLEXTRAIN_TLS_CERT"))
-    p.add_argument("--tls-key", type=Path, default=_path("FLEXTRAIN_TLS_KEY"))
-    p.add_argument("--tls-client-ca", type=Path, default=_path("FLEXTRAIN_TLS_CLIENT_CA"))
-    p.add_argument("--device", default=_env("FLEXTRAIN_DEVICE", "auto"), help="evaluation device: auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=int(_env("FLEXTRAIN_THREADS", "0") or 0), help="torch threads for evaluation (0: torch's default); merges use one")
-    p.add_argument("--log-format", choices=["text", "json"], default=_env("FLEXTRAIN_LOG_FORMAT", "json"))
-
-def _path(env: str) -> Path | None:
-    value = _env(env)
-    return Path(value) if value else None
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default: $FLEXTRAIN_METRICS_PORT; 0: off)")
+    p.add_argument("--checkpoint-dir", type=Path)
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--tls-cert", type=Path)
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--tls-client-ca", type=Path)
+    p.add_argument("--device", help="evaluation device: auto, cpu or cuda")
+    p.add_argument("--threads", type=int, help="torch threads for evaluation (0: torch's default); merges use one")
+    p.add_argument("--log-format", choices=LOG_FORMATS)
 
 
 class ConfigError(Exception):
-    """The aggregator was started without what it needs; exit code 2."""
+    """The aggregator was started without what it needs; exit code EXIT_PERMANENT."""
+
+
+def _settings(args: argparse.Namespace) -> argparse.Namespace:
+    """The flags, each unset one taken from its environment variable."""
+    env = AggregatorEnv.from_env()
+    merged = vars(args).copy()
+    for key, value in vars(env).items():
+        if merged.get(key) is None:
+            merged[key] = value
+    return argparse.Namespace(**merged)
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        args = _settings(args)
+    except EnvError as exc:
+        print(f"flextrain aggregator: {exc}", file=sys.stderr)
+        return EXIT_PERMANENT
     setup_logging(args.log_format)
     retain_freed_memory()
     try:
         server_args = _configure(args)
     except ConfigError as exc:
         print(f"flextrain aggregator: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_PERMANENT
     return asyncio.run(_serve(*server_args, port_file=args.port_file))
 
 
@@ -80,14 +79,14 @@ def _configure(args: argparse.Namespace) -> tuple[Callable[[], AggregatorServer]
     from flextrain.aggregator.servicer import AggregatorServer, TlsFiles
     from flextrain.jobplan import JobPlan, PlanError
 
-    plan_text = args.plan.read_text() if args.plan else _env("FLEXTRAIN_PLAN")
+    plan_text = args.plan.read_text() if isinstance(args.plan, Path) else args.plan
     if not plan_text:
         raise ConfigError("no job plan: pass --plan FILE or set FLEXTRAIN_PLAN")
     try:
         plan = JobPlan.from_json(plan_text)
     except (ValueError, KeyError, PlanError) as exc:
         raise ConfigError(f"invalid job plan: {exc}") from exc
-    token = args.token_file.read_text().strip() if args.token_file else _env("FLEXTRAIN_TOKEN")
+    token = args.token_file.read_text().strip() if args.token_file else args.token
     if not token:
         raise ConfigError("no job token: pass --token-file FILE or set FLEXTRAIN_TOKEN")
     # Folding updates is a memory-bound pass per chunk that runs beside the network
@@ -129,7 +128,7 @@ async def _serve(make_server: Callable[[], AggregatorServer], *, port_file: Path
         server = make_server()
     except OSError as exc:
         print(f"flextrain aggregator: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_PERMANENT
 
     def announce(port: int) -> None:
         if port_file:  # written atomically: readers never see a partial number

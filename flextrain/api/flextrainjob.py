@@ -36,6 +36,7 @@ from flextrain.api.kubevalues import (
     SubPath,
     path_problems,
 )
+from flextrain.contract import env as contract_env
 
 KIND: Final[str] = "FlexTrainJob"
 PLURAL: Final[str] = "flextrainjobs"
@@ -425,15 +426,7 @@ class CheckpointSpec(ApiModel):
 
 
 #: Environment variables the operator always sets itself: a pod template may not name them.
-RESERVED_ENV: Final[tuple[str, ...]] = (
-    "FLEXTRAIN_TOKEN",
-    "FLEXTRAIN_JOB",
-    "FLEXTRAIN_TIER",
-    "FLEXTRAIN_DEPTH",
-    "FLEXTRAIN_PLAN",
-    "FLEXTRAIN_REPLICA_INDEX",
-    "JOB_COMPLETION_INDEX",
-)
+RESERVED_ENV: Final[tuple[str, ...]] = contract_env.RESERVED
 #: Label prefix the operator selects its children by: a pod template may not use it.
 RESERVED_LABEL_PREFIX: Final[str] = "flextrain.dev/"
 #: The most labels and annotations a pod template may add (bounds the CRD's CEL cost).

@@ -24,9 +24,11 @@ from types import FrameType
 
 from flextrain.api.catalog import DATASETS
 from flextrain.api.validation import ValidationResult, validate_files
+from flextrain.contract import env as contract
+from flextrain.contract.env import EXIT_PERMANENT, TrainerEnv
 from flextrain.jobplan import JobPlan, PlanError, plan_job
 from flextrain.local.progress import Progress
-from flextrain.local.supervisor import EXIT_PERMANENT, Supervisor
+from flextrain.local.supervisor import Supervisor
 from flextrain.wire.status import AggregatorStatus, StatusClient, StatusUnavailable
 
 log = logging.getLogger("flextrain.run")
@@ -174,7 +176,7 @@ class LocalRun:
         raise RunError(f"the aggregator did not start within {timeout:.0f}s:\n{child.last_lines(15)}")
 
     def _env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXTRAIN_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(contract.PREFIX)}
         env.update(OMP_NUM_THREADS=str(self.threads), PYTHONUNBUFFERED="1")
         env.update(extra)
         return env
@@ -185,18 +187,20 @@ class LocalRun:
         for tier in self.plan.tiers:
             for replica in range(tier.replicas):
                 env = self._env(
-                    FLEXTRAIN_AGGREGATOR=f"127.0.0.1:{port}",
-                    FLEXTRAIN_TOKEN=token,
-                    FLEXTRAIN_JOB=self.plan.name,
-                    FLEXTRAIN_TIER=tier.name,
-                    FLEXTRAIN_DEPTH=str(tier.depth),
-                    FLEXTRAIN_REPLICA_INDEX=str(replica),
-                    FLEXTRAIN_THREADS=str(self.threads),
-                    FLEXTRAIN_TRAINING_SLOTS=f"{slots}:{self.max_parallel}",
-                    FLEXTRAIN_DEVICE=os.environ.get("FLEXTRAIN_DEVICE", "auto"),
+                    **TrainerEnv(
+                        aggregator=f"127.0.0.1:{port}",
+                        token=token,
+                        job=self.plan.name,
+                        tier=tier.name,
+                        depth=tier.depth,
+                        replica_index=replica,
+                        threads=self.threads,
+                        slots_dir=slots,
+                        slots=self.max_parallel,
+                        device=os.environ.get(contract.DEVICE) or "auto",
+                        data_dir=self.data_dir,
+                    ).to_env()
                 )
-                if self.data_dir:
-                    env["FLEXTRAIN_DATA_DIR"] = str(self.data_dir)
                 name = f"trainer-{tier.name}-{replica}"
                 argv = [*self._python(), "trainer", "--log-format", "json"]
                 self.supervisor.add(name, argv, env, self.out / "logs" / f"{name}.log", self.options.trainer_restarts)

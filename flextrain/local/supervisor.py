@@ -15,10 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flextrain.contract.env import EXIT_PERMANENT
+
 log = logging.getLogger("flextrain.run")
 
 #: Exit code of trainers and the aggregator for permanent errors (bad config, auth).
-EXIT_PERMANENT = 2
 
 
 @dataclass

@@ -19,11 +19,14 @@ import base64
 import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from flextrain.api.devicetier import GPU_RESOURCE, DeviceTier
 from flextrain.api.flextrainjob import DataSource, FlexTrainJob, PodTemplate
 from flextrain.api.quantity import parse_quantity
+from flextrain.contract import env as contract
+from flextrain.contract.env import EXIT_PERMANENT, AggregatorEnv, TrainerEnv
 from flextrain.jobplan import JobPlan, TierPlan
 from flextrain.operator import names
 from flextrain.operator.config import OperatorSettings
@@ -35,7 +38,6 @@ TRAINER_CONTAINER = "trainer"
 AGGREGATOR_CONTAINER = "aggregator"
 #: Exit code of a trainer that cannot succeed by retrying (bad environment, rejected
 #: token, unknown job or tier, depth mismatch): that replica's index fails at once.
-PERMANENT_EXIT_CODE = 2
 
 
 def _meta(name: str, namespace: str, labels: Mapping[str, str], owner: JSON) -> JSON:
@@ -60,11 +62,9 @@ def tiers_wire(job: FlexTrainJob) -> list[JSON]:
 
 
 def partition_label(job: FlexTrainJob) -> str:
-    """FLEXTRAIN_PARTITION: `iid` or `dirichlet:<alpha>` (the trainer checks it against Join;
-    same format as flextrain.trainer.config.partition_label, which the operator may not
-    import)."""
+    """FLEXTRAIN_PARTITION of the job's trainers (the trainer checks it against Join)."""
     part = job.spec.dataset.partition
-    return part.scheme if part.scheme == "iid" else f"{part.scheme}:{part.alpha:g}"
+    return contract.partition_label(part.scheme, part.alpha)
 
 
 # -- pod template defaulting ---------------------------------------------------------
@@ -117,9 +117,17 @@ def _security(settings: OperatorSettings) -> tuple[JSON, JSON]:
     return pod, container
 
 
+def _contract_env(variables: Mapping[str, str], job_name: str) -> list[JSON]:
+    """A process's contract variables as container env, FLEXTRAIN_TOKEN read from the
+    job's Secret (second, where the builders always put it)."""
+    env = [{"name": k, "value": v} for k, v in variables.items()]
+    env.insert(1, _token_env(job_name))
+    return env
+
+
 def _token_env(job_name: str) -> JSON:
     return {
-        "name": "FLEXTRAIN_TOKEN",
+        "name": contract.TOKEN,
         "valueFrom": {
             "secretKeyRef": {"name": names.secret_name(job_name), "key": names.TOKEN_KEY}
         },
@@ -245,18 +253,16 @@ def build_aggregator_deployment(
     tmp_volumes, tmp_mounts, tmp_env = _tmp(settings)
     pod_security, container_security = _security(settings)
 
-    env: list[JSON] = [
-        {"name": "FLEXTRAIN_PLAN", "value": JobPlan(plain_job(job), plan.tiers).to_json()},
-        _token_env(name),
-        {"name": "FLEXTRAIN_PORT", "value": str(settings.aggregator_port)},
-        {"name": "FLEXTRAIN_METRICS_PORT", "value": str(settings.metrics_port)},
-        {"name": "FLEXTRAIN_CHECKPOINT_DIR", "value": ckpt_dir},
-        {"name": "FLEXTRAIN_DEVICE", "value": "cpu"},
-        {"name": "FLEXTRAIN_LOG_FORMAT", "value": "json"},
-        *tmp_env,
-    ]
-    if data_dir:
-        env.append({"name": "FLEXTRAIN_DATA_DIR", "value": data_dir})
+    variables = AggregatorEnv(
+        plan=JobPlan(plain_job(job), plan.tiers).to_json(),
+        port=settings.aggregator_port,
+        metrics_port=settings.metrics_port,
+        checkpoint_dir=Path(ckpt_dir),
+        device="cpu",
+        log_format="json",
+        data_dir=Path(data_dir) if data_dir else None,
+    ).to_env(leave_out=(contract.TOKEN,))
+    env = [*_contract_env(variables, name), *tmp_env]
     ports: list[JSON] = [
         {"name": names.GRPC_PORT_NAME, "containerPort": settings.aggregator_port, "protocol": "TCP"}
     ]
@@ -372,27 +378,25 @@ def build_tier_job(
     pod_security, container_security = _security(settings)
     gpu = device_tier.spec.accelerator.type == GPU_RESOURCE
 
-    env: list[JSON] = [
-        {"name": "FLEXTRAIN_AGGREGATOR", "value": settings.address_of(namespace, name, service)},
-        _token_env(name),
-        {"name": "FLEXTRAIN_JOB", "value": name},
-        {"name": "FLEXTRAIN_TIER", "value": tier.name},
-        {"name": "FLEXTRAIN_DEPTH", "value": str(tier.depth)},
-        {"name": "FLEXTRAIN_PARTITION", "value": partition_label(job)},
-        {"name": "FLEXTRAIN_DEVICE", "value": "cuda" if gpu else "cpu"},
-        {"name": "FLEXTRAIN_LOG_FORMAT", "value": "json"},
-        *tmp_env,
-    ]
-    if data_dir:
-        env.append({"name": "FLEXTRAIN_DATA_DIR", "value": data_dir})
-    if (threads := _threads(device_tier)) is not None:
-        env.append({"name": "FLEXTRAIN_THREADS", "value": str(threads)})
+    variables = TrainerEnv(
+        aggregator=settings.address_of(namespace, name, service),
+        token="",  # from the job's Secret
+        job=name,
+        tier=tier.name,
+        depth=tier.depth,
+        partition=partition_label(job),
+        device="cuda" if gpu else "cpu",
+        log_format="json",
+        data_dir=Path(data_dir) if data_dir else None,
+        threads=_threads(device_tier) or 0,
+    ).to_env(leave_out=(contract.TOKEN, contract.REPLICA_INDEX))
+    env = [*_contract_env(variables, name), *tmp_env]
     container: JSON = {
         "name": TRAINER_CONTAINER,
         "image": device_tier.spec.image or job.spec.image or settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["flextrain", "trainer"],
-        # FLEXTRAIN_REPLICA_INDEX is left unset: the trainer reads JOB_COMPLETION_INDEX.
+        # FLEXTRAIN_REPLICA_INDEX is left out: the trainer reads JOB_COMPLETION_INDEX.
         "env": _env(template, env),
         "resources": _trainer_resources(device_tier),
         "volumeMounts": [*data_mounts, *tmp_mounts],
@@ -431,7 +435,7 @@ def build_tier_job(
                         "onExitCodes": {
                             "containerName": TRAINER_CONTAINER,
                             "operator": "In",
-                            "values": [PERMANENT_EXIT_CODE],
+                            "values": [EXIT_PERMANENT],
                         },
                     },
                     {
