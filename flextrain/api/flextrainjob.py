@@ -8,6 +8,7 @@ DeviceTier's capacity). An aggregator merges the tiers' per-layer updates each r
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Final, Literal
 
@@ -302,6 +303,12 @@ class TrainingSpec(ApiModel):
         default_factory=DistillationSpec,
         description="distillation: the auto-distillation loss term.",
     )
+
+
+def quorum_count(quorum: float, devices: int) -> int:
+    """How many of `devices` make a quorum (at least one): the one formula for the
+    aggregator's round closing and the operator's QuorumLost."""
+    return max(1, math.ceil(quorum * devices - 1e-9))
 
 
 class AggregationSpec(ApiModel):

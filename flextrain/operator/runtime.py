@@ -46,14 +46,8 @@ from flextrain.api.validation import object_problems
 from flextrain.operator import names, observed
 from flextrain.operator.config import OperatorSettings
 from flextrain.operator.kube import Conflict, KubeClient, KubeError, status_patch
-from flextrain.operator.reconcile import (
-    AggregatorReading,
-    CreateFailure,
-    Event,
-    Plan,
-    invalid_spec_status,
-    reconcile,
-)
+from flextrain.operator.plan import AggregatorReading, CreateFailure, Event, Plan
+from flextrain.operator.reconcile import invalid_spec_status, reconcile
 from flextrain.operator.tiers import NodeInfo, device_tier_status
 from flextrain.wire.auth import new_token
 from flextrain.wire.status import StatusClient, StatusUnavailable

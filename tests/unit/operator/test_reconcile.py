@@ -18,7 +18,8 @@ from flextrain.operator.observed import (
     PodState,
     TierJobState,
 )
-from flextrain.operator.reconcile import AggregatorReading, CreateFailure, Plan, reconcile
+from flextrain.operator.plan import AggregatorReading, CreateFailure, Plan
+from flextrain.operator.reconcile import reconcile
 from flextrain.wire.status import AggregatorStatus
 from flextrain.wire.status import TierStatus as WireTier
 from tests.unit.operator.conftest import NOW, UID, a_node, job, tier
