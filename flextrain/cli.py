@@ -26,6 +26,10 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     # The Helm chart's copies: the same YAML inside `{{- if .Values.crds.enabled }}`.
     wanted.update({args.chart_dir / name: text for name, text in chart_files().items()})
     wanted[args.reference] = render_reference()
+    # The chart's RBAC: the operator's rules (flextrain/operator/rbac.py).
+    from flextrain.operator import rbac
+
+    wanted[args.chart_dir.parent / Path(rbac.CHART_TEMPLATE).name] = rbac.chart_template()
     if args.check:
         stale = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
         for path in stale:
@@ -64,8 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "crds",
-        help="write the CustomResourceDefinitions generated from the typed API",
-        description="Generate crds/*.yaml from flextrain.api (never edit them by hand).",
+        help="write the CustomResourceDefinitions and the files generated with them",
+        description=(
+            "Generate crds/*.yaml and the Helm chart's CRD templates from flextrain.api, "
+            "docs/api.md, and the chart's RBAC (templates/_rbac.tpl) from "
+            "flextrain/operator/rbac.py (never edit them by hand)."
+        ),
     )
     p.add_argument(
         "--dir", type=Path, default=Path("crds"), help="output directory (default: crds)"
@@ -128,13 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Top-level modules of each optional part (pyproject.toml's extras).
+EXTRAS = {
+    "trainer": ("torch", "numpy", "sklearn", "safetensors", "matplotlib"),
+    "operator": ("kopf", "aiohttp"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").partition(".")[0]
+        extra = next((e for e, modules in EXTRAS.items() if top in modules), None)
+        if extra is None:
+            raise
+        print(
+            f"flextrain: this command needs {top}, which comes with the `{extra}` extra: "
+            f"pip install 'flextrain[{extra}]' (or 'flextrain[all]')",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install FlexTrain with its dev tools. Safe to re-run.
-# torch/torchvision are pinned (pyproject.toml) to releases that plain pip installs
+# torch is pinned (pyproject.toml, extra `trainer`) to releases that plain pip installs
 # from its cache on the build machines; uv/poetry would download gigabytes instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."

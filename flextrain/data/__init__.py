@@ -6,7 +6,7 @@ Typical use by a trainer with completion index ``i`` of ``n``::
     shard = shard_for(splits.train_labels, "dirichlet", 0.5, job_seed, n, i)
     loader = make_loader(splits.train, shard, batch_size=64, shuffle=True, seed=job_seed + i)
 
-Imports only torch, torchvision, numpy, scikit-learn, the standard library and
+Imports only torch, numpy, scikit-learn, the standard library and
 ``flextrain.api.catalog``.
 """
 

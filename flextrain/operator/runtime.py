@@ -37,6 +37,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from flextrain import backoff
 from flextrain.api.common import API_VERSION
 from flextrain.api.conditions import JobReason
 from flextrain.api.devicetier import KIND as KIND_TIER
@@ -547,9 +548,9 @@ def _digest(obj: Mapping[str, Any]) -> str:
 
 
 def backoff_delay(attempts: int) -> float:
-    """Seconds before retrying after `attempts` failures in a row: 1, 2, 4, ... 60. The one
-    backoff of the operator: refused creates and failed passes (handlers.py) use it."""
-    return float(min(BACKOFF_MAX, BACKOFF_BASE * 2 ** max(0, attempts - 1)))
+    """Seconds before retrying after `attempts` failures in a row: 1, 2, 4, ... 60 (the
+    shared flextrain.backoff). Refused creates and failed passes (handlers.py) use it."""
+    return backoff.backoff_delay(attempts, base=BACKOFF_BASE, cap=BACKOFF_MAX)
 
 
 def _summary(kind: str, body: Mapping[str, Any]) -> Any:

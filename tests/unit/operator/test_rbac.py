@@ -103,3 +103,12 @@ def test_namespaces_are_listed_only_in_namespaced_mode() -> None:
     assert not has_namespaces(rbac.cluster_role("x")["rules"])
     assert has_namespaces(rbac.cluster_role("x", cluster_wide=False)["rules"])
     assert not has_namespaces(rbac.role("x", "ns")["rules"])
+
+
+def test_the_chart_s_rbac_template_is_generated_from_the_rules() -> None:
+    from tests.tools import REPO
+
+    text = (REPO / rbac.CHART_TEMPLATE).read_text()
+    assert text == rbac.chart_template(), f"{rbac.CHART_TEMPLATE} is stale: run `flextrain crds`"
+    for rule in rbac.RULES:
+        assert f"resources: [\"{rule.resources[0]}\"]" in text
