@@ -5,9 +5,9 @@ pass reads the job, gathers what is observed about its children, asks the aggreg
 for its status when due, calls the pure reconcile() and applies the Plan through
 kube.py:
 
-1. a missing Secret is created first (with the Service, which does not read it) and
-   reconcile() asked again: the aggregator and the trainers read the Secret's token, so
-   they are planned only once the job owns it;
+1. a missing Secret is created first and reconcile() asked again: the aggregator and
+   the trainers read the Secret's token, so they are planned only once the job owns it
+   (the Service, which reads no token, is created meanwhile);
 2. the other missing children are created concurrently; a create the API server refuses
    is remembered with its error and retried with backoff (`backoff_delay`: 1 s doubling
    to 60 s; at once when the object to create changes);
@@ -279,20 +279,31 @@ class Runtime:
             )
 
         plan = plan_for(seen)
-        planned: list[Mapping[str, Any]] = []
+        planned: list[Mapping[str, Any]] = list(plan.create)
         created: list[str] = []
-        if any(o["kind"] == "Secret" for o in plan.create):
+        secret = [o for o in plan.create if o["kind"] == "Secret"]
+        if secret:
             # The aggregator and the trainers read the Secret, so reconcile plans them only
-            # once the job owns it: create the Secret (with the Service, which does not
-            # read it), then plan again from what now exists.
-            planned += plan.create
+            # once the job owns it: create the Secret, then plan again from what exists
+            # and create them. What reads no token (the Service) is created meanwhile.
+            rest: list[Mapping[str, Any]] = []
+
+            async def after_secret() -> None:
+                await self._create_children(memory, secret, uid, created)
+                seen = dataclasses.replace(
+                    self._observe(memory, snapshot, job), secret=memory.secret
+                )
+                tried = {_child_key(o) for o in planned}
+                rest.extend(o for o in plan_for(seen).create if _child_key(o) not in tried)
+                await self._create_children(memory, rest, uid, created)
+
+            meanwhile = [o for o in plan.create if o["kind"] != "Secret"]
+            await asyncio.gather(
+                self._create_children(memory, meanwhile, uid, created), after_secret()
+            )
+            planned += rest
+        else:
             await self._create_children(memory, plan.create, uid, created)
-            seen = dataclasses.replace(self._observe(memory, snapshot, job), secret=memory.secret)
-            plan = plan_for(seen)
-        tried = {_child_key(o) for o in planned}
-        rest = [o for o in plan.create if _child_key(o) not in tried]
-        planned += rest
-        await self._create_children(memory, rest, uid, created)
         keys = [_child_key(o) for o in planned]
         for key_ in list(memory.refused):
             if key_ not in keys:
