@@ -57,6 +57,10 @@ log = logging.getLogger("flextrain.operator")
 #: Backoff of refused creates and failed passes: 1 s, doubling, at most 60 s.
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
+#: Passes that plan and write at the same time (the aggregator is read before, outside
+#: this limit). Twice the API connections (kube.CONNECTIONS): enough to keep them busy,
+#: while a burst of 500 new jobs does not hold 500 sets of planned children at once.
+PASSES_AT_ONCE = 32
 Key = tuple[str, str]  # (namespace, flextrain.dev/job label value)
 
 
@@ -165,6 +169,41 @@ class _JobMemory:
         self.pending.append(status)
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """What one reconcile pass plans from."""
+
+    runtime: Runtime
+    memory: _JobMemory
+    job: FlexTrainJob
+    status: FlexTrainJobStatus | None
+    snapshot: Snapshot
+    reading: AggregatorReading
+    now: datetime
+    uid: str
+
+    def seen(self) -> observed.Observed:
+        """The children as the caches and this operator's own creates show them now."""
+        state = self.runtime._observe(self.memory, self.snapshot, self.job)
+        return dataclasses.replace(state, secret=self.memory.secret)
+
+    def plan(self, seen: observed.Observed, refused: Sequence[CreateFailure] = ()) -> Plan:
+        snapshot = self.snapshot
+        return reconcile(
+            self.job,
+            self.status,
+            snapshot.device_tiers,
+            snapshot.nodes,
+            seen,
+            self.reading,
+            self.now,
+            self.runtime.settings,
+            self.memory.token or new_token(),
+            invalid_tiers={k: v.message for k, v in snapshot.invalid_tiers.items()},
+            refused=refused,
+        )
+
+
 class Runtime:
     """Shared by every handler: settings, the API client, wake-ups and per-job memory."""
 
@@ -176,6 +215,7 @@ class Runtime:
         self._jobs: dict[Key, _JobMemory] = {}
         self._node_digest: dict[str, NodeInfo] = {}
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="getstatus")
+        self._passes = asyncio.Semaphore(PASSES_AT_ONCE)
         self.tiers = TierRefresher(self)
 
     # -- wake-ups --------------------------------------------------------------------
@@ -263,22 +303,24 @@ class Runtime:
         seen = dataclasses.replace(seen, secret=memory.secret)
         reading = await self._read_aggregator(memory, seen, namespace, name)
 
-        def plan_for(seen: observed.Observed, refused: Sequence[CreateFailure] = ()) -> Plan:
-            return reconcile(
-                job,
-                status,
-                snapshot.device_tiers,
-                snapshot.nodes,
-                seen,
-                reading,
-                now,
-                self.settings,
-                memory.token or new_token(),
-                invalid_tiers={k: v.message for k, v in snapshot.invalid_tiers.items()},
-                refused=refused,
-            )
+        # Planning and writing hold the pass's children in memory: a burst of new jobs
+        # plans a few at a time (PASSES_AT_ONCE), not every job at once.
+        async with self._passes:
+            pass_ = _Pass(self, memory, job, status, snapshot, reading, now, uid)
+            plan, created = await self._create_missing(pass_, pass_.plan(pass_.seen()))
+            events = list(plan.events)
+            if created:
+                events.insert(
+                    0, Event("Normal", JobReason.CREATED, f"created {', '.join(created)}")
+                )
+            await self._apply(plan, events, job, involved, status_before, visible, memory)
+        return self._next_pass_in(plan, memory)
 
-        plan = plan_for(seen)
+    async def _create_missing(self, p: _Pass, plan: Plan) -> tuple[Plan, list[str]]:
+        """Create the plan's children, then plan once more from what exists now and what
+        was refused, so that the status and the Events say what the pass achieved.
+        Returns that plan and `Kind name` of each child created."""
+        memory, uid = p.memory, p.uid
         planned: list[Mapping[str, Any]] = list(plan.create)
         created: list[str] = []
         secret = [o for o in plan.create if o["kind"] == "Secret"]
@@ -290,11 +332,8 @@ class Runtime:
 
             async def after_secret() -> None:
                 await self._create_children(memory, secret, uid, created)
-                seen = dataclasses.replace(
-                    self._observe(memory, snapshot, job), secret=memory.secret
-                )
                 tried = {_child_key(o) for o in planned}
-                rest.extend(o for o in plan_for(seen).create if _child_key(o) not in tried)
+                rest.extend(o for o in p.plan(p.seen()).create if _child_key(o) not in tried)
                 await self._create_children(memory, rest, uid, created)
 
             meanwhile = [o for o in plan.create if o["kind"] != "Secret"]
@@ -305,19 +344,15 @@ class Runtime:
         else:
             await self._create_children(memory, plan.create, uid, created)
         keys = [_child_key(o) for o in planned]
-        for key_ in list(memory.refused):
-            if key_ not in keys:
-                del memory.refused[key_]  # no longer wanted (or created meanwhile)
+        for key in list(memory.refused):
+            if key not in keys:
+                del memory.refused[key]  # no longer wanted (or created meanwhile)
         refused = [memory.refused[k].failure for k in keys if k in memory.refused]
-        if planned:
-            # Plan once more from what exists now, with what was refused: the status and
-            # the Events say what this pass achieved, compared with the stored status.
-            seen = dataclasses.replace(self._observe(memory, snapshot, job), secret=memory.secret)
-            plan = plan_for(seen, refused)
-        events = list(plan.events)
-        if created:
-            events.insert(0, Event("Normal", JobReason.CREATED, f"created {', '.join(created)}"))
-        await self._apply(plan, events, job, involved, status_before, visible, memory)
+        return (p.plan(p.seen(), refused) if planned else plan), created
+
+    def _next_pass_in(self, plan: Plan, memory: _JobMemory) -> float:
+        """Seconds until the next pass: the status interval, sooner for a requeue or a
+        refused create's retry."""
         delay = self.settings.status_interval
         if plan.requeue_after is not None:
             delay = max(0.05, min(delay, plan.requeue_after))
