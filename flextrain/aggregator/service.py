@@ -33,11 +33,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flextrain.aggregator.errors import Kind, Rejected
+from flextrain.aggregator.errors import Rejected
 from flextrain.aggregator.metrics import AggregatorMetrics
 from flextrain.aggregator.state import Aggregation, ClientInfo, TierCounters, UpdateStage
 from flextrain.aggregator.store import Checkpoint, CheckpointStore
 from flextrain.api.catalog import DATASETS
+from flextrain.contract.refusals import Reason
 from flextrain.core.arch import profile
 from flextrain.core.centralised import evaluate
 from flextrain.core.models import ModelSpec
@@ -383,8 +384,11 @@ class AggregatorService:
             extra={"client": ticket.client.client_id, "round": ticket.round},
         )
 
-    def reject_payload(self, exc: Rejected) -> None:
+    def refusal(self, reason: Reason, message: str) -> Rejected:
+        """A refusal the servicer raises itself (token, malformed stream), counted."""
+        exc = Rejected(reason, message)
         self._count_rejection(exc)
+        return exc
 
     async def _close_round(self) -> None:
         assert self._changed is not None
@@ -474,7 +478,7 @@ class AggregatorService:
         )
 
     def _count_rejection(self, exc: Rejected) -> None:
-        self.rejections[exc.reason] = self.rejections.get(exc.reason, 0) + 1
+        self.rejections[exc.reason.value] = self.rejections.get(exc.reason.value, 0) + 1
         self.metrics.rejected(exc.reason)
         log.warning("rejected (%s): %s", exc.reason, exc)
 
@@ -634,7 +638,7 @@ class PushStream:
         """The payload's next bytes: checked for size here, folded on the worker."""
         expected = self.ticket.expected_bytes
         if self.received + len(data) > expected:
-            exc = Rejected(Kind.EXHAUSTED, "too_large", f"update carries more than the {expected} bytes its header describes")
+            exc = Rejected(Reason.TOO_LARGE, f"update carries more than the {expected} bytes its header describes")
             self._service._count_rejection(exc)
             raise exc
         self.received += len(data)
@@ -703,4 +707,4 @@ def _consume(future: asyncio.Future[Any]) -> None:
 
 
 def invalid_size(received: int, expected: int) -> Rejected:
-    return Rejected(Kind.INVALID, "truncated", f"update carries {received} bytes, its header describes {expected}")
+    return Rejected(Reason.TRUNCATED, f"update carries {received} bytes, its header describes {expected}")

@@ -18,8 +18,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from flextrain.aggregator.errors import Kind, Rejected
+from flextrain.aggregator.errors import Rejected
 from flextrain.aggregator.service import AggregatorService
+from flextrain.contract.refusals import Reason
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
 from flextrain.wire.auth import REASON_KEY, token_matches
@@ -36,15 +37,8 @@ from flextrain.wire.tensors import (
 
 log = logging.getLogger("flextrain.aggregator")
 
-STATUS: dict[Kind, grpc.StatusCode] = {
-    Kind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
-    Kind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
-    Kind.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
-    Kind.DENIED: grpc.StatusCode.PERMISSION_DENIED,
-    Kind.EXISTS: grpc.StatusCode.ALREADY_EXISTS,
-    Kind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Kind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-}
+#: The status code of each refusal reason (the reason names it).
+STATUS: dict[Reason, grpc.StatusCode] = {reason: grpc.StatusCode[reason.status] for reason in Reason}
 
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -80,17 +74,15 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         try:
             return [spec_from_proto(t) for t in header.tensors]
         except WireFormatError as exc:
-            raise Rejected(Kind.INVALID, "malformed", str(exc)) from exc
+            raise self.service.refusal(Reason.MALFORMED, str(exc)) from exc
 
     async def _check(self, context: grpc.aio.ServicerContext) -> None:
         if not token_matches(context.invocation_metadata(), self._token):
-            exc = Rejected(Kind.UNAUTHENTICATED, "unauthenticated", "missing or wrong job token")
-            self.service.reject_payload(exc)
-            await self._abort(context, exc)
+            await self._abort(context, self.service.refusal(Reason.UNAUTHENTICATED, "missing or wrong job token"))
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: Rejected) -> None:
-        context.set_trailing_metadata(((REASON_KEY, exc.reason),))
-        await context.abort(STATUS[exc.kind], str(exc))
+        context.set_trailing_metadata(((REASON_KEY, exc.reason.value),))
+        await context.abort(STATUS[exc.reason], str(exc))
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
         await self._check(context)
@@ -178,7 +170,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             first = None
         try:
             if first is None or isinstance(first, memoryview) or first.WhichOneof("chunk") != "header":
-                raise Rejected(Kind.INVALID, "malformed", "the first chunk of an update must be its header")
+                raise self.service.refusal(Reason.MALFORMED, "the first chunk of an update must be its header")
             header = first.header
             ticket = self.service.begin_push(header.client_id, header.round, header.num_examples, self._specs(header))
             # The client sends its data once told to (it waits for this, so pushes
@@ -191,12 +183,10 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                     elif chunk.WhichOneof("chunk") == "data":
                         data = chunk.data
                     else:
-                        raise Rejected(Kind.INVALID, "malformed", "only data chunks may follow the header")
+                        raise self.service.refusal(Reason.MALFORMED, "only data chunks may follow the header")
                     await push.feed(data)
                 counted = await push.finish()
         except Rejected as exc:
-            if exc.reason == "malformed":
-                self.service.reject_payload(exc)
             await self._abort(context, exc)
             raise
         return pb.PushUpdateResponse(accepted=True, round=counted, bytes_received=push.received)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import grpc
 from torch import Tensor
 
+from flextrain.contract.refusals import Reason, Remedy
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
 from flextrain.trainer.config import TrainerConfig
@@ -57,17 +58,20 @@ class Fatal(Exception):
     """Permanent: retrying cannot help (auth, wrong job, bad configuration)."""
 
 
+#: The exception of each remedy a refusal's reason names (flextrain.contract.refusals).
+_REMEDIES: dict[Remedy, type[Exception]] = {Remedy.REJOIN: Rejoin, Remedy.NEXT_ROUND: Stale, Remedy.GIVE_UP: Fatal}
+
+
 def _classify(error: grpc.RpcError) -> Exception:
+    """What the loop does about a failed call: transport trouble is retried; a refusal
+    is handled as its reason's remedy says (an unknown reason: given up)."""
     code = error.code()
-    reason = dict(error.trailing_metadata() or ()).get(REASON_KEY, "")
     message = f"{code.name}: {error.details()}"
     if code in _RETRYABLE:
         return Retry(message)
-    if reason == "unknown_client":
-        return Rejoin(message)
-    if reason in ("stale_round", "duplicate"):
-        return Stale(message)
-    return Fatal(message)
+    reason = Reason.from_wire(dict(error.trailing_metadata() or ()).get(REASON_KEY, ""))
+    remedy = reason.remedy if reason is not None else Remedy.GIVE_UP
+    return _REMEDIES[remedy](message)
 
 
 @dataclass

@@ -13,10 +13,11 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from torch import Tensor
 
+from flextrain.contract.refusals import Reason
 from flextrain.core.merge import merge
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
-from flextrain.wire.auth import metadata
+from flextrain.wire.auth import REASON_KEY, metadata
 from flextrain.wire.tensors import Spec, decode, encode, spec_from_proto, spec_to_proto
 from tests.integration.procs import TOKEN, Cluster, make_cluster, tiny_job
 
@@ -89,6 +90,9 @@ def refused(call: object, code: grpc.StatusCode, *words: str) -> grpc.RpcError:
         call()
     error = info.value
     assert error.code() == code, f"{error.code()}: {error.details()}"
+    # The reason in the trailing metadata names the status it came with.
+    reason = Reason.from_wire(dict(error.trailing_metadata() or ()).get(REASON_KEY, ""))
+    assert reason is not None and reason.status == code.name, (reason, code)
     for word in words:
         assert word in error.details(), error.details()
     return error
