@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
 from flextrain.aggregator.errors import Rejected
@@ -34,7 +33,13 @@ from flextrain.core.merge.base import (
 )
 from flextrain.core.partition import prefix_keys
 from flextrain.jobplan import JobPlan, TierPlan
-from flextrain.wire.tensors import PayloadPieces, Spec, WireFormatError, wire_dtype_for
+from flextrain.wire.tensors import (
+    PayloadPieces,
+    Spec,
+    WireFormatError,
+    compression_dtype,
+    wire_dtype_for,
+)
 
 
 @dataclass
@@ -92,9 +97,7 @@ class Aggregation:
         self.total_rounds = spec.training.rounds
         self.quorum = spec.aggregation.quorum
         self.round_timeout = float(spec.aggregation.round_timeout_seconds)
-        self.compression = {"none": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
-            spec.aggregation.compression
-        ]
+        self.compression = compression_dtype(spec.aggregation.compression)
         self.strategy = get_strategy(spec.aggregation.strategy)
         self._clock = clock
         self.global_state: dict[str, Tensor] = {k: v.detach().clone() for k, v in global_state.items()}

@@ -18,7 +18,8 @@ from flextrain.core.merge import merge
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
 from flextrain.wire.auth import REASON_KEY, metadata
-from flextrain.wire.tensors import Spec, decode, encode, spec_from_proto, spec_to_proto
+from flextrain.wire.serde import spec_from_proto, spec_to_proto
+from flextrain.wire.tensors import Spec, decode, encode
 from tests.integration.procs import TOKEN, Cluster, make_cluster, tiny_job
 
 AUTH = metadata(TOKEN)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flextrain.aggregator.errors import Rejected
-from flextrain.aggregator.service import initial_state
+from flextrain.aggregator.rounds import initial_state
 from flextrain.aggregator.state import Aggregation
 from flextrain.jobplan import plan_job
 from flextrain.wire.tensors import PayloadPieces, encode
