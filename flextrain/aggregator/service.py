@@ -83,7 +83,12 @@ class PullResult:
 
 
 class AggregatorService:
-    """One job's aggregator."""
+    """One job's aggregator.
+
+    The servicer's API: `join`, `pull`, `send`, `expected_update`, `begin_push`,
+    `receive_push`, `refusal`, `status`, `start`, `stop`, `name`. The parts behind it
+    (`rounds`, `agg`, `models`, `evaluator`) are attributes for tests and tools.
+    """
 
     def __init__(self, plan: JobPlan, settings: Settings | None = None, metrics: AggregatorMetrics | None = None) -> None:
         self.plan = plan

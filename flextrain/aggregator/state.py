@@ -201,9 +201,14 @@ class Aggregation:
             raise Rejected(Reason.DUPLICATE, f"client {client_id!r} already pushed for round {round_number}")
         if isinstance(num_examples, bool) or num_examples <= 0:
             raise Rejected(Reason.BAD_EXAMPLES, f"num_examples must be positive, got {num_examples}")
+        if specs != self.expected_spec_list(info.depth):
+            self._check_tensors(info, specs)
+        return self._check_size(info, specs)
+
+    def _check_tensors(self, info: ClientInfo, specs: list[Spec]) -> None:
+        """Raise Rejected naming the first tensor in which `specs` differ from the
+        prefix of the client's depth."""
         expected = self.expected_specs(info.depth)
-        if specs == self.expected_spec_list(info.depth):
-            return self._check_size(info, specs)
         all_specs = self.expected_specs(self.plan.job.spec.model.num_blocks)
         seen: set[str] = set()
         for spec in specs:
@@ -230,7 +235,6 @@ class Aggregation:
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise Rejected(Reason.MISSING_TENSOR, f"tensor {missing[0]!r}{more} of depth {info.depth} is missing")
-        return self._check_size(info, specs)
 
     def _check_size(self, info: ClientInfo, specs: list[Spec]) -> ClientInfo:
         total = sum(s.num_bytes for s in specs)
