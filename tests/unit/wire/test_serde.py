@@ -4,11 +4,12 @@ one dtype table answers both directions."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import torch
 
+from flextrain.api.flextrainjob import AggregationSpec
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.wire import serde
 from flextrain.wire.messages import (
@@ -88,6 +89,11 @@ def test_one_table_serves_both_directions_and_the_compression_setting() -> None:
         compression_dtype("int64")
     with pytest.raises(WireFormatError, match="cannot travel"):
         serde.dtype_to_proto(torch.float64)
+
+
+def test_every_compression_a_job_may_ask_for_is_in_the_table() -> None:
+    allowed = get_args(AggregationSpec.model_fields["compression"].annotation)
+    assert allowed and all(compression_dtype(c).is_floating_point for c in allowed)
 
 
 def test_a_known_spec_list_is_answered_with_the_same_object() -> None:
