@@ -262,7 +262,7 @@ class PushStream:
         """
         ticket = self.ticket
         if self.received != ticket.expected_bytes:
-            exc = invalid_size(self.received, ticket.expected_bytes)
+            exc = _invalid_size(self.received, ticket.expected_bytes)
             self._outcomes.rejected(exc)
             raise exc
         if self._batch:
@@ -306,7 +306,7 @@ def _consume(future: asyncio.Future[Any]) -> None:
         future.exception()  # retrieved: no "exception was never retrieved" warning
 
 
-def invalid_size(received: int, expected: int) -> Rejected:
+def _invalid_size(received: int, expected: int) -> Rejected:
     return Rejected(Reason.TRUNCATED, f"update carries {received} bytes, its header describes {expected}")
 
 
