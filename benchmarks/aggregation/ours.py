@@ -97,7 +97,7 @@ def make_plan(case: Case, rounds: int) -> Any:
 
 def model_arrays(case: Case) -> dict[str, Any]:
     """The round-0 global model the aggregator starts from, as numpy arrays (for Flower)."""
-    from flextrain.aggregator.service import initial_state
+    from flextrain.aggregator.rounds import initial_state
 
     state = initial_state(make_plan(case, 2))
     return {k: v.numpy() for k, v in state.items()}
@@ -105,7 +105,7 @@ def model_arrays(case: Case) -> dict[str, Any]:
 
 def model_bytes(case: Case) -> int:
     """Bytes of the full model on the wire (float32 tensors, int64 BN counters)."""
-    from flextrain.aggregator.service import model_spec_of
+    from flextrain.aggregator.rounds import model_spec_of
 
     spec = model_spec_of(make_plan(case, 2))
     state = spec.build().state_dict()
@@ -114,7 +114,7 @@ def model_bytes(case: Case) -> int:
 
 def prefix_bytes(case: Case) -> dict[int, int]:
     """Wire bytes of each tier's prefix, from the aggregator's own expected specs."""
-    from flextrain.aggregator.service import model_spec_of
+    from flextrain.aggregator.rounds import model_spec_of
     from flextrain.aggregator.state import Aggregation
 
     plan = make_plan(case, 2)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from flextrain.contract.refusals import Reason
+
 
 class AggregatorMetrics:
     """All metrics of one aggregator; names are prefixed `flextrain_`."""
@@ -50,8 +52,8 @@ class AggregatorMetrics:
     def sent(self, tier: str, nbytes: int) -> None:
         self.bytes_sent.labels(tier=tier, **self._labels).inc(nbytes)
 
-    def rejected(self, reason: str) -> None:
-        self.updates_rejected.labels(reason=reason, **self._labels).inc()
+    def rejected(self, reason: Reason) -> None:
+        self.updates_rejected.labels(reason=reason.value, **self._labels).inc()
 
     def set_accuracy(self, depth: int, accuracy: float) -> None:
         self.accuracy.labels(depth=str(depth), **self._labels).set(accuracy)

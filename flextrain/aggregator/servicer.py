@@ -1,6 +1,7 @@
 """The gRPC face of the aggregator: the only module of the aggregator that imports
-grpc. Each RPC is a thin shim over AggregatorService; domain rejections map to status
-codes here and nowhere else."""
+grpc or protobuf messages. Each RPC is a thin shim over AggregatorService's public
+methods (messages converted by flextrain.wire.serde); refusals map to status codes here
+and nowhere else."""
 
 from __future__ import annotations
 
@@ -18,33 +19,30 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from flextrain.aggregator.errors import Kind, Rejected
+from flextrain.aggregator.errors import Rejected
 from flextrain.aggregator.service import AggregatorService
+from flextrain.contract.refusals import Reason
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
 from flextrain.wire.auth import REASON_KEY, token_matches
 from flextrain.wire.frames import PUSH_READY_KEY, parse_update_chunk, serialize_chunk
-from flextrain.wire.tensors import (
-    MAX_MESSAGE_BYTES,
-    Framed,
-    Spec,
-    WireFormatError,
-    dtype_to_proto,
-    spec_from_proto,
-    spec_to_proto,
+from flextrain.wire.messages import ModelHeader, PushResult, UpdateHeader
+from flextrain.wire.serde import (
+    SpecDecoder,
+    join_request_from_proto,
+    joined_to_proto,
+    model_header_to_proto,
+    pull_request_from_proto,
+    push_result_to_proto,
+    update_header_from_proto,
 )
+from flextrain.wire.status import status_to_proto
+from flextrain.wire.tensors import MAX_MESSAGE_BYTES, Framed, WireFormatError
 
 log = logging.getLogger("flextrain.aggregator")
 
-STATUS: dict[Kind, grpc.StatusCode] = {
-    Kind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
-    Kind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
-    Kind.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
-    Kind.DENIED: grpc.StatusCode.PERMISSION_DENIED,
-    Kind.EXISTS: grpc.StatusCode.ALREADY_EXISTS,
-    Kind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Kind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-}
+#: The status code of each refusal reason (the reason names it).
+STATUS: dict[Reason, grpc.StatusCode] = {reason: grpc.StatusCode[reason.status] for reason in Reason}
 
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -56,118 +54,66 @@ SERVER_OPTIONS = [
 
 
 class AggregatorServicer(pb_grpc.AggregatorServicer):
+    """Each RPC: messages from protobuf (flextrain.wire.serde), the service's public
+    method, the answer to protobuf; a refusal becomes its reason's status code."""
+
     def __init__(self, service: AggregatorService, token: str) -> None:
         self.service = service
         self._token = token
-        self._expected: dict[int, tuple[pb.UpdateHeader, list[Spec]]] = {}
+        #: Decodes update headers; each depth's expected list is recognised at once.
+        self._specs = SpecDecoder()
         #: Serialized ModelChunk header of each serialized prefix, while it is in use.
         self._model_headers: weakref.WeakKeyDictionary[Framed, bytes] = weakref.WeakKeyDictionary()
 
-    def _specs(self, header: pb.UpdateHeader) -> list[Spec]:
-        """The header's tensor specs. A header that lists exactly what the aggregator
-        sent the client (the usual case) is recognised by one comparison of messages
-        and mapped to the cached specs; anything else is converted tensor by tensor for
-        the precise checks of the state."""
-        client = self.service.agg.clients.get(header.client_id)
-        if client is not None:
-            expected = self._expected.get(client.depth)
-            if expected is None:
-                specs = self.service.agg.expected_spec_list(client.depth)
-                expected = (pb.UpdateHeader(tensors=[spec_to_proto(x) for x in specs]), specs)
-                self._expected[client.depth] = expected
-            if header.tensors == expected[0].tensors:
-                return expected[1]
+    def _update_header(self, message: pb.UpdateHeader) -> UpdateHeader:
+        expected = self.service.expected_update(message.client_id)
+        key = None
+        if expected is not None:
+            key = expected[0]
+            if not self._specs.knows(key):
+                self._specs.know(key, expected[1])
         try:
-            return [spec_from_proto(t) for t in header.tensors]
+            return update_header_from_proto(message, self._specs, key)
         except WireFormatError as exc:
-            raise Rejected(Kind.INVALID, "malformed", str(exc)) from exc
+            raise self.service.refusal(Reason.MALFORMED, str(exc)) from exc
 
     async def _check(self, context: grpc.aio.ServicerContext) -> None:
         if not token_matches(context.invocation_metadata(), self._token):
-            exc = Rejected(Kind.UNAUTHENTICATED, "unauthenticated", "missing or wrong job token")
-            self.service.reject_payload(exc)
-            await self._abort(context, exc)
+            await self._abort(context, self.service.refusal(Reason.UNAUTHENTICATED, "missing or wrong job token"))
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: Rejected) -> None:
-        context.set_trailing_metadata(((REASON_KEY, exc.reason),))
-        await context.abort(STATUS[exc.kind], str(exc))
+        context.set_trailing_metadata(((REASON_KEY, exc.reason.value),))
+        await context.abort(STATUS[exc.reason], str(exc))
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
         await self._check(context)
+        r = join_request_from_proto(request)
         try:
-            info = self.service.join(request.job, request.tier, request.replica_index, request.depth)
+            joined = self.service.join(r.job, r.tier, r.replica_index, r.depth)
         except Rejected as exc:
             await self._abort(context, exc)
             raise  # unreachable: abort raises
-        spec = self.service.plan.job.spec
-        data = spec.dataset
-        return pb.JoinResponse(
-            client_id=info.client.client_id,
-            round=info.round,
-            total_rounds=info.total_rounds,
-            done=info.done,
-            model=pb.ModelDescription(
-                family=info.model.family,
-                layers=info.model.layers,
-                num_classes=info.model.num_classes,
-                in_channels=info.model.in_channels,
-                image_size=info.model.image_size,
-                num_blocks=info.model.num_blocks,
-                num_parameters=info.num_parameters,
-                prefix_parameters=info.prefix_parameters,
-            ),
-            data=pb.DataAssignment(
-                dataset=data.name,
-                scheme=data.partition.scheme,
-                alpha=data.partition.alpha or 0.0,
-                seed=data.seed,
-                shard_index=info.shard_index,
-                num_shards=info.num_shards,
-                limit=data.limit or 0,
-            ),
-            training=pb.TrainingConfig(
-                local_epochs=spec.training.local_epochs,
-                batch_size=spec.training.batch_size,
-                optimizer=spec.training.optimizer.name,
-                learning_rate=spec.training.optimizer.learning_rate,
-                momentum=spec.training.optimizer.momentum,
-                weight_decay=spec.training.optimizer.weight_decay,
-                distillation_beta=spec.training.distillation.beta,
-                distillation_target=spec.training.distillation.target,
-                distill=info.distill,
-                wire_dtype=dtype_to_proto(self.service.agg.compression),  # type: ignore[arg-type]
-            ),
-        )
+        return joined_to_proto(joined)
 
     async def PullModel(self, request: pb.PullModelRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelChunk | bytes]:
         await self._check(context)
+        r = pull_request_from_proto(request)
         try:
-            result = await self.service.pull(request.client_id, request.min_round, request.wait_seconds)
+            result = await self.service.pull(r.client_id, r.min_round, r.wait_seconds)
         except Rejected as exc:
             await self._abort(context, exc)
             return
         encoded = result.encoded
         if encoded is None:
-            yield pb.ModelChunk(header=pb.ModelHeader(ready=result.ready, done=result.done, round=result.round))
+            yield model_header_to_proto(ModelHeader(result.ready, result.done, result.round, [], 0))
             return
         header = self._model_headers.get(encoded)
         if header is None:  # the same for every client of this depth and round: built once
-            header = pb.ModelChunk(
-                header=pb.ModelHeader(
-                    ready=True,
-                    round=result.round,
-                    tensors=[spec_to_proto(s) for s in encoded.specs],
-                    total_bytes=encoded.nbytes,
-                )
-            ).SerializeToString()
+            header = model_header_to_proto(ModelHeader(True, False, result.round, encoded.specs, encoded.nbytes)).SerializeToString()
             self._model_headers[encoded] = header
         yield header
-        slots = self.service.send_slots
-        assert slots is not None, "the service is started before it serves"
-        order = slots.next_order()  # pulls are served in the order their data begins
-        for frame in encoded.frames:
-            async with slots.slot(order):  # held until gRPC has sent it (it asks for the next then)
-                yield frame  # a serialized data chunk (see flextrain.wire.frames)
+        async for frame in self.service.send(encoded):
+            yield frame  # a serialized data chunk (see flextrain.wire.frames)
 
     async def PushUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk | memoryview], context: grpc.aio.ServicerContext) -> pb.PushUpdateResponse:
         await self._check(context)
@@ -178,9 +124,9 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             first = None
         try:
             if first is None or isinstance(first, memoryview) or first.WhichOneof("chunk") != "header":
-                raise Rejected(Kind.INVALID, "malformed", "the first chunk of an update must be its header")
-            header = first.header
-            ticket = self.service.begin_push(header.client_id, header.round, header.num_examples, self._specs(header))
+                raise self.service.refusal(Reason.MALFORMED, "the first chunk of an update must be its header")
+            header = self._update_header(first.header)
+            ticket = self.service.begin_push(header.client_id, header.round, header.num_examples, header.specs)
             # The client sends its data once told to (it waits for this, so pushes
             # waiting their turn hold no data here).
             send = partial(context.send_initial_metadata, ((PUSH_READY_KEY, "1"),))
@@ -191,33 +137,17 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                     elif chunk.WhichOneof("chunk") == "data":
                         data = chunk.data
                     else:
-                        raise Rejected(Kind.INVALID, "malformed", "only data chunks may follow the header")
+                        raise self.service.refusal(Reason.MALFORMED, "only data chunks may follow the header")
                     await push.feed(data)
                 counted = await push.finish()
         except Rejected as exc:
-            if exc.reason == "malformed":
-                self.service.reject_payload(exc)
             await self._abort(context, exc)
             raise
-        return pb.PushUpdateResponse(accepted=True, round=counted, bytes_received=push.received)
+        return push_result_to_proto(PushResult(accepted=True, round=counted, bytes_received=push.received))
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
         await self._check(context)
-        svc = self.service
-        agg = svc.agg
-        return pb.GetStatusResponse(
-            job=svc.plan.name,
-            round=svc.reported_rounds,
-            total_rounds=agg.total_rounds,
-            done=svc.reported_done,
-            tiers=[pb.TierProgress(**row) for row in svc.tier_rows()],
-            accuracy=[pb.DepthAccuracy(depth=d, accuracy=a, round=r) for d, (a, r) in sorted(svc.latest_accuracy().items())],
-            updates_rejected=svc.rejections,
-            updates_accepted=svc.accepted,
-            clients_connected=len(agg.clients),
-            round_started_unix=agg.round.opened_at,
-            round_deadline_unix=agg.round.deadline,
-        )
+        return status_to_proto(self.service.status())
 
 
 def add_servicer(servicer: AggregatorServicer, server: grpc.aio.Server) -> None:
@@ -295,7 +225,7 @@ class AggregatorServer:
         await self.service.start()
         await self.server.start()
         await self._set_health(True)
-        log.info("aggregator for job %s listening on port %d", self.service.plan.name, self.port)
+        log.info("aggregator for job %s listening on port %d", self.service.name, self.port)
 
     async def stop(self, grace: float = 5.0) -> None:
         await self._set_health(False)

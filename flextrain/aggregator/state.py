@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
-from flextrain.aggregator.errors import Kind, Rejected, invalid, precondition
+from flextrain.aggregator.errors import Rejected
+from flextrain.contract.refusals import Reason
 from flextrain.core.merge import get_strategy, is_finite
 from flextrain.core.merge.base import (
     Accumulator,
@@ -33,7 +33,13 @@ from flextrain.core.merge.base import (
 )
 from flextrain.core.partition import prefix_keys
 from flextrain.jobplan import JobPlan, TierPlan
-from flextrain.wire.tensors import PayloadPieces, Spec, WireFormatError, wire_dtype_for
+from flextrain.wire.tensors import (
+    PayloadPieces,
+    Spec,
+    WireFormatError,
+    compression_dtype,
+    wire_dtype_for,
+)
 
 
 @dataclass
@@ -91,9 +97,7 @@ class Aggregation:
         self.total_rounds = spec.training.rounds
         self.quorum = spec.aggregation.quorum
         self.round_timeout = float(spec.aggregation.round_timeout_seconds)
-        self.compression = {"none": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
-            spec.aggregation.compression
-        ]
+        self.compression = compression_dtype(spec.aggregation.compression)
         self.strategy = get_strategy(spec.aggregation.strategy)
         self._clock = clock
         self.global_state: dict[str, Tensor] = {k: v.detach().clone() for k, v in global_state.items()}
@@ -151,19 +155,19 @@ class Aggregation:
 
     def join(self, job: str, tier: str, replica: int, depth: int) -> ClientInfo:
         if job != self.plan.name:
-            raise Rejected(Kind.NOT_FOUND, "wrong_job", f"this aggregator serves job {self.plan.name!r}, not {job!r}")
+            raise Rejected(Reason.WRONG_JOB, f"this aggregator serves job {self.plan.name!r}, not {job!r}")
         try:
             tier_plan: TierPlan = self.plan.tier(tier)
         except KeyError as exc:
-            raise Rejected(Kind.NOT_FOUND, "unknown_tier", str(exc.args[0])) from None
+            raise Rejected(Reason.UNKNOWN_TIER, str(exc.args[0])) from None
         if not 0 <= replica < tier_plan.replicas:
-            raise invalid(
-                "bad_replica",
+            raise Rejected(
+                Reason.BAD_REPLICA,
                 f"replica_index {replica} is out of range for tier {tier!r} (0..{tier_plan.replicas - 1})",
             )
         if depth != tier_plan.depth:
-            raise precondition(
-                "depth_mismatch",
+            raise Rejected(
+                Reason.DEPTH_MISMATCH,
                 f"tier {tier!r} trains depth {tier_plan.depth}, the trainer says {depth}",
             )
         cid = client_id_for(tier, replica)
@@ -176,7 +180,7 @@ class Aggregation:
     def client(self, client_id: str) -> ClientInfo:
         info = self.clients.get(client_id)
         if info is None:
-            raise precondition("unknown_client", f"client {client_id!r} has not joined (call Join first)")
+            raise Rejected(Reason.UNKNOWN_CLIENT, f"client {client_id!r} has not joined (call Join first)")
         return info
 
     # -- updates ---------------------------------------------------------------------
@@ -185,54 +189,57 @@ class Aggregation:
         """Everything that can be checked before reading the update's bytes."""
         info = self.client(client_id)
         if self.done:
-            raise precondition("job_done", "training is complete; no more updates are taken")
+            raise Rejected(Reason.JOB_DONE, "training is complete; no more updates are taken")
         if round_number < self.round.number:
-            raise precondition(
-                "stale_round",
+            raise Rejected(
+                Reason.STALE_ROUND,
                 f"update for round {round_number} arrived after it closed; round {self.round.number} is open: pull the model again",
             )
         if round_number > self.round.number:
-            raise invalid("future_round", f"round {round_number} has not opened; round {self.round.number} is open")
+            raise Rejected(Reason.FUTURE_ROUND, f"round {round_number} has not opened; round {self.round.number} is open")
         if client_id in self.round.pushed:
-            raise Rejected(Kind.EXISTS, "duplicate", f"client {client_id!r} already pushed for round {round_number}")
+            raise Rejected(Reason.DUPLICATE, f"client {client_id!r} already pushed for round {round_number}")
         if isinstance(num_examples, bool) or num_examples <= 0:
-            raise invalid("bad_examples", f"num_examples must be positive, got {num_examples}")
+            raise Rejected(Reason.BAD_EXAMPLES, f"num_examples must be positive, got {num_examples}")
+        if specs != self.expected_spec_list(info.depth):
+            self._check_tensors(info, specs)
+        return self._check_size(info, specs)
+
+    def _check_tensors(self, info: ClientInfo, specs: list[Spec]) -> None:
+        """Raise Rejected naming the first tensor in which `specs` differ from the
+        prefix of the client's depth."""
         expected = self.expected_specs(info.depth)
-        if specs == self.expected_spec_list(info.depth):
-            return self._check_size(info, specs)
         all_specs = self.expected_specs(self.plan.job.spec.model.num_blocks)
         seen: set[str] = set()
         for spec in specs:
             if spec.name in seen:
-                raise invalid("duplicate_tensor", f"tensor {spec.name!r} is sent twice")
+                raise Rejected(Reason.DUPLICATE_TENSOR, f"tensor {spec.name!r} is sent twice")
             seen.add(spec.name)
             if spec.name not in expected:
                 if spec.name in all_specs:
                     raise Rejected(
-                        Kind.DENIED,
-                        "too_deep",
+                        Reason.TOO_DEEP,
                         f"tensor {spec.name!r} lies beyond depth {info.depth} of tier {info.tier!r}",
                     )
-                raise invalid("unknown_tensor", f"tensor {spec.name!r} is not part of the model")
+                raise Rejected(Reason.UNKNOWN_TENSOR, f"tensor {spec.name!r} is not part of the model")
             want = expected[spec.name]
             if spec.shape != want.shape:
-                raise invalid(
-                    "shape_mismatch", f"tensor {spec.name!r} has shape {list(spec.shape)}, expected {list(want.shape)}"
+                raise Rejected(
+                    Reason.SHAPE_MISMATCH, f"tensor {spec.name!r} has shape {list(spec.shape)}, expected {list(want.shape)}"
                 )
             if spec.dtype != want.dtype:
-                raise invalid(
-                    "dtype_mismatch", f"tensor {spec.name!r} has dtype {spec.dtype}, expected {want.dtype}"
+                raise Rejected(
+                    Reason.DTYPE_MISMATCH, f"tensor {spec.name!r} has dtype {spec.dtype}, expected {want.dtype}"
                 )
         missing = [name for name in expected if name not in seen]
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-            raise invalid("missing_tensor", f"tensor {missing[0]!r}{more} of depth {info.depth} is missing")
-        return self._check_size(info, specs)
+            raise Rejected(Reason.MISSING_TENSOR, f"tensor {missing[0]!r}{more} of depth {info.depth} is missing")
 
     def _check_size(self, info: ClientInfo, specs: list[Spec]) -> ClientInfo:
         total = sum(s.num_bytes for s in specs)
         if self.max_update_bytes is not None and total > self.max_update_bytes:
-            raise Rejected(Kind.EXHAUSTED, "too_large", f"update of {total} bytes exceeds the limit {self.max_update_bytes}")
+            raise Rejected(Reason.TOO_LARGE, f"update of {total} bytes exceeds the limit {self.max_update_bytes}")
         return info
 
     def begin_update(self, client_id: str, round_number: int, num_examples: int, specs: list[Spec]) -> UpdateStage:
@@ -242,7 +249,7 @@ class Aggregation:
         try:
             staged = self._acc.stage({s.name: (s.shape, s.dtype) for s in specs}, num_examples)
         except MergeError as exc:  # defensive: the header check should have caught it
-            raise invalid("merge_rejected", str(exc)) from exc
+            raise Rejected(Reason.MERGE_REJECTED, str(exc)) from exc
         return UpdateStage(self, info, round_number, num_examples, specs, staged)
 
     def fold(self, client_id: str, tensors: Mapping[str, Tensor], num_examples: int, nbytes: int) -> bool:
@@ -322,7 +329,7 @@ class UpdateStage:
             fed = self.pieces.feed(data)
         except WireFormatError as exc:
             self.abort()
-            raise Rejected(Kind.EXHAUSTED, "too_large", str(exc)) from None
+            raise Rejected(Reason.TOO_LARGE, str(exc)) from None
         self.write(fed.pieces, fed.float32)
 
     def write(self, pieces: list[tuple[str, int, Tensor]], flat: Tensor | None) -> None:
@@ -334,15 +341,15 @@ class UpdateStage:
         try:
             self._staged.write(pieces, checked_finite=checked)
         except NonFiniteError as exc:
-            raise invalid("non_finite", str(exc)) from None
+            raise Rejected(Reason.NON_FINITE, str(exc)) from None
         except AccumulatorClosed:
             raise self._stale() from None
         except MergeError as exc:
-            raise invalid("merge_rejected", str(exc)) from exc
+            raise Rejected(Reason.MERGE_REJECTED, str(exc)) from exc
 
     def _stale(self) -> Rejected:
-        return precondition(
-            "stale_round",
+        return Rejected(
+            Reason.STALE_ROUND,
             f"round {self.round} closed while the update arrived; round {self._agg.round.number} is open: pull the model again",
         )
 
@@ -358,7 +365,7 @@ class UpdateStage:
         except AccumulatorClosed:
             raise self._stale() from None
         except MergeError as exc:  # a tensor is incomplete
-            raise invalid("truncated", str(exc)) from exc
+            raise Rejected(Reason.TRUNCATED, str(exc)) from exc
         info = self.client
         agg.round.pushed.add(info.client_id)
         agg.round.examples += self.num_examples

@@ -295,7 +295,7 @@ class LocalRun:
         return 130
 
     def _finish(self, progress: Progress, wall: float) -> int:
-        from flextrain.aggregator.service import model_spec_of
+        from flextrain.aggregator.rounds import model_spec_of
         from flextrain.aggregator.store import CheckpointStore
         from flextrain.local.report import export_models, plot_accuracy, write_report
 

@@ -13,22 +13,29 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import grpc
+import torch
 from torch import Tensor
 
+from flextrain.contract.refusals import Reason, Remedy
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
 from flextrain.trainer.config import TrainerConfig
 from flextrain.wire.auth import REASON_KEY, metadata
 from flextrain.wire.frames import data_frames, parse_model_chunk, serialize_chunk
+from flextrain.wire.messages import Joined, JoinRequest, PullRequest, UpdateHeader
+from flextrain.wire.serde import (
+    SpecDecoder,
+    join_request_to_proto,
+    joined_from_proto,
+    model_header_from_proto,
+    pull_request_to_proto,
+    update_header_to_proto,
+)
 from flextrain.wire.tensors import (
     CHUNK_BYTES,
     MAX_MESSAGE_BYTES,
     ReceiveBuffer,
-    Spec,
     decode,
-    dtype_from_proto,
-    spec_from_proto,
-    spec_to_proto,
     tensor_views,
 )
 
@@ -57,28 +64,20 @@ class Fatal(Exception):
     """Permanent: retrying cannot help (auth, wrong job, bad configuration)."""
 
 
+#: The exception of each remedy a refusal's reason names (flextrain.contract.refusals).
+_REMEDIES: dict[Remedy, type[Exception]] = {Remedy.REJOIN: Rejoin, Remedy.NEXT_ROUND: Stale, Remedy.GIVE_UP: Fatal}
+
+
 def _classify(error: grpc.RpcError) -> Exception:
+    """What the loop does about a failed call: transport trouble is retried; a refusal
+    is handled as its reason's remedy says (an unknown reason: given up)."""
     code = error.code()
-    reason = dict(error.trailing_metadata() or ()).get(REASON_KEY, "")
     message = f"{code.name}: {error.details()}"
     if code in _RETRYABLE:
         return Retry(message)
-    if reason == "unknown_client":
-        return Rejoin(message)
-    if reason in ("stale_round", "duplicate"):
-        return Stale(message)
-    return Fatal(message)
-
-
-@dataclass
-class Joined:
-    client_id: str
-    round: int
-    total_rounds: int
-    done: bool
-    model: pb.ModelDescription
-    data: pb.DataAssignment
-    training: pb.TrainingConfig
+    reason = Reason.from_wire(dict(error.trailing_metadata() or ()).get(REASON_KEY, ""))
+    remedy = reason.remedy if reason is not None else Remedy.GIVE_UP
+    return _REMEDIES[remedy](message)
 
 
 @dataclass
@@ -105,7 +104,7 @@ class AggregatorClient:
             self.channel = grpc.insecure_channel(config.aggregator, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.AggregatorStub(self.channel)  # type: ignore[no-untyped-call]
         self._buffer = ReceiveBuffer()
-        self._last_specs: tuple[pb.ModelHeader, list[Spec]] | None = None
+        self._specs = SpecDecoder()  # every pull of this client's depth lists the same tensors
         # The chunk streams with hand-framed data chunks (flextrain.wire.frames): same
         # bytes on the wire as the generated stub's, fewer copies.
         method = f"/{pb.DESCRIPTOR.services_by_name['Aggregator'].full_name}/"
@@ -129,13 +128,13 @@ class AggregatorClient:
         c = self.config
         try:
             r = self.stub.Join(
-                pb.JoinRequest(job=c.job, tier=c.tier, replica_index=c.replica_index, depth=c.depth),
+                join_request_to_proto(JoinRequest(c.job, c.tier, c.replica_index, c.depth)),
                 metadata=self._metadata,
                 timeout=30,
             )
         except grpc.RpcError as exc:
             raise _classify(exc) from None
-        return Joined(r.client_id, r.round, r.total_rounds, r.done, r.model, r.data, r.training)
+        return joined_from_proto(r)
 
     def pull(self, client_id: str, min_round: int, wait_seconds: float = 30.0, *, reuse_buffer: bool = False) -> Pulled:
         """The model of `min_round` or later (waiting up to `wait_seconds` for it).
@@ -148,7 +147,7 @@ class AggregatorClient:
         """
         try:
             stream = self._pull_model(
-                pb.PullModelRequest(client_id=client_id, min_round=min_round, wait_seconds=wait_seconds),
+                pull_request_to_proto(PullRequest(client_id, min_round, wait_seconds)),
                 metadata=self._metadata,
                 timeout=wait_seconds + 300,
             )
@@ -156,7 +155,7 @@ class AggregatorClient:
             if isinstance(first, memoryview) or first.WhichOneof("chunk") != "header":
                 stream.cancel()
                 raise Retry("the model stream did not start with its header")
-            header = first.header
+            header = model_header_from_proto(first.header, self._specs)
             payload = self._buffer.take(header.total_bytes) if reuse_buffer else memoryview(bytearray(header.total_bytes))
             received = 0
             for chunk in stream:
@@ -172,33 +171,15 @@ class AggregatorClient:
             return Pulled(False, header.done, header.round, {}, 0)
         if received != len(payload):
             raise Retry(f"the model stream ended after {received} of {len(payload)} bytes")
-        specs = self._specs(header)
         # The buffer is not written again while the tensors are in use (see above): its
         # float32 tensors are used in place, not copied.
-        return Pulled(True, False, header.round, decode(specs, payload, copy=False), received)
+        return Pulled(True, False, header.round, decode(header.specs, payload, copy=False), received)
 
-    def _specs(self, header: pb.ModelHeader) -> list[Spec]:
-        """The header's tensor specs; the same list as last time when the header lists
-        the same tensors (every round of a client's depth), found by one comparison."""
-        last = self._last_specs
-        if last is not None and last[0].tensors == header.tensors:
-            return last[1]
-        specs = [spec_from_proto(t) for t in header.tensors]
-        self._last_specs = (header, specs)
-        return specs
-
-    def push(self, client_id: str, round_number: int, tensors: Mapping[str, Tensor], num_examples: int, wire_dtype: int, train_loss: float, train_seconds: float) -> int:
-        specs, views = tensor_views(tensors, dtype_from_proto(wire_dtype))
-        header = pb.UpdateChunk(
-            header=pb.UpdateHeader(
-                client_id=client_id,
-                round=round_number,
-                num_examples=num_examples,
-                tensors=[spec_to_proto(s) for s in specs],
-                train_loss=train_loss,
-                train_seconds=train_seconds,
-            )
-        )
+    def push(self, client_id: str, round_number: int, tensors: Mapping[str, Tensor], num_examples: int, wire_dtype: torch.dtype, train_loss: float, train_seconds: float) -> int:
+        """Send an update: floating tensors travel as `wire_dtype` (the job's, from
+        ``Joined.training``); returns the payload bytes sent."""
+        specs, views = tensor_views(tensors, wire_dtype)
+        header = update_header_to_proto(UpdateHeader(client_id, round_number, num_examples, specs, train_loss, train_seconds))
 
         call: list[grpc.Future] = []  # the call, once started (the generator runs after)
         started = threading.Event()

@@ -21,7 +21,6 @@ from flextrain.core.optim import OptimizerConfig
 from flextrain.trainer.client import (
     AggregatorClient,
     Fatal,
-    Joined,
     Rejoin,
     Retry,
     Stale,
@@ -29,6 +28,7 @@ from flextrain.trainer.client import (
 )
 from flextrain.trainer.config import ConfigError, TrainerConfig, partition_label
 from flextrain.trainer.slots import TrainingSlots
+from flextrain.wire.messages import Joined
 
 log = logging.getLogger("flextrain.trainer")
 

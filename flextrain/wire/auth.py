@@ -9,8 +9,9 @@ from typing import Final
 
 #: gRPC metadata key carrying "Bearer <token>".
 METADATA_KEY: Final[str] = "authorization"
-#: Trailing metadata key with the machine-readable reason of a refused call
-#: (e.g. "stale_round", "unknown_client"), beside the human-readable status message.
+#: Trailing metadata key with the machine-readable reason of a refused call (a
+#: ``flextrain.contract.refusals.Reason`` value such as "stale_round"), beside the
+#: human-readable status message.
 REASON_KEY: Final[str] = "flextrain-reason"
 _SCHEME: Final[str] = "Bearer "
 

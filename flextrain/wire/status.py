@@ -1,5 +1,6 @@
-"""A small, torch-free GetStatus client: the local runner's progress display and the
-operator's status timer read the aggregator through it."""
+"""GetStatus, torch-free: the status as plain Python, its to_proto/from_proto pair, and
+a small client (the local runner's progress display and the operator's status timer
+read the aggregator through it)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,54 @@ class AggregatorStatus:
     accepted: int = 0
     clients_connected: int = 0
     round_deadline_unix: float = 0.0
+    round_started_unix: float = 0.0
+
+
+def status_to_proto(status: AggregatorStatus) -> pb.GetStatusResponse:
+    return pb.GetStatusResponse(
+        job=status.job,
+        round=status.round,
+        total_rounds=status.total_rounds,
+        done=status.done,
+        tiers=[
+            pb.TierProgress(
+                tier=t.tier,
+                depth=t.depth,
+                replicas=t.replicas,
+                joined=t.joined,
+                pushed_this_round=t.pushed_this_round,
+                last_round_pushed=t.last_round_pushed,
+                bytes_received=t.bytes_received,
+                bytes_sent=t.bytes_sent,
+            )
+            for t in status.tiers
+        ],
+        accuracy=[pb.DepthAccuracy(depth=d, accuracy=a, round=r) for d, (a, r) in sorted(status.accuracy.items())],
+        updates_rejected=status.rejected,
+        updates_accepted=status.accepted,
+        clients_connected=status.clients_connected,
+        round_started_unix=status.round_started_unix,
+        round_deadline_unix=status.round_deadline_unix,
+    )
+
+
+def status_from_proto(r: pb.GetStatusResponse) -> AggregatorStatus:
+    return AggregatorStatus(
+        job=r.job,
+        round=r.round,
+        total_rounds=r.total_rounds,
+        done=r.done,
+        tiers=[
+            TierStatus(t.tier, t.depth, t.replicas, t.joined, t.pushed_this_round, t.last_round_pushed, t.bytes_received, t.bytes_sent)
+            for t in r.tiers
+        ],
+        accuracy={a.depth: (a.accuracy, a.round) for a in r.accuracy},
+        rejected=dict(r.updates_rejected),
+        accepted=r.updates_accepted,
+        clients_connected=r.clients_connected,
+        round_deadline_unix=r.round_deadline_unix,
+        round_started_unix=r.round_started_unix,
+    )
 
 
 class StatusUnavailable(Exception):
@@ -56,21 +105,7 @@ class StatusClient:
             r = self.stub.GetStatus(pb.GetStatusRequest(), metadata=self._metadata, timeout=timeout)
         except grpc.RpcError as exc:
             raise StatusUnavailable(f"{exc.code().name}: {exc.details()}") from None
-        return AggregatorStatus(
-            job=r.job,
-            round=r.round,
-            total_rounds=r.total_rounds,
-            done=r.done,
-            tiers=[
-                TierStatus(t.tier, t.depth, t.replicas, t.joined, t.pushed_this_round, t.last_round_pushed, t.bytes_received, t.bytes_sent)
-                for t in r.tiers
-            ],
-            accuracy={a.depth: (a.accuracy, a.round) for a in r.accuracy},
-            rejected=dict(r.updates_rejected),
-            accepted=r.updates_accepted,
-            clients_connected=r.clients_connected,
-            round_deadline_unix=r.round_deadline_unix,
-        )
+        return status_from_proto(r)
 
     def close(self) -> None:
         self.channel.close()

@@ -1,4 +1,5 @@
-"""Tensors <-> protocol messages: one module of symmetric to/from pairs.
+"""Tensors <-> the bytes of protocol messages (their specs travel through
+``flextrain.wire.serde``).
 
 A set of tensors travels as a list of `TensorSpec` (name, shape, dtype) plus one
 payload: every tensor's raw little-endian bytes, in spec order, cut into chunks of
@@ -30,20 +31,28 @@ CHUNK_BYTES: Final[int] = 2 * 1024 * 1024 - 4096
 #: gRPC message limit both sides set: a chunk plus headers, with room to spare.
 MAX_MESSAGE_BYTES: Final[int] = 8 * 1024 * 1024
 
-WIRE_DTYPES: Final[dict[str, torch.dtype]] = {
-    "float32": torch.float32,
-    "none": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
 
-_TO_PROTO: Final[dict[torch.dtype, int]] = {
-    torch.float32: pb.DTYPE_FLOAT32,
-    torch.float16: pb.DTYPE_FLOAT16,
-    torch.bfloat16: pb.DTYPE_BFLOAT16,
-    torch.int64: pb.DTYPE_INT64,
-}
-_FROM_PROTO: Final[dict[int, torch.dtype]] = {v: k for k, v in _TO_PROTO.items()}
+class WireDType(NamedTuple):
+    """One element type tensors can travel in."""
+
+    #: The dtype's name in a job spec (``spec.aggregation.compression``) and in messages.
+    name: str
+    dtype: torch.dtype
+    #: Its ``flextrain.v1.DType`` value.
+    proto: int
+
+
+#: Every dtype a tensor may travel in: the one table both sides of the wire (and the
+#: job's ``compression`` setting) read. Floating tensors travel in a floating one,
+#: integer buffers (BatchNorm counters) as they are.
+WIRE_DTYPES: Final[tuple[WireDType, ...]] = (
+    WireDType("float32", torch.float32, pb.DTYPE_FLOAT32),
+    WireDType("float16", torch.float16, pb.DTYPE_FLOAT16),
+    WireDType("bfloat16", torch.bfloat16, pb.DTYPE_BFLOAT16),
+    WireDType("int64", torch.int64, pb.DTYPE_INT64),
+)
+BY_DTYPE: Final[dict[torch.dtype, WireDType]] = {w.dtype: w for w in WIRE_DTYPES}
+BY_PROTO: Final[dict[int, WireDType]] = {w.proto: w for w in WIRE_DTYPES}
 
 if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
     raise ImportError("flextrain's wire format assumes a little-endian host")
@@ -53,18 +62,13 @@ class WireFormatError(ValueError):
     """A message does not describe tensors this protocol can carry."""
 
 
-def dtype_to_proto(dtype: torch.dtype) -> int:
-    try:
-        return _TO_PROTO[dtype]
-    except KeyError:
-        raise WireFormatError(f"dtype {dtype} cannot travel on the wire") from None
-
-
-def dtype_from_proto(value: int) -> torch.dtype:
-    try:
-        return _FROM_PROTO[value]
-    except KeyError:
-        raise WireFormatError(f"unknown wire dtype {value}") from None
+def compression_dtype(setting: str) -> torch.dtype:
+    """The wire dtype of floating tensors for a job's ``compression`` setting ("none":
+    float32)."""
+    wire = BY_DTYPE[torch.float32] if setting == "none" else next((w for w in WIRE_DTYPES if w.name == setting), None)
+    if wire is None or not wire.dtype.is_floating_point:
+        raise WireFormatError(f"compression {setting!r} is not a floating wire dtype")
+    return wire.dtype
 
 
 def wire_dtype_for(tensor_dtype: torch.dtype, compression: torch.dtype) -> torch.dtype:
@@ -93,16 +97,6 @@ class Spec:
     @functools.cached_property
     def num_bytes(self) -> int:
         return math.prod(self.shape) * (torch.finfo(self.dtype).bits if self.dtype.is_floating_point else torch.iinfo(self.dtype).bits) // 8
-
-
-def spec_to_proto(spec: Spec) -> pb.TensorSpec:
-    return pb.TensorSpec(name=spec.name, shape=list(spec.shape), dtype=dtype_to_proto(spec.dtype))  # type: ignore[arg-type]
-
-
-def spec_from_proto(message: pb.TensorSpec) -> Spec:
-    if any(d < 0 for d in message.shape):
-        raise WireFormatError(f"tensor {message.name!r} has a negative dimension {list(message.shape)}")
-    return Spec(message.name, tuple(int(d) for d in message.shape), dtype_from_proto(message.dtype))
 
 
 @dataclass(frozen=True)

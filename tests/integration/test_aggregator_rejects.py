@@ -13,11 +13,15 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from torch import Tensor
 
+from flextrain.contract.refusals import Reason
 from flextrain.core.merge import merge
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
-from flextrain.wire.auth import metadata
-from flextrain.wire.tensors import Spec, decode, encode, spec_from_proto, spec_to_proto
+from flextrain.trainer.client import AggregatorClient, Fatal, Rejoin, Stale
+from flextrain.trainer.config import TrainerConfig
+from flextrain.wire.auth import REASON_KEY, metadata
+from flextrain.wire.serde import spec_from_proto, spec_to_proto
+from flextrain.wire.tensors import Spec, decode, encode
 from tests.integration.procs import TOKEN, Cluster, make_cluster, tiny_job
 
 AUTH = metadata(TOKEN)
@@ -89,6 +93,9 @@ def refused(call: object, code: grpc.StatusCode, *words: str) -> grpc.RpcError:
         call()
     error = info.value
     assert error.code() == code, f"{error.code()}: {error.details()}"
+    # The reason in the trailing metadata names the status it came with.
+    reason = Reason.from_wire(dict(error.trailing_metadata() or ()).get(REASON_KEY, ""))
+    assert reason is not None and reason.status == code.name, (reason, code)
     for word in words:
         assert word in error.details(), error.details()
     return error
@@ -172,3 +179,37 @@ def test_bad_requests_are_refused_and_change_nothing(server: Cluster, stub: pb_g
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="flextrain.v1.Aggregator"))
     channel.close()
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_trainer_does_what_each_refusals_reason_says(server: Cluster) -> None:
+    """The trainer's client against the real server: a forgotten client re-joins, a
+    late or second update moves on to the next round, anything else is given up."""
+    address = f"127.0.0.1:{server.port}"
+    client = AggregatorClient(TrainerConfig(address, TOKEN, "rejects", "shallow", 1, 0))
+    wrong_tier = AggregatorClient(TrainerConfig(address, TOKEN, "rejects", "gpu", 1, 0))
+    try:
+        with pytest.raises(Rejoin, match="FAILED_PRECONDITION"):
+            client.pull("ghost-0", 1, wait_seconds=0)
+        with pytest.raises(Fatal, match="NOT_FOUND"):
+            wrong_tier.join()
+        joined = client.join()
+        pulled = client.pull(joined.client_id, joined.round, wait_seconds=20)
+        wire = joined.training.wire_dtype
+        with pytest.raises(Stale, match="FAILED_PRECONDITION"):  # stale_round
+            client.push(joined.client_id, pulled.round - 1, pulled.tensors, 10, wire, 0.0, 0.0)
+        client.push(joined.client_id, pulled.round, pulled.tensors, 10, wire, 0.0, 0.0)
+        with pytest.raises(Stale, match="ALREADY_EXISTS"):  # duplicate
+            client.push(joined.client_id, pulled.round, pulled.tensors, 10, wire, 0.0, 0.0)
+        other = AggregatorClient(TrainerConfig(address, TOKEN, "rejects", "deep", 3, 0))
+        try:
+            deep = other.join()
+            deep_tensors = other.pull(deep.client_id, deep.round, wait_seconds=20).tensors
+            nan = {k: v.clone() for k, v in deep_tensors.items()}
+            nan["stem.conv.weight"].view(-1)[0] = float("nan")
+            with pytest.raises(Fatal, match="INVALID_ARGUMENT"):  # non_finite
+                other.push(deep.client_id, deep.round, nan, 10, wire, 0.0, 0.0)
+        finally:
+            other.close()
+    finally:
+        client.close()
+        wrong_tier.close()

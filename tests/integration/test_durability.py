@@ -112,7 +112,7 @@ def test_model_over_100_mb_moves_intact(tmp_path: Path) -> None:
 def test_pulls_that_stop_reading_do_not_stall_the_others(tmp_path: Path) -> None:
     """More stalled pulls than the aggregator sends chunks at once (SendSlots): each
     holds its turn for one lease at most, so a client that reads gets its model."""
-    from flextrain.aggregator.service import PULL_CHUNKS_IN_FLIGHT
+    from flextrain.aggregator.flow import PULL_CHUNKS_IN_FLIGHT
     from flextrain.proto.v1 import aggregator_pb2 as pb
 
     # ResNet-20 with a 100,000-class head: 26 MB, far more than a stream's window.

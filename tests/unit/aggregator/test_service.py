@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from flextrain.aggregator.service import AggregatorService, SendSlots, Settings
+from flextrain.aggregator.flow import SendSlots
+from flextrain.aggregator.service import AggregatorService, Settings
 from flextrain.jobplan import plan_job
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.wire.tensors import ReceiveBuffer, encode
@@ -29,28 +30,29 @@ def test_status_reports_a_round_only_after_its_evaluation_and_checkpoint(
     service = AggregatorService(plan, Settings(checkpoint_dir=tmp_path))
     service.agg.total_rounds = 1
     seen: list[tuple[int, bool, dict[int, tuple[float, int]]]] = []
-    evaluate, save = service._evaluate, service.store.save  # type: ignore[union-attr]
+    evaluate, save = service.evaluator.evaluate, service.rounds.store.save  # type: ignore[union-attr]
 
-    def watched_evaluate(closed: int) -> None:
-        seen.append((service.reported_rounds, service.reported_done, service.latest_accuracy()))
-        evaluate(closed)
+    def watched_evaluate(global_state: dict[str, torch.Tensor], closed: int) -> None:
+        seen.append((service.rounds.reported_rounds, service.rounds.reported_done, service.evaluator.latest()))
+        evaluate(global_state, closed)
 
     def watched_save(checkpoint: object) -> None:
-        seen.append((service.reported_rounds, service.reported_done, service.latest_accuracy()))
+        seen.append((service.rounds.reported_rounds, service.rounds.reported_done, service.evaluator.latest()))
         save(checkpoint)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(service, "_evaluate", watched_evaluate)
-    monkeypatch.setattr(service.store, "save", watched_save)
+    monkeypatch.setattr(service.evaluator, "evaluate", watched_evaluate)
+    monkeypatch.setattr(service.rounds.store, "save", watched_save)
     for tier, depth in (("shallow", 1), ("deep", 3)):
         service.agg.join("tiny", tier, 0, depth)
         push(service.agg, f"{tier}-0", depth)
 
-    assert service._close_round_sync() == 1
+    assert service.rounds._close() == 1
     assert service.agg.done, "the state machine is done as soon as the round merges"
     # ...but while evaluating and checkpointing, status still shows the previous round.
     assert [s[:2] for s in seen] == [(0, False), (0, False)]
-    assert service.reported_rounds == 1 and service.reported_done
-    assert {r for _, r in service.latest_accuracy().values()} == {1}
+    assert service.rounds.reported_rounds == 1 and service.rounds.reported_done
+    assert service.status().round == 1 and service.status().done
+    assert {r for _, r in service.evaluator.latest().values()} == {1}
 
 
 async def test_concurrent_pulls_of_one_depth_share_one_encode(
@@ -60,18 +62,18 @@ async def test_concurrent_pulls_of_one_depth_share_one_encode(
     service = AggregatorService(plan)
     calls: list[int] = []
 
-    frame = service._frame
+    frame = service.models._frame
 
     def counting_encode(number: int, model: Any, names: list[str]) -> Any:
         calls.append(len(names))
         time.sleep(0.05)  # long enough for every pull to arrive while it runs
         return frame(number, model, names)
 
-    monkeypatch.setattr(service, "_frame", counting_encode)
+    monkeypatch.setattr(service.models, "_frame", counting_encode)
     await service.start()
     try:
         clients = [
-            service.join("tiny", tier, r, d).client.client_id
+            service.join("tiny", tier, r, d).client_id
             for tier, d, n in (("shallow", 1, 3), ("deep", 3, 2))
             for r in range(n)
         ]
@@ -92,16 +94,16 @@ async def test_the_serialized_model_is_dropped_once_every_client_of_its_depth_ha
     await service.start()
     try:
         ids = [
-            service.join("tiny", t, r, d).client.client_id
+            service.join("tiny", t, r, d).client_id
             for t, d, r in (("shallow", 1, 0), ("shallow", 1, 1), ("deep", 3, 0))
         ]
         await service.pull(ids[0], 1, 0)
-        assert set(service._encoded) == {(1, 1)}, "one shallow client still has to pull"
+        assert set(service.models._encoded) == {(1, 1)}, "one shallow client still has to pull"
         again = await service.pull(ids[0], 1, 0)  # a retry of the same client changes nothing
-        assert set(service._encoded) == {(1, 1)} and again.ready
+        assert set(service.models._encoded) == {(1, 1)} and again.ready
         await service.pull(ids[1], 1, 0)
         await service.pull(ids[2], 1, 0)
-        assert service._encoded == {}
+        assert service.models._encoded == {}
     finally:
         await service.stop()
 
@@ -145,7 +147,7 @@ async def _deep_clients(replicas: int) -> AsyncIterator[tuple[AggregatorService,
     service = AggregatorService(plan_job(tiny_job(tiers=[("deep", 3, replicas)]), {}))
     await service.start()
     try:
-        yield service, [service.join("tiny", "deep", r, 3).client.client_id for r in range(replicas)]
+        yield service, [service.join("tiny", "deep", r, 3).client_id for r in range(replicas)]
     finally:
         await service.stop()
 
@@ -163,10 +165,10 @@ async def test_pushes_are_folded_as_they_arrive_and_merge_correctly() -> None:
     try:
         expected = {}
         for tier, depth, shift in (("deep", 3, 1.0), ("shallow", 1, 3.0)):
-            client = service.join("tiny", tier, 0, depth).client.client_id
+            client = service.join("tiny", tier, 0, depth).client_id
             expected[depth] = _shifted(service, depth, shift)
             assert await _push(service, client, expected[depth], cut=1000) == 1
-        assert service.agg.completed_rounds == 1 and service.accepted == 2
+        assert service.agg.completed_rounds == 1 and service.rounds.accepted == 2
         merged = service.agg.global_state
         # pad over two clients: the stem (sent by both) is the mean of their values.
         stem = next(k for k in expected[1] if k.startswith("stem") and merged[k].is_floating_point())
@@ -197,7 +199,7 @@ async def test_every_depth_gets_exactly_its_prefix_from_the_shared_views() -> No
     service = AggregatorService(plan)
     await service.start()
     try:
-        ids = {d: service.join("tiny", t, 0, d).client.client_id for t, d in (("shallow", 1), ("middle", 2), ("deep", 3))}
+        ids = {d: service.join("tiny", t, 0, d).client_id for t, d in (("shallow", 1), ("middle", 2), ("deep", 3))}
         for depth, client in ids.items():
             pulled = await service.pull(client, 1, 0)
             assert pulled.encoded is not None
@@ -234,10 +236,10 @@ async def test_a_push_cut_off_midway_leaves_no_trace(monkeypatch: pytest.MonkeyP
         assert await _push(service, ids[1], updates[2]) == 1, "the cut-off client may push again"
         # Two of three pushed: close the round by hand as its deadline would.
         monkeypatch.setattr(service.agg, "can_close", lambda now=None: True)
-        await service._close_round()
+        await service.rounds.close()
         merged = service.agg.global_state
         _assert_mean_of(merged, updates[0], updates[2])  # the mean of the two completed updates
-        assert service.accepted == 2
+        assert service.rounds.accepted == 2
 
 
 async def test_a_push_whose_client_goes_away_while_it_commits_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -270,7 +272,7 @@ async def test_a_push_whose_client_goes_away_while_it_commits_is_counted(monkeyp
         assert service.agg.completed_rounds == 1
         merged = service.agg.global_state
         _assert_mean_of(merged, updates[0], updates[1])  # the mean of both updates
-        assert service.accepted == 2, "the cancelled push's update is counted as accepted"
+        assert service.rounds.accepted == 2, "the cancelled push's update is counted as accepted"
 
 
 async def test_a_pull_whose_round_closes_before_its_model_is_serialized_gets_the_next(
@@ -279,7 +281,7 @@ async def test_a_pull_whose_round_closes_before_its_model_is_serialized_gets_the
     # A closed round's model becomes the next round's merge scratch memory, so it must
     # not be serialized once the round has closed.
     async with _deep_clients(2) as (service, (a, b)):
-        frame = service._frame
+        frame = service.models._frame
         first_model = service.agg.global_state
 
         def close_first(number: int, model: Any, names: list[str]) -> Any:
@@ -288,11 +290,11 @@ async def test_a_pull_whose_round_closes_before_its_model_is_serialized_gets_the
                 stage = service.agg.begin_update(b, 1, 5, encoded.specs)
                 stage.feed(encoded.payload)
                 assert stage.commit(len(encoded.payload))
-                service._close_round_sync()
+                service.rounds._close()
             return frame(number, model, names)
 
         assert await _push(service, a, _shifted(service, 3, 1.0)) == 1
-        monkeypatch.setattr(service, "_frame", close_first)
+        monkeypatch.setattr(service.models, "_frame", close_first)
         pulled = await service.pull(a, 1, 0)
         assert service.agg.completed_rounds == 1
         assert pulled.ready and pulled.round == 2 and pulled.encoded is not None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flextrain.aggregator.errors import Kind, Rejected
-from flextrain.aggregator.service import initial_state
+from flextrain.aggregator.errors import Rejected
+from flextrain.aggregator.rounds import initial_state
 from flextrain.aggregator.state import Aggregation
 from flextrain.jobplan import plan_job
 from flextrain.wire.tensors import PayloadPieces, encode
@@ -59,7 +59,7 @@ def test_deadline_closes_only_with_quorum() -> None:
     agg.close_round()
     with pytest.raises(Rejected) as info:
         agg.check_header("shallow-1", 1, 10, [])
-    assert info.value.kind == Kind.PRECONDITION and info.value.reason == "stale_round"
+    assert info.value.reason.status == "FAILED_PRECONDITION" and info.value.reason == "stale_round"
 
 
 def test_rejected_fold_leaves_everything_unchanged() -> None:
@@ -193,4 +193,4 @@ def test_update_size_limit() -> None:
     specs = encode(agg.prefix_state(3)).specs
     with pytest.raises(Rejected) as info:
         agg.check_header("deep-0", 1, 10, specs)
-    assert info.value.kind == Kind.EXHAUSTED
+    assert info.value.reason.status == "RESOURCE_EXHAUSTED"

@@ -11,6 +11,7 @@ import torch
 
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.wire.auth import metadata, new_token, token_matches
+from flextrain.wire.serde import spec_from_proto, spec_to_proto
 from flextrain.wire.tensors import (
     CHUNK_BYTES,
     Spec,
@@ -18,8 +19,6 @@ from flextrain.wire.tensors import (
     decode,
     encode,
     frame_tensors,
-    spec_from_proto,
-    spec_to_proto,
 )
 
 REPO = Path(__file__).resolve().parents[3]
