@@ -13,7 +13,6 @@ broken-off update changes nothing and the aggregator never holds an update's pay
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from flextrain.aggregator.errors import Rejected
+from flextrain.api.flextrainjob import quorum_count
 from flextrain.contract.refusals import Reason
 from flextrain.core.merge import get_strategy, is_finite
 from flextrain.core.merge.base import (
@@ -122,7 +122,7 @@ class Aggregation:
 
     @property
     def quorum_count(self) -> int:
-        return max(1, math.ceil(self.quorum * self.expected_clients - 1e-9))
+        return quorum_count(self.quorum, self.expected_clients)
 
     @property
     def done(self) -> bool:

@@ -16,6 +16,7 @@ import grpc
 import torch
 from torch import Tensor
 
+from flextrain import backoff
 from flextrain.contract.refusals import Reason, Remedy
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
@@ -206,11 +207,9 @@ class AggregatorClient:
 
 
 def backoff_delays(base: float = 0.5, cap: float = 30.0, seed: int | None = None) -> Iterator[float]:
-    """Exponential backoff with full jitter: 0..base, 0..2*base, ... capped at `cap`."""
+    """The shared backoff (flextrain.backoff) with full jitter: 0..base, 0..2*base, ...
+    capped at `cap`, so trainers cut off together do not come back together."""
     import random
 
     rng = random.Random(seed if seed is not None else time.time_ns())
-    attempt = 0
-    while True:
-        yield rng.uniform(0, min(cap, base * 2**attempt))
-        attempt += 1
+    return backoff.backoff_delays(base=base, cap=cap, rng=rng)
