@@ -38,7 +38,6 @@ from flextrain.aggregator.metrics import AggregatorMetrics
 from flextrain.aggregator.state import Aggregation, ClientInfo, TierCounters, UpdateStage
 from flextrain.aggregator.store import Checkpoint, CheckpointStore
 from flextrain.api.catalog import DATASETS
-from flextrain.core.arch import profile
 from flextrain.core.centralised import evaluate
 from flextrain.core.models import ModelSpec
 from flextrain.jobplan import JobPlan
@@ -235,7 +234,7 @@ class AggregatorService:
             self._count_rejection(exc)
             raise
         self.metrics.clients_connected.set(len(self.agg.clients))
-        arch = profile(self.model_spec.family, self.model_spec.layers, self.model_spec.num_classes, self.model_spec.in_channels, self.model_spec.image_size)
+        arch = self.model_spec.profile()
         tier_plan = self.plan.tier(tier)
         log.info("client joined: tier %s replica %d depth %d", tier, replica, depth, extra={"client": client.client_id, "round": self.agg.round.number})
         return JoinInfo(
