@@ -13,7 +13,15 @@ from typing import Annotated, Final, Literal
 
 from pydantic import Field, WithJsonSchema, model_validator
 
-from flextrain.api.catalog import DATASETS, MODEL_FAMILIES, RESNET_LAYERS, num_blocks
+from flextrain.api.catalog import (
+    DATASETS,
+    MODEL_FAMILIES,
+    RESNET_LAYERS,
+    VIT_BLOCKS,
+    VIT_DEFAULTS,
+    VIT_LIMITS,
+    num_blocks,
+)
 from flextrain.api.common import (
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
@@ -49,23 +57,117 @@ MAX_TIER_NAME: Final[int] = 40
 BUILTIN_DATASETS: Final[tuple[str, ...]] = tuple(n for n, d in DATASETS.items() if d.builtin)
 
 
-def _blocks_cel(layers: str) -> str:
-    # num_blocks for ResNets, written in CEL: 3 stages of (layers - 2) / 6 blocks.
-    return f"(({layers} - 2) / 6 * 3)"
+def _blocks_cel(model: str) -> str:
+    # num_blocks in CEL: a vit's layers are its blocks; a resnet has 3 stages of
+    # (layers - 2) / 6 blocks.
+    return f"({model}.family == 'vit' ? {model}.layers : (({model}.layers - 2) / 6 * 3))"
+
+
+def _limit(name: str) -> dict[str, int]:
+    """ge/le of a ViT option, from the catalog."""
+    return {"ge": VIT_LIMITS[name].low, "le": VIT_LIMITS[name].high}
+
+
+class ViTSpec(ApiModel):
+    """The shape of a Vision Transformer (model.family vit); model.layers is its number
+    of transformer blocks."""
+
+    model_config = rules_config(
+        cel(
+            "self.embedDim % self.heads == 0",
+            "vit.embedDim must be a multiple of vit.heads (each head gets embedDim / heads "
+            "channels)",
+            field_path=".embedDim",
+        )
+    )
+
+    embed_dim: int = Field(
+        default=VIT_DEFAULTS["embed_dim"],
+        **_limit("embed_dim"),
+        description=f"embedDim: width D of every token, {VIT_LIMITS['embed_dim']}; a multiple "
+        f"of heads (default {VIT_DEFAULTS['embed_dim']}).",
+    )
+    heads: int = Field(
+        default=VIT_DEFAULTS["heads"],
+        **_limit("heads"),
+        description=f"heads: attention heads per block, {VIT_LIMITS['heads']} "
+        f"(default {VIT_DEFAULTS['heads']}).",
+    )
+    patch_size: int = Field(
+        default=VIT_DEFAULTS["patch_size"],
+        **_limit("patch_size"),
+        description=f"patchSize: side of the square patches in pixels, "
+        f"{VIT_LIMITS['patch_size']}; must divide the dataset's image size (8 for digits and "
+        f"synthetic, 28 for fashion-mnist, 32 for cifar10/cifar100); the model sees "
+        f"(size / patchSize)^2 tokens (default {VIT_DEFAULTS['patch_size']}).",
+    )
+    mlp_ratio: int = Field(
+        default=VIT_DEFAULTS["mlp_ratio"],
+        **_limit("mlp_ratio"),
+        description=f"mlpRatio: width of each block's MLP as a multiple of embedDim, "
+        f"{VIT_LIMITS['mlp_ratio']} (default {VIT_DEFAULTS['mlp_ratio']}).",
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ViTSpec:
+        if self.embed_dim % self.heads:
+            raise FieldProblem(
+                ("embedDim",),
+                self.embed_dim,
+                f"embedDim {self.embed_dim} must be a multiple of heads {self.heads} (each head "
+                f"gets embedDim / heads channels), e.g. {self.heads * max(1, self.embed_dim // self.heads)}",
+            )
+        return self
+
+    def options(self) -> dict[str, int]:
+        """The options of the ViT family (``flextrain.api.catalog.VIT_LIMITS`` names)."""
+        return {
+            "embed_dim": self.embed_dim,
+            "heads": self.heads,
+            "patch_size": self.patch_size,
+            "mlp_ratio": self.mlp_ratio,
+        }
 
 
 class ModelSpec(ApiModel):
     """The global model every tier trains a prefix of."""
 
-    family: Literal["resnet"] = Field(
+    model_config = rules_config(
+        cel(
+            f"self.family != 'resnet' || self.layers in {list(RESNET_LAYERS)}",
+            f"model.layers of a resnet must be one of {', '.join(map(str, RESNET_LAYERS))}",
+            field_path=".layers",
+        ),
+        cel(
+            f"self.family != 'vit' || self.layers <= {VIT_BLOCKS.high}",
+            f"model.layers of a vit is its number of transformer blocks, {VIT_BLOCKS}",
+            field_path=".layers",
+        ),
+        cel(
+            "self.family == 'vit' || !has(self.vit)",
+            "model.vit is allowed only with family vit",
+            field_path=".vit",
+        ),
+    )
+
+    family: Literal["resnet", "vit"] = Field(
         default="resnet",
         description="family: model family; resnet = CIFAR-style ResNet with parameter-free "
-        "shortcuts and one shared head.",
+        "shortcuts and one shared head; vit = Vision Transformer (patch embedding, "
+        "transformer blocks, one shared head on the mean token).",
     )
-    layers: Literal[8, 20, 32, 44, 56, 110] = Field(
+    layers: int = Field(
         default=20,
-        description="layers: weight layers of the ResNet (6n+2: 8, 20, 32, 44, 56 or 110); "
-        "the model has 3n residual blocks, the deepest depth a tier can train.",
+        ge=1,
+        le=max(RESNET_LAYERS),
+        description="layers: resnet: weight layers (6n+2: 8, 20, 32, 44, 56 or 110; the model "
+        f"has 3n residual blocks); vit: transformer blocks, {VIT_BLOCKS}. The number of "
+        "blocks is the deepest depth a tier can train.",
+    )
+    vit: ViTSpec | None = Field(
+        default=None,
+        description="vit: the transformer's shape (embedDim, heads, patchSize, mlpRatio); only "
+        "with family vit; defaults apply when omitted.",
     )
     num_classes: int | None = Field(
         default=None,
@@ -75,10 +177,38 @@ class ModelSpec(ApiModel):
         "dataset's number of classes.",
     )
 
+    @model_validator(mode="after")
+    def _shape_fits_family(self) -> ModelSpec:
+        if self.family == "resnet" and self.layers not in RESNET_LAYERS:
+            raise FieldProblem(
+                ("layers",),
+                self.layers,
+                f"a resnet has {', '.join(map(str, RESNET_LAYERS))} layers (6n+2), got "
+                f"{self.layers}",
+            )
+        if self.family == "vit" and self.layers not in VIT_BLOCKS:
+            raise FieldProblem(
+                ("layers",),
+                self.layers,
+                f"a vit's layers are its transformer blocks, {VIT_BLOCKS}, got {self.layers}",
+            )
+        if self.family != "vit" and self.vit is not None:
+            raise FieldProblem(
+                ("vit",), self.vit.to_wire(), f"model.vit is allowed only with family vit, not {self.family}"
+            )
+        return self
+
     @property
     def num_blocks(self) -> int:
-        """Residual blocks K of the model."""
+        """Blocks K of the model (residual or transformer)."""
         return num_blocks(self.family, self.layers)
+
+    @property
+    def options(self) -> dict[str, int]:
+        """The family's options (empty for resnet; the ViT's shape, defaults filled in)."""
+        if self.family == "vit":
+            return (self.vit or ViTSpec()).options()
+        return {}
 
 
 class PersistentVolumeClaimSource(ApiModel):
@@ -576,10 +706,17 @@ class FlexTrainJobSpec(ApiModel):
     model_config = rules_config(
         cel(
             "self.tiers.all(t, type(t.depth) == string || int(t.depth) <= "
-            + _blocks_cel("self.model.layers")
+            + _blocks_cel("self.model")
             + ")",
-            "tiers[].depth must not exceed the model's number of residual blocks "
-            "(3 * (layers - 2) / 6, e.g. 9 for layers 20, 27 for layers 56)",
+            "tiers[].depth must not exceed the model's number of blocks (resnet: "
+            "3 * (layers - 2) / 6, e.g. 9 for layers 20, 27 for layers 56; vit: layers)",
+        ),
+        cel(
+            "self.model.family != 'vit' || !has(self.model.vit) || "
+            + str({n: d.image_size for n, d in DATASETS.items()})
+            + "[self.dataset.name] % self.model.vit.patchSize == 0",
+            "model.vit.patchSize must divide the dataset's image size (8 for digits and "
+            "synthetic, 28 for fashion-mnist, 32 for cifar10/cifar100)",
         ),
     )
 
@@ -675,14 +812,30 @@ class FlexTrainJobSpec(ApiModel):
                 )
             seen.add(tier.name)
             if isinstance(tier.depth, int) and not 1 <= tier.depth <= blocks:
+                unit = "layers" if self.model.family == "resnet" else "transformer blocks"
                 raise FieldProblem(
                     ("tiers", i, "depth"),
                     tier.depth,
-                    f"depth {tier.depth} is out of range: a resnet with "
-                    f"{self.model.layers} layers has {blocks} blocks, so depth must be 1 to "
+                    f"depth {tier.depth} is out of range: a {self.model.family} with "
+                    f"{self.model.layers} {unit} has {blocks} blocks, so depth must be 1 to "
                     f"{blocks} or auto",
                 )
+        self._check_patches()
         return self
+
+    def _check_patches(self) -> None:
+        if self.model.family != "vit":
+            return
+        patch = self.model.options["patch_size"]
+        size = DATASETS[self.dataset.name].image_size
+        if size % patch:
+            fits = [p for p in range(1, VIT_LIMITS["patch_size"].high + 1) if size % p == 0]
+            raise FieldProblem(
+                ("model", "vit", "patchSize"),
+                patch,
+                f"patchSize {patch} does not divide the {self.dataset.name} images' size "
+                f"{size}; allowed here: {', '.join(map(str, fits))}",
+            )
 
 
 class TierStatus(ApiModel):
