@@ -63,11 +63,6 @@ def _blocks_cel(model: str) -> str:
     return f"({model}.family == 'vit' ? {model}.layers : (({model}.layers - 2) / 6 * 3))"
 
 
-def _limit(name: str) -> dict[str, int]:
-    """ge/le of a ViT option, from the catalog."""
-    return {"ge": VIT_LIMITS[name].low, "le": VIT_LIMITS[name].high}
-
-
 class ViTSpec(ApiModel):
     """The shape of a Vision Transformer (model.family vit); model.layers is its number
     of transformer blocks."""
@@ -83,19 +78,22 @@ class ViTSpec(ApiModel):
 
     embed_dim: int = Field(
         default=VIT_DEFAULTS["embed_dim"],
-        **_limit("embed_dim"),
+        ge=VIT_LIMITS["embed_dim"].low,
+        le=VIT_LIMITS["embed_dim"].high,
         description=f"embedDim: width D of every token, {VIT_LIMITS['embed_dim']}; a multiple "
         f"of heads (default {VIT_DEFAULTS['embed_dim']}).",
     )
     heads: int = Field(
         default=VIT_DEFAULTS["heads"],
-        **_limit("heads"),
+        ge=VIT_LIMITS["heads"].low,
+        le=VIT_LIMITS["heads"].high,
         description=f"heads: attention heads per block, {VIT_LIMITS['heads']} "
         f"(default {VIT_DEFAULTS['heads']}).",
     )
     patch_size: int = Field(
         default=VIT_DEFAULTS["patch_size"],
-        **_limit("patch_size"),
+        ge=VIT_LIMITS["patch_size"].low,
+        le=VIT_LIMITS["patch_size"].high,
         description=f"patchSize: side of the square patches in pixels, "
         f"{VIT_LIMITS['patch_size']}; must divide the dataset's image size (8 for digits and "
         f"synthetic, 28 for fashion-mnist, 32 for cifar10/cifar100); the model sees "
@@ -103,7 +101,8 @@ class ViTSpec(ApiModel):
     )
     mlp_ratio: int = Field(
         default=VIT_DEFAULTS["mlp_ratio"],
-        **_limit("mlp_ratio"),
+        ge=VIT_LIMITS["mlp_ratio"].low,
+        le=VIT_LIMITS["mlp_ratio"].high,
         description=f"mlpRatio: width of each block's MLP as a multiple of embedDim, "
         f"{VIT_LIMITS['mlp_ratio']} (default {VIT_DEFAULTS['mlp_ratio']}).",
     )
