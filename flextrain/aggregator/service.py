@@ -37,7 +37,6 @@ from flextrain.aggregator.errors import Kind, Rejected
 from flextrain.aggregator.metrics import AggregatorMetrics
 from flextrain.aggregator.state import Aggregation, ClientInfo, TierCounters, UpdateStage
 from flextrain.aggregator.store import Checkpoint, CheckpointStore
-from flextrain.api.catalog import DATASETS
 from flextrain.core.centralised import evaluate
 from flextrain.core.models import ModelSpec
 from flextrain.jobplan import JobPlan
@@ -114,14 +113,7 @@ class PushTicket:
 
 
 def model_spec_of(plan: JobPlan) -> ModelSpec:
-    info = DATASETS[plan.job.spec.dataset.name]
-    return ModelSpec(
-        plan.job.spec.model.family,
-        plan.job.spec.model.layers,
-        plan.job.num_classes,
-        info.channels,
-        info.image_size,
-    )
+    return ModelSpec.for_job(plan.job)
 
 
 def initial_state(plan: JobPlan) -> dict[str, Tensor]:

@@ -115,6 +115,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 num_blocks=info.model.num_blocks,
                 num_parameters=info.num_parameters,
                 prefix_parameters=info.prefix_parameters,
+                options=dict(info.model.options),
             ),
             data=pb.DataAssignment(
                 dataset=data.name,

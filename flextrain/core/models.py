@@ -20,7 +20,8 @@ from typing import Any, Final, cast
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flextrain.api.catalog import MODEL_FAMILIES, num_blocks, resnet_blocks_per_stage
+from flextrain.api.catalog import DATASETS, MODEL_FAMILIES, num_blocks, resnet_blocks_per_stage
+from flextrain.api.flextrainjob import FlexTrainJob
 from flextrain.core.arch import STAGE_CHANNELS, STEM_CHANNELS, ArchProfile
 from flextrain.core.families import Options, family, normalise_options, profile
 from flextrain.core.flexmodel import FlexModel
@@ -226,6 +227,20 @@ class ModelSpec:
             "image_size": self.image_size,
             "options": dict(self.options),
         }
+
+    @classmethod
+    def for_job(cls, job: FlexTrainJob) -> ModelSpec:
+        """The global model of a FlexTrainJob (input shape from its dataset)."""
+        model = job.spec.model
+        data = DATASETS[job.spec.dataset.name]
+        return cls(
+            model.family,
+            model.layers,
+            job.num_classes,
+            data.channels,
+            data.image_size,
+            tuple(sorted(model.options.items())),
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
