@@ -183,6 +183,28 @@ class ArchProfile:
         return floats * bytes_per_value + counters * COUNTER_BYTES
 
 
+def _basic_block(name: str, c_in: int, c_out: int, side: int) -> UnitCost:
+    """One basic block producing ``c_out`` channels at ``side`` x ``side``."""
+    positions = side * side
+    conv1 = _conv_params(c_in, c_out)
+    conv2 = _conv_params(c_out, c_out)
+    return UnitCost(
+        name=name,
+        params=conv1 + conv2 + 4 * c_out,
+        bn_channels=2 * c_out,
+        bn_layers=2,
+        macs=(conv1 + conv2) * positions,
+        activations=4 * c_out * positions,
+        out_shape=(c_out, side, side),
+        tensors=(
+            (f"{name}.conv1.weight", (c_out, c_in, 3, 3)),
+            *_bn_tensors(f"{name}.bn1", c_out),
+            (f"{name}.conv2.weight", (c_out, c_out, 3, 3)),
+            *_bn_tensors(f"{name}.bn2", c_out),
+        ),
+    )
+
+
 def _check_positive(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -232,27 +254,7 @@ def profile(
         for j in range(n):
             if stage > 0 and j == 0:
                 side = _downsampled(side)
-            positions = side * side
-            conv1 = _conv_params(c_in, c_out)
-            conv2 = _conv_params(c_out, c_out)
-            name = f"blocks.{len(blocks)}"
-            blocks.append(
-                UnitCost(
-                    name=name,
-                    params=conv1 + conv2 + 4 * c_out,
-                    bn_channels=2 * c_out,
-                    bn_layers=2,
-                    macs=(conv1 + conv2) * positions,
-                    activations=4 * c_out * positions,
-                    out_shape=(c_out, side, side),
-                    tensors=(
-                        (f"{name}.conv1.weight", (c_out, c_in, 3, 3)),
-                        *_bn_tensors(f"{name}.bn1", c_out),
-                        (f"{name}.conv2.weight", (c_out, c_out, 3, 3)),
-                        *_bn_tensors(f"{name}.bn2", c_out),
-                    ),
-                )
-            )
+            blocks.append(_basic_block(f"blocks.{len(blocks)}", c_in, c_out, side))
             c_in = c_out
     features = STAGE_CHANNELS[-1]
     head = UnitCost(

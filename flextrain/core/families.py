@@ -122,6 +122,28 @@ def _count(tensors: Tensors) -> int:
     return total
 
 
+def _transformer_block(name: str, d: int, h: int, r: int, n: int) -> UnitCost:
+    """One pre-norm transformer block of width ``d``, ``h`` heads, MLP ``r * d``, ``n`` tokens."""
+    tensors: Tensors = (
+        *_layer_norm(f"{name}.norm1", d),
+        *_linear(f"{name}.attn.qkv", d, 3 * d),
+        *_linear(f"{name}.attn.proj", d, d),
+        *_layer_norm(f"{name}.norm2", d),
+        *_linear(f"{name}.fc1", d, r * d),
+        *_linear(f"{name}.fc2", r * d, d),
+    )
+    return UnitCost(
+        name=name,
+        params=_count(tensors),
+        bn_channels=0,
+        bn_layers=0,
+        macs=n * (4 * d * d + 2 * r * d * d) + 2 * n * n * d,
+        activations=(8 + 2 * r) * n * d + h * n * n,
+        out_shape=(n, d, 1),
+        tensors=tensors,
+    )
+
+
 class ViTFamily:
     """Vision Transformers whose prefixes are their first k transformer blocks."""
 
@@ -158,29 +180,7 @@ class ViTFamily:
             out_shape=(n, d, 1),
             tensors=stem_t,
         )
-        blocks: list[UnitCost] = []
-        for i in range(layers):
-            b = f"blocks.{i}"
-            block_t: Tensors = (
-                *_layer_norm(f"{b}.norm1", d),
-                *_linear(f"{b}.attn.qkv", d, 3 * d),
-                *_linear(f"{b}.attn.proj", d, d),
-                *_layer_norm(f"{b}.norm2", d),
-                *_linear(f"{b}.fc1", d, r * d),
-                *_linear(f"{b}.fc2", r * d, d),
-            )
-            blocks.append(
-                UnitCost(
-                    name=b,
-                    params=_count(block_t),
-                    bn_channels=0,
-                    bn_layers=0,
-                    macs=n * (4 * d * d + 2 * r * d * d) + 2 * n * n * d,
-                    activations=(8 + 2 * r) * n * d + h * n * n,
-                    out_shape=(n, d, 1),
-                    tensors=block_t,
-                )
-            )
+        blocks = [_transformer_block(f"blocks.{i}", d, h, r, n) for i in range(layers)]
         head_t: Tensors = (*_layer_norm("head.norm", d), *_linear("head.fc", d, num_classes))
         head = UnitCost(
             name="head",

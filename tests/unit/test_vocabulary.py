@@ -7,7 +7,8 @@ from typing import Any, get_args
 
 from flextrain.api import catalog
 from flextrain.api.crdgen import crd_for_kind
-from flextrain.api.flextrainjob import AggregationSpec, DatasetSpec, ModelSpec, ViTSpec
+from flextrain.api.flextrainjob import AggregationSpec, DatasetSpec
+from flextrain.api.model import ModelSpec, ViTSpec
 from flextrain.core.families import FAMILIES
 from flextrain.core.merge import STRATEGIES
 from flextrain.core.models import BUILDERS
