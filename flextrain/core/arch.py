@@ -1,5 +1,8 @@
 """Analytic size and cost of every depth prefix of a CIFAR ResNet (pure Python, no torch).
 
+:class:`UnitCost` and :class:`ArchProfile` describe any family's prefixes; the ViT's
+costs and the registry of families are in :mod:`flextrain.core.families`.
+
 FlexTrain (arXiv 2310.20457) gives a device the *prefix* of depth k of one global
 network: stem + residual blocks 1..k + the shared head. This module computes, without
 building the network, what that prefix costs, so that the Kubernetes operator (which

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -70,6 +73,18 @@ def test_parameter_counts_per_depth_equal_torch(spec: ModelSpec) -> None:
         assert profile.parameters(k) == counts[-1]
     assert counts == sorted(counts) and counts[0] < counts[-1]
     assert profile.parameter_fraction(spec.num_blocks) == 1.0
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_macs_grow_with_depth_and_every_block_costs_work(spec: ModelSpec) -> None:
+    profile = spec.profile()
+    macs = [profile.macs(k) for k in range(spec.num_blocks + 1)]
+    assert all(later > earlier for earlier, later in itertools.pairwise(macs))
+    assert profile.mac_fraction(spec.num_blocks) == 1.0
+    # every conv/linear weight of a block is used at least once per example
+    for block in profile.blocks:
+        weights = sum(math.prod(shape) for name, shape in block.tensors if name.endswith(".weight") and len(shape) >= 2)
+        assert block.macs >= weights > 0, block.name
 
 
 def _linear_macs(model: nn.Module, x: Tensor, depth: int) -> int:
