@@ -100,6 +100,7 @@ def resolve_depth(job: FlexTrainJob, tier_name: str, device_tier: DeviceTier) ->
             max_parameters=capacity.parameters,
             memory_bytes=int(parse_quantity(capacity.memory)) if capacity.memory else None,
             batch_size=job.spec.training.batch_size,
+            options=job.spec.model.options,
         )
     except BudgetTooSmall as exc:
         raise PlanError(

@@ -21,7 +21,6 @@ from flextrain.aggregator.metrics import AggregatorMetrics
 from flextrain.aggregator.state import Aggregation, TierCounters
 from flextrain.aggregator.store import Checkpoint, CheckpointStore
 from flextrain.aggregator.worker import Worker
-from flextrain.api.catalog import DATASETS
 from flextrain.core.models import ModelSpec
 from flextrain.jobplan import JobPlan
 
@@ -29,14 +28,7 @@ log = logging.getLogger("flextrain.aggregator")
 
 
 def model_spec_of(plan: JobPlan) -> ModelSpec:
-    info = DATASETS[plan.job.spec.dataset.name]
-    return ModelSpec(
-        plan.job.spec.model.family,
-        plan.job.spec.model.layers,
-        plan.job.num_classes,
-        info.channels,
-        info.image_size,
-    )
+    return ModelSpec.for_job(plan.job)
 
 
 def initial_state(plan: JobPlan) -> dict[str, Tensor]:

@@ -38,7 +38,6 @@ from flextrain.aggregator.rounds import Rounds, model_spec_of
 from flextrain.aggregator.store import CheckpointStore
 from flextrain.aggregator.worker import Worker
 from flextrain.contract.refusals import Reason
-from flextrain.core.arch import profile
 from flextrain.core.models import ModelSpec
 from flextrain.jobplan import JobPlan, TierPlan
 from flextrain.wire.messages import DataAssignment, Joined, ModelDescription, TrainingConfig
@@ -257,11 +256,12 @@ class AggregatorService:
 
 
 def _model_description(m: ModelSpec, depth: int) -> ModelDescription:
-    arch = profile(m.family, m.layers, m.num_classes, m.in_channels, m.image_size)
+    arch = m.profile()
     return ModelDescription(
         m.family, m.layers, m.num_classes, m.in_channels, m.image_size, m.num_blocks,
         num_parameters=arch.parameters(arch.num_blocks),
         prefix_parameters=arch.parameters(depth),
+        options=dict(m.options),
     )
 
 

@@ -14,7 +14,45 @@ from typing import Final
 #: plus the stem convolution and the linear head. FlexTrain's "depth" counts blocks.
 RESNET_LAYERS: Final[tuple[int, ...]] = (8, 20, 32, 44, 56, 110)
 
-MODEL_FAMILIES: Final[tuple[str, ...]] = ("resnet",)
+#: Depth-flexible model families. Each has a torch-free shape description
+#: (``flextrain.core.arch.FAMILIES``) and a torch builder (``flextrain.core.models.BUILDERS``).
+MODEL_FAMILIES: Final[tuple[str, ...]] = ("resnet", "vit")
+
+#: Merge strategies of the aggregator (``flextrain.core.merge.STRATEGIES``).
+MERGE_STRATEGIES: Final[tuple[str, ...]] = ("pad", "holder-weighted")
+
+#: Wire compressions of tensors (``none`` = float32).
+COMPRESSIONS: Final[tuple[str, ...]] = ("none", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An inclusive range of allowed integer values."""
+
+    low: int
+    high: int
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.low} to {self.high}"
+
+
+#: Limits of the Vision Transformer family: ``layers`` is its number of transformer
+#: blocks K; the others are its ``options``.
+VIT_BLOCKS: Final[IntRange] = IntRange(1, 32)
+VIT_LIMITS: Final[dict[str, IntRange]] = {
+    "embed_dim": IntRange(8, 1024),
+    "heads": IntRange(1, 16),
+    "patch_size": IntRange(1, 16),
+    "mlp_ratio": IntRange(1, 8),
+}
+#: Options of a ViT when the manifest leaves them out (sized for 8x8 to 32x32 images).
+VIT_DEFAULTS: Final[dict[str, int]] = {"embed_dim": 64, "heads": 4, "patch_size": 2, "mlp_ratio": 2}
+
+#: Family-specific options each family accepts (ResNets have none: ``layers`` says all).
+FAMILY_OPTIONS: Final[dict[str, tuple[str, ...]]] = {"resnet": (), "vit": tuple(VIT_LIMITS)}
 
 
 def resnet_blocks_per_stage(layers: int) -> int:
@@ -24,11 +62,44 @@ def resnet_blocks_per_stage(layers: int) -> int:
     return (layers - 2) // 6
 
 
+def vit_problem(layers: int, options: dict[str, int], image_size: int | None = None) -> str | None:
+    """What is wrong with a ViT's shape, or None. The message names the field.
+
+    ``layers`` is the number of transformer blocks; ``options`` must hold exactly the
+    keys of :data:`VIT_LIMITS`. With ``image_size`` the patch size must divide it.
+    """
+    if layers not in VIT_BLOCKS:
+        return f"layers: a vit has {VIT_BLOCKS} transformer blocks, got {layers!r}"
+    unknown = sorted(set(options) - set(VIT_LIMITS))
+    if unknown:
+        return f"unknown vit option(s) {unknown}; known: {list(VIT_LIMITS)}"
+    for name, limit in VIT_LIMITS.items():
+        if name not in options:
+            return f"{name}: missing; allowed {limit}"
+        if options[name] not in limit:
+            return f"{name} must be {limit}, got {options[name]!r}"
+    if options["embed_dim"] % options["heads"]:
+        return (
+            f"embed_dim {options['embed_dim']} must be a multiple of heads {options['heads']} "
+            "(each head gets embed_dim / heads channels)"
+        )
+    if image_size is not None and image_size % options["patch_size"]:
+        return (
+            f"patch_size {options['patch_size']} must divide the image size {image_size} "
+            "(the patches tile the image)"
+        )
+    return None
+
+
 def num_blocks(family: str, layers: int) -> int:
-    """Number of residual blocks K of a model: the largest depth a tier can train."""
-    if family != "resnet":
-        raise ValueError(f"unknown model family {family!r}; known: {list(MODEL_FAMILIES)}")
-    return 3 * resnet_blocks_per_stage(layers)
+    """Number of blocks K of a model (residual or transformer): the deepest depth a tier can train."""
+    if family == "resnet":
+        return 3 * resnet_blocks_per_stage(layers)
+    if family == "vit":
+        if layers not in VIT_BLOCKS:
+            raise ValueError(f"ViT layers (transformer blocks) must be {VIT_BLOCKS}, got {layers}")
+        return layers
+    raise ValueError(f"unknown model family {family!r}; known: {list(MODEL_FAMILIES)}")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 (namespaced, short name `ftj`).
 
 Each tier names a DeviceTier, a number of replicas (devices) and the depth (number of
-residual blocks) its devices train: a fixed integer or `auto` (derived from the
+blocks, residual or transformer) its devices train: a fixed integer or `auto` (derived from the
 DeviceTier's capacity). An aggregator merges the tiers' per-layer updates each round.
 """
 
@@ -14,7 +14,12 @@ from typing import Annotated, Final, Literal
 
 from pydantic import Field, WithJsonSchema, model_validator
 
-from flextrain.api.catalog import DATASETS, MODEL_FAMILIES, RESNET_LAYERS, num_blocks
+from flextrain.api.catalog import (
+    DATASETS,
+    MODEL_FAMILIES,
+    RESNET_LAYERS,
+    VIT_LIMITS,
+)
 from flextrain.api.common import (
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
@@ -37,6 +42,7 @@ from flextrain.api.kubevalues import (
     SubPath,
     path_problems,
 )
+from flextrain.api.model import ModelSpec, blocks_cel
 from flextrain.contract import env as contract_env
 
 KIND: Final[str] = "FlexTrainJob"
@@ -49,38 +55,6 @@ MAX_REPLICAS: Final[int] = 1000
 MAX_TIER_NAME: Final[int] = 40
 
 BUILTIN_DATASETS: Final[tuple[str, ...]] = tuple(n for n, d in DATASETS.items() if d.builtin)
-
-
-def _blocks_cel(layers: str) -> str:
-    # num_blocks for ResNets, written in CEL: 3 stages of (layers - 2) / 6 blocks.
-    return f"(({layers} - 2) / 6 * 3)"
-
-
-class ModelSpec(ApiModel):
-    """The global model every tier trains a prefix of."""
-
-    family: Literal["resnet"] = Field(
-        default="resnet",
-        description="family: model family; resnet = CIFAR-style ResNet with parameter-free "
-        "shortcuts and one shared head.",
-    )
-    layers: Literal[8, 20, 32, 44, 56, 110] = Field(
-        default=20,
-        description="layers: weight layers of the ResNet (6n+2: 8, 20, 32, 44, 56 or 110); "
-        "the model has 3n residual blocks, the deepest depth a tier can train.",
-    )
-    num_classes: int | None = Field(
-        default=None,
-        ge=2,
-        le=1_000_000,
-        description="numClasses: outputs of the classifier head, 2 to 1000000; defaults to the "
-        "dataset's number of classes.",
-    )
-
-    @property
-    def num_blocks(self) -> int:
-        """Residual blocks K of the model."""
-        return num_blocks(self.family, self.layers)
 
 
 class PersistentVolumeClaimSource(ApiModel):
@@ -385,7 +359,7 @@ class TierSpec(ApiModel):
         "trains its own data shard.",
     )
     depth: Depth = Field(
-        description="depth: residual blocks this tier trains, 1 to the model's block count, or "
+        description="depth: blocks (residual or transformer) this tier trains, 1 to the model's block count, or "
         "auto to take the deepest prefix that fits the DeviceTier's capacity.",
     )
     data_source: DataSource | None = Field(
@@ -576,10 +550,17 @@ class FlexTrainJobSpec(ApiModel):
     model_config = rules_config(
         cel(
             "self.tiers.all(t, type(t.depth) == string || int(t.depth) <= "
-            + _blocks_cel("self.model.layers")
+            + blocks_cel("self.model")
             + ")",
-            "tiers[].depth must not exceed the model's number of residual blocks "
-            "(3 * (layers - 2) / 6, e.g. 9 for layers 20, 27 for layers 56)",
+            "tiers[].depth must not exceed the model's number of blocks (resnet: "
+            "3 * (layers - 2) / 6, e.g. 9 for layers 20, 27 for layers 56; vit: layers)",
+        ),
+        cel(
+            "self.model.family != 'vit' || !has(self.model.vit) || "
+            + str({n: d.image_size for n, d in DATASETS.items()})
+            + "[self.dataset.name] % self.model.vit.patchSize == 0",
+            "model.vit.patchSize must divide the dataset's image size (8 for digits and "
+            "synthetic, 28 for fashion-mnist, 32 for cifar10/cifar100)",
         ),
     )
 
@@ -675,14 +656,30 @@ class FlexTrainJobSpec(ApiModel):
                 )
             seen.add(tier.name)
             if isinstance(tier.depth, int) and not 1 <= tier.depth <= blocks:
+                unit = "layers" if self.model.family == "resnet" else "transformer blocks"
                 raise FieldProblem(
                     ("tiers", i, "depth"),
                     tier.depth,
-                    f"depth {tier.depth} is out of range: a resnet with "
-                    f"{self.model.layers} layers has {blocks} blocks, so depth must be 1 to "
+                    f"depth {tier.depth} is out of range: a {self.model.family} with "
+                    f"{self.model.layers} {unit} has {blocks} blocks, so depth must be 1 to "
                     f"{blocks} or auto",
                 )
+        self._check_patches()
         return self
+
+    def _check_patches(self) -> None:
+        if self.model.family != "vit":
+            return
+        patch = self.model.options["patch_size"]
+        size = DATASETS[self.dataset.name].image_size
+        if size % patch:
+            fits = [p for p in range(1, VIT_LIMITS["patch_size"].high + 1) if size % p == 0]
+            raise FieldProblem(
+                ("model", "vit", "patchSize"),
+                patch,
+                f"patchSize {patch} does not divide the {self.dataset.name} images' size "
+                f"{size}; allowed here: {', '.join(map(str, fits))}",
+            )
 
 
 class TierStatus(ApiModel):
@@ -709,7 +706,7 @@ class TierStatus(ApiModel):
 class DepthAccuracy(ApiModel):
     """Held-out accuracy of the global model's prefix of one depth."""
 
-    depth: int = Field(ge=1, description="depth: prefix depth evaluated (residual blocks).")
+    depth: int = Field(ge=1, description="depth: prefix depth evaluated (blocks).")
     accuracy: float = Field(
         ge=0, le=1, description="accuracy: fraction of held-out examples classified right."
     )

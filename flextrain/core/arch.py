@@ -1,5 +1,8 @@
 """Analytic size and cost of every depth prefix of a CIFAR ResNet (pure Python, no torch).
 
+:class:`UnitCost` and :class:`ArchProfile` describe any family's prefixes; the ViT's
+costs and the registry of families are in :mod:`flextrain.core.families`.
+
 FlexTrain (arXiv 2310.20457) gives a device the *prefix* of depth k of one global
 network: stem + residual blocks 1..k + the shared head. This module computes, without
 building the network, what that prefix costs, so that the Kubernetes operator (which
@@ -39,7 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from flextrain.api.catalog import MODEL_FAMILIES, num_blocks, resnet_blocks_per_stage
+from flextrain.api.catalog import num_blocks, resnet_blocks_per_stage
 
 #: Output channels of the stem and of the three stages of a CIFAR ResNet.
 STEM_CHANNELS: Final[int] = 16
@@ -67,11 +70,29 @@ class UnitCost:
     activations: int
     #: Output shape (channels, height, width) of the unit; ``(classes, 1, 1)`` for the head.
     out_shape: tuple[int, int, int]
+    #: The unit's state-dict entries (parameters and buffers) as (full name, shape), in
+    #: the order the torch module lists them.
+    tensors: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     @property
     def state_values(self) -> int:
         """Floating values in the unit's state dict: params + BatchNorm running stats."""
         return self.params + 2 * self.bn_channels
+
+
+Tensors = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def _bn_tensors(prefix: str, channels: int) -> Tensors:
+    """State-dict entries of a BatchNorm layer: affine weight and bias, running stats, counter."""
+    c = (channels,)
+    return (
+        (f"{prefix}.weight", c),
+        (f"{prefix}.bias", c),
+        (f"{prefix}.running_mean", c),
+        (f"{prefix}.running_var", c),
+        (f"{prefix}.num_batches_tracked", ()),
+    )
 
 
 def _conv_params(c_in: int, c_out: int, kernel: int = 3) -> int:
@@ -85,7 +106,7 @@ def _downsampled(size: int) -> int:
 
 @dataclass(frozen=True)
 class ArchProfile:
-    """Per-unit costs of one CIFAR ResNet and their sums for any depth prefix.
+    """Per-unit costs of one depth-flexible model and their sums for any depth prefix.
 
     Depth ``k`` means stem + blocks ``0..k-1`` + head, for ``0 <= k <= num_blocks``
     (tiers use ``k >= 1``; depth 0 is stem + head and is allowed for completeness).
@@ -99,6 +120,15 @@ class ArchProfile:
     stem: UnitCost
     blocks: tuple[UnitCost, ...]
     head: UnitCost
+    #: Family-specific options as sorted (name, value) pairs (empty for ResNets).
+    options: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The model in words, for messages: "a 20-layer ResNet", "a 6-block ViT"."""
+        if self.family == "resnet":
+            return f"a {self.layers}-layer ResNet"
+        return f"a {self.layers}-block {self.family}"
 
     @property
     def num_blocks(self) -> int:
@@ -111,8 +141,7 @@ class ArchProfile:
             raise ValueError(f"depth must be an int, got {depth!r}")
         if not 0 <= depth <= self.num_blocks:
             raise ValueError(
-                f"depth must be in [0, {self.num_blocks}] for a {self.layers}-layer ResNet, "
-                f"got {depth}"
+                f"depth must be in [0, {self.num_blocks}] for {self.label}, got {depth}"
             )
         return depth
 
@@ -120,6 +149,10 @@ class ArchProfile:
         """The units of the depth-``depth`` prefix (all units when ``depth`` is None)."""
         k = self.num_blocks if depth is None else self.check_depth(depth)
         return (self.stem, *self.blocks[:k], self.head)
+
+    def tensor_names(self, depth: int | None = None) -> list[str]:
+        """State-dict names of the prefix (parameters and buffers), in module order."""
+        return [name for u in self.units(depth) for name, _ in u.tensors]
 
     def parameters(self, depth: int | None = None) -> int:
         """Trainable parameters of the prefix (BatchNorm affine included, stats excluded)."""
@@ -153,6 +186,28 @@ class ArchProfile:
         return floats * bytes_per_value + counters * COUNTER_BYTES
 
 
+def _basic_block(name: str, c_in: int, c_out: int, side: int) -> UnitCost:
+    """One basic block producing ``c_out`` channels at ``side`` x ``side``."""
+    positions = side * side
+    conv1 = _conv_params(c_in, c_out)
+    conv2 = _conv_params(c_out, c_out)
+    return UnitCost(
+        name=name,
+        params=conv1 + conv2 + 4 * c_out,
+        bn_channels=2 * c_out,
+        bn_layers=2,
+        macs=(conv1 + conv2) * positions,
+        activations=4 * c_out * positions,
+        out_shape=(c_out, side, side),
+        tensors=(
+            (f"{name}.conv1.weight", (c_out, c_in, 3, 3)),
+            *_bn_tensors(f"{name}.bn1", c_out),
+            (f"{name}.conv2.weight", (c_out, c_out, 3, 3)),
+            *_bn_tensors(f"{name}.bn2", c_out),
+        ),
+    )
+
+
 def _check_positive(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -163,15 +218,20 @@ def profile(
 ) -> ArchProfile:
     """Compute the per-unit costs of a CIFAR ResNet (3 stages, 16/32/64 channels).
 
+    Other families: :func:`flextrain.core.families.profile` dispatches on the family.
+
     Args:
-        family: model family; only ``"resnet"`` exists (see ``flextrain.api.catalog``).
+        family: ``"resnet"``.
         layers: 8, 20, 32, 44, 56 or 110.
         num_classes: output size of the head.
         in_channels: image channels (1 for grey, 3 for RGB).
         image_size: side length of the square input images, in pixels.
     """
-    if family not in MODEL_FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; known: {list(MODEL_FAMILIES)}")
+    if family != "resnet":
+        raise ValueError(
+            f"arch.profile describes ResNets, got family {family!r}; "
+            "flextrain.core.families.profile handles every family"
+        )
     n = resnet_blocks_per_stage(layers)
     _check_positive("num_classes", num_classes)
     _check_positive("in_channels", in_channels)
@@ -186,6 +246,10 @@ def profile(
         macs=_conv_params(in_channels, STEM_CHANNELS) * side * side,
         activations=in_channels * side * side + 2 * STEM_CHANNELS * side * side,
         out_shape=(STEM_CHANNELS, side, side),
+        tensors=(
+            ("stem.conv.weight", (STEM_CHANNELS, in_channels, 3, 3)),
+            *_bn_tensors("stem.bn", STEM_CHANNELS),
+        ),
     )
     blocks: list[UnitCost] = []
     c_in = STEM_CHANNELS
@@ -193,20 +257,7 @@ def profile(
         for j in range(n):
             if stage > 0 and j == 0:
                 side = _downsampled(side)
-            positions = side * side
-            conv1 = _conv_params(c_in, c_out)
-            conv2 = _conv_params(c_out, c_out)
-            blocks.append(
-                UnitCost(
-                    name=f"blocks.{len(blocks)}",
-                    params=conv1 + conv2 + 4 * c_out,
-                    bn_channels=2 * c_out,
-                    bn_layers=2,
-                    macs=(conv1 + conv2) * positions,
-                    activations=4 * c_out * positions,
-                    out_shape=(c_out, side, side),
-                )
-            )
+            blocks.append(_basic_block(f"blocks.{len(blocks)}", c_in, c_out, side))
             c_in = c_out
     features = STAGE_CHANNELS[-1]
     head = UnitCost(
@@ -217,6 +268,7 @@ def profile(
         macs=features * num_classes,
         activations=features + num_classes,
         out_shape=(num_classes, 1, 1),
+        tensors=(("head.fc.weight", (num_classes, features)), ("head.fc.bias", (num_classes,))),
     )
     assert len(blocks) == num_blocks(family, layers)
     return ArchProfile(

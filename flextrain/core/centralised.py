@@ -30,13 +30,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from flextrain.core.arch import ArchProfile, closest_depth_to_parameter_share
+from flextrain.core.flexmodel import FlexModel
 from flextrain.core.losses import (
     DEFAULT_BETA,
     DEFAULT_DISTILL_TARGET,
     TrainingDiverged,
     centralised_loss,
 )
-from flextrain.core.models import FlexResNet, ModelSpec
+from flextrain.core.models import ModelSpec
 from flextrain.core.optim import PAPER_SGD, OptimizerConfig, make_optimizer
 
 #: ``progress(epoch, record)``: called after every epoch with that epoch's record.
@@ -86,7 +87,7 @@ class DepthSampler:
 
 @torch.no_grad()
 def evaluate(
-    model: FlexResNet,
+    model: FlexModel,
     loader: Batches,
     depths: Iterable[int],
     device: str | torch.device = "cpu",
@@ -150,7 +151,7 @@ class _Meter:
 
 
 def _train_loop(
-    model: FlexResNet,
+    model: FlexModel,
     loader: Batches,
     pick_depth: Callable[[], int],
     config: OptimizerConfig,
@@ -201,7 +202,7 @@ def _train_loop(
 
 
 def train_flextrain(
-    model: FlexResNet,
+    model: FlexModel,
     loader: Batches,
     pi: Mapping[int, float],
     config: OptimizerConfig = PAPER_SGD,
@@ -263,7 +264,7 @@ def train_flextrain(
 
 
 def train_fixed_depth(
-    model: FlexResNet,
+    model: FlexModel,
     loader: Batches,
     depth: int,
     config: OptimizerConfig = PAPER_SGD,
@@ -299,7 +300,7 @@ def train_fixed_depth(
 
 
 def train_single(
-    model: FlexResNet,
+    model: FlexModel,
     loader: Batches,
     config: OptimizerConfig = PAPER_SGD,
     epochs: int = 1,
@@ -336,7 +337,7 @@ class IndependentRun:
     """One independently trained sub-model of the *Independent* baseline."""
 
     depth: int
-    model: FlexResNet
+    model: FlexModel
     history: dict[str, Any]
 
 

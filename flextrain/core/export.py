@@ -1,8 +1,8 @@
 """Export one tier's sub-model (only its prefix tensors) and load it back for inference.
 
 An export is two files: `<name>.safetensors` (the depth-k prefix: stem, blocks
-0..k-1, head) and `<name>.json` (model family, layers, depth, classes, input shape,
-parameter count, accuracy, normalisation). Loading needs nothing else:
+0..k-1, head) and `<name>.json` (model family, layers, family options, depth, classes,
+input shape, parameter count, accuracy, normalisation). Loading needs nothing else:
 
     from flextrain.core.export import load_submodel
     model, meta = load_submodel("runs/quickstart/models/weak.safetensors")
@@ -23,15 +23,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from flextrain.core.arch import profile
-from flextrain.core.models import FlexResNet, ModelSpec
+from flextrain.core.flexmodel import FlexModel
+from flextrain.core.models import ModelSpec
 from flextrain.core.partition import extract_prefix, load_prefix
 
 
 class SubModel(nn.Module):
-    """A FlexResNet fixed at one depth; only the prefix tensors are loaded."""
+    """A depth-flexible model fixed at one depth; only the prefix tensors are loaded."""
 
-    def __init__(self, model: FlexResNet, depth: int) -> None:
+    def __init__(self, model: FlexModel, depth: int) -> None:
         super().__init__()
         self.model = model
         self.depth = model.check_depth(depth)
@@ -52,16 +52,12 @@ def export_submodel(
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in extract_prefix(global_state, list(global_state), depth).items()}
-    arch = profile(spec.family, spec.layers, spec.num_classes, spec.in_channels, spec.image_size)
+    arch = spec.profile()
     meta = {
         "format": "flextrain-submodel/v1",
-        "family": spec.family,
-        "layers": spec.layers,
+        **spec.to_dict(),
         "depth": depth,
         "num_blocks": spec.num_blocks,
-        "num_classes": spec.num_classes,
-        "in_channels": spec.in_channels,
-        "image_size": spec.image_size,
         "parameters": arch.parameters(depth),
         "parameter_share": arch.parameter_fraction(depth),
         "tensors": len(tensors),
@@ -77,7 +73,7 @@ def load_submodel(path: str | Path, device: str | torch.device = "cpu") -> tuple
     """Load an exported sub-model for inference (eval mode)."""
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
-    spec = ModelSpec(meta["family"], meta["layers"], meta["num_classes"], meta["in_channels"], meta["image_size"])
+    spec = ModelSpec.from_dict(meta)
     model = spec.build()
     load_prefix(model, load_file(str(path)), meta["depth"], strict=True)
     sub = SubModel(model, meta["depth"]).to(device).eval()

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flextrain.core.models import FlexResNet
+from flextrain.core.flexmodel import FlexModel
 
 #: The paper's distillation weight.
 DEFAULT_BETA: Final[float] = 0.2
@@ -88,7 +88,7 @@ class LossParts:
     logits: Tensor
 
 
-def _plain(model: FlexResNet, x: Tensor, y: Tensor, depth: int) -> LossParts:
+def _plain(model: FlexModel, x: Tensor, y: Tensor, depth: int) -> LossParts:
     z = model(x, depth)  # (B, classes)
     ce = F.cross_entropy(z, y)
     return LossParts(total=ce, ce=ce.detach(), distill=torch.zeros_like(ce.detach()), logits=z)
@@ -104,7 +104,7 @@ def _check(beta: float, target: str) -> None:
 
 
 def centralised_loss(
-    model: FlexResNet,
+    model: FlexModel,
     x: Tensor,
     y: Tensor,
     depth: int,
@@ -113,7 +113,7 @@ def centralised_loss(
 ) -> LossParts:
     """Algorithm 1 loss at sampled depth ``depth``; the teacher is ``depth + 1``.
 
-    Teacher and student share one trunk pass (:meth:`FlexResNet.forward_multi`). The
+    Teacher and student share one trunk pass (:meth:`FlexModel.forward_multi`). The
     teacher's extra block runs in training mode (its BatchNorm running statistics see
     the batch) but, being behind a stop-gradient, receives no gradient.
     """
@@ -129,7 +129,7 @@ def centralised_loss(
 
 
 def client_loss(
-    model: FlexResNet,
+    model: FlexModel,
     x: Tensor,
     y: Tensor,
     depth: int,

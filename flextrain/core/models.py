@@ -1,4 +1,4 @@
-"""Depth-flexible CIFAR ResNets: every prefix of blocks is a usable model.
+"""Depth-flexible models: CIFAR ResNets here, the builder of every family, ModelSpec.
 
 FlexTrain (arXiv 2310.20457, Sec. 3) trains one residual network whose sub-model of
 depth k -- the stem, the first k residual blocks and the one shared classifier head --
@@ -13,15 +13,19 @@ and wire code rely on these prefixes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, Final, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flextrain.api.catalog import MODEL_FAMILIES, num_blocks, resnet_blocks_per_stage
-from flextrain.core.arch import STAGE_CHANNELS, STEM_CHANNELS, ArchProfile, profile
+from flextrain.api.catalog import DATASETS, MODEL_FAMILIES, num_blocks, resnet_blocks_per_stage
+from flextrain.api.flextrainjob import FlexTrainJob
+from flextrain.core.arch import STAGE_CHANNELS, STEM_CHANNELS, ArchProfile
+from flextrain.core.families import Options, family, normalise_options, profile
+from flextrain.core.flexmodel import FlexModel
+from flextrain.core.vit import FlexViT
 
 
 class Stem(nn.Module):
@@ -81,7 +85,7 @@ class Head(nn.Module):
         return logits
 
 
-class FlexResNet(nn.Module):
+class FlexResNet(FlexModel):
     """CIFAR ResNet (3 stages x n basic blocks, 16/32/64 channels) runnable at any depth.
 
     ``forward(x, depth=k)`` runs the stem, ``blocks[0:k]`` and the head. ``depth`` is
@@ -119,24 +123,9 @@ class FlexResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     @property
-    def num_blocks(self) -> int:
-        """Number of residual blocks K (the deepest depth)."""
-        return len(self.blocks)
-
-    @property
     def block_list(self) -> list[BasicBlock]:
         """``blocks`` as a typed list (same modules)."""
         return [cast(BasicBlock, b) for b in self.blocks]
-
-    def check_depth(self, depth: int | None) -> int:
-        """Resolve ``None`` to ``num_blocks`` and validate ``0 <= depth <= num_blocks``."""
-        if depth is None:
-            return self.num_blocks
-        if isinstance(depth, bool) or not isinstance(depth, int):
-            raise ValueError(f"depth must be an int or None, got {depth!r}")
-        if not 0 <= depth <= self.num_blocks:
-            raise ValueError(f"depth must be in [0, {self.num_blocks}], got {depth}")
-        return depth
 
     def skip_rest(self, h: Tensor, depth: int) -> Tensor:
         """Carry the features after ``depth`` blocks past the skipped blocks.
@@ -163,76 +152,151 @@ class FlexResNet(nn.Module):
             h = block(h)  # (B, C_i, H_i, W_i)
         return self.skip_rest(h, k)  # (B, 64, H_final, W_final)
 
-    def forward(self, x: Tensor, depth: int | None = None) -> Tensor:
-        """Logits of the depth-``depth`` sub-model (full model when None)."""
-        features = self.forward_features(x, depth)  # (B, 64, H_final, W_final)
-        logits: Tensor = self.head(features)  # (B, classes)
-        return logits
-
-    def forward_multi(self, x: Tensor, depths: Iterable[int]) -> dict[int, Tensor]:
-        """Logits at several depths from ONE pass through the shared trunk.
-
-        Returns ``{depth: logits (B, classes)}``. Blocks beyond ``max(depths)`` are not
-        run. Used by auto-distillation, where teacher and student differ by one block.
-        """
-        wanted = sorted({self.check_depth(d) for d in depths})
-        if not wanted:
-            raise ValueError("forward_multi needs at least one depth")
-        out: dict[int, Tensor] = {}
-        h = self.stem(x)  # (B, 16, H, W)
-        for d in range(wanted[-1] + 1):
-            if d in wanted:
-                out[d] = self.logits_from(h, d)  # (B, classes)
-            if d < wanted[-1]:
-                h = self.blocks[d](h)  # (B, C_d, H_d, W_d)
-        return out
-
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild the same global model on any machine."""
+    """The one identity of a global model: everything needed to rebuild it anywhere.
 
-    #: Model family; only ``"resnet"`` (CIFAR ResNet) exists.
+    The aggregator derives it from the job (:func:`from_job_model`), sends it to every
+    trainer (``ModelDescription`` on the wire) and writes it next to exported
+    sub-models (:meth:`to_dict` / :meth:`from_dict`).
+    """
+
+    #: Model family (:data:`flextrain.api.catalog.MODEL_FAMILIES`).
     family: str
-    #: ResNet layers: 8, 20, 32, 44, 56 or 110 (K = (layers - 2) / 2 blocks).
+    #: ResNet: weight layers 8, 20, 32, 44, 56 or 110 (K = (layers - 2) / 2 blocks);
+    #: ViT: transformer blocks K.
     layers: int
     #: Output size of the head.
     num_classes: int
     #: Image channels (1 grey, 3 RGB).
     in_channels: int
-    #: Side length of the square input images in pixels (costs only; the net pools globally).
+    #: Side length of the square input images in pixels.
     image_size: int
+    #: Family-specific options as sorted (name, value) pairs; a mapping is accepted and
+    #: normalised, missing ViT options take their defaults. Empty for ResNets.
+    options: Options = ()
 
     def __post_init__(self) -> None:
-        if self.family not in MODEL_FAMILIES:
-            raise ValueError(f"unknown model family {self.family!r}")
-        resnet_blocks_per_stage(self.layers)  # validates layers
+        object.__setattr__(self, "options", normalise_options(self.family, self.options))
         for name in ("num_classes", "in_channels", "image_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        family(self.family).check(self.layers, self.options, self.image_size)
 
     @property
     def num_blocks(self) -> int:
-        """Number of residual blocks K."""
+        """Number of blocks K."""
         return num_blocks(self.family, self.layers)
 
-    def build(self) -> FlexResNet:
+    def option(self, name: str) -> int:
+        """One family-specific option (KeyError when the family has no such option)."""
+        return dict(self.options)[name]
+
+    def build(self) -> FlexModel:
         """A freshly initialised model (seed torch yourself for reproducibility)."""
-        return build_model(self.family, self.layers, self.num_classes, self.in_channels)
+        return BUILDERS[self.family](self)
 
     def profile(self) -> ArchProfile:
-        """Analytic per-depth parameters, MACs and activations of this model."""
+        """Analytic per-depth tensor names, parameters, MACs and activations."""
         return profile(
-            self.family, self.layers, self.num_classes, self.in_channels, self.image_size
+            self.family,
+            self.layers,
+            self.num_classes,
+            self.in_channels,
+            self.image_size,
+            self.options,
+        )
+
+    @property
+    def label(self) -> str:
+        """Short name for reports: "resnet-20", "vit-6 (embed_dim 64, heads 4, ...)"."""
+        text = f"{self.family}-{self.layers}"
+        if self.options:
+            text += " (" + ", ".join(f"{k} {v}" for k, v in self.options) + ")"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready identity (export metadata, checkpoints)."""
+        return {
+            "family": self.family,
+            "layers": self.layers,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def for_job(cls, job: FlexTrainJob) -> ModelSpec:
+        """The global model of a FlexTrainJob (input shape from its dataset)."""
+        model = job.spec.model
+        data = DATASETS[job.spec.dataset.name]
+        return cls(
+            model.family,
+            model.layers,
+            job.num_classes,
+            data.channels,
+            data.image_size,
+            tuple(sorted(model.options.items())),
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
+        """Inverse of :meth:`to_dict`; ``options`` may be absent (ResNet exports before it)."""
+        return cls(
+            data["family"],
+            data["layers"],
+            data["num_classes"],
+            data["in_channels"],
+            data["image_size"],
+            tuple(sorted(dict(data.get("options") or {}).items())),
         )
 
 
-def build_model(family: str, layers: int, num_classes: int, in_channels: int) -> FlexResNet:
-    """Build a depth-flexible model of ``family`` (only ``"resnet"``) and ``layers``."""
-    if family != "resnet":
+def _build_resnet(spec: ModelSpec) -> FlexModel:
+    return FlexResNet(spec.layers, spec.num_classes, spec.in_channels)
+
+
+def _build_vit(spec: ModelSpec) -> FlexModel:
+    o = dict(spec.options)
+    return FlexViT(
+        spec.layers,
+        spec.num_classes,
+        spec.in_channels,
+        spec.image_size,
+        embed_dim=o["embed_dim"],
+        heads=o["heads"],
+        patch_size=o["patch_size"],
+        mlp_ratio=o["mlp_ratio"],
+    )
+
+
+#: The torch module of every family; the keys equal :data:`flextrain.core.families.FAMILIES`.
+BUILDERS: Final[dict[str, Callable[[ModelSpec], FlexModel]]] = {
+    "resnet": _build_resnet,
+    "vit": _build_vit,
+}
+
+
+def build_model(
+    family: str,
+    layers: int,
+    num_classes: int,
+    in_channels: int,
+    image_size: int = 32,
+    options: Mapping[str, int] | Options | None = None,
+) -> FlexModel:
+    """Build a depth-flexible model of ``family`` (see :data:`BUILDERS`).
+
+    ``image_size`` matters only to families whose parameters depend on it (the ViT's
+    position embedding); ResNets pool globally and run at any size.
+    """
+    if family not in BUILDERS:
         raise ValueError(f"unknown model family {family!r}; known: {list(MODEL_FAMILIES)}")
-    return FlexResNet(layers, num_classes, in_channels)
+    opts = normalise_options(family, options)
+    return ModelSpec(family, layers, num_classes, in_channels, image_size, opts).build()
 
 
 def trainable_parameter_count(model: nn.Module) -> int:
@@ -241,8 +305,11 @@ def trainable_parameter_count(model: nn.Module) -> int:
 
 
 __all__ = [
+    "BUILDERS",
     "BasicBlock",
+    "FlexModel",
     "FlexResNet",
+    "FlexViT",
     "Head",
     "ModelSpec",
     "Stem",

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from flextrain.core.models import FlexResNet
+from flextrain.core.flexmodel import FlexModel
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
 
@@ -44,7 +44,7 @@ def _all_keys(model_or_keys: nn.Module | Iterable[str]) -> list[str]:
 
 
 def _num_blocks(model_or_keys: nn.Module | Iterable[str], keys: list[str]) -> int:
-    if isinstance(model_or_keys, FlexResNet):
+    if isinstance(model_or_keys, FlexModel):
         return model_or_keys.num_blocks
     indices = [i for i in (block_index(k) for k in keys) if i is not None]
     return max(indices) + 1 if indices else 0
@@ -54,7 +54,7 @@ def prefix_keys(model_or_keys: nn.Module | Iterable[str], depth: int) -> list[st
     """State-dict keys of the depth-``depth`` sub-model, in state-dict order.
 
     Args:
-        model_or_keys: a :class:`FlexResNet` or the full model's state-dict keys.
+        model_or_keys: a :class:`FlexModel` or the full model's state-dict keys.
         depth: number of blocks, ``0 <= depth <= K``.
 
     Raises:
@@ -102,7 +102,7 @@ def extract_prefix(
 
 
 def load_prefix(
-    model: FlexResNet, tensors: Mapping[str, Tensor], depth: int, *, strict: bool = True
+    model: FlexModel, tensors: Mapping[str, Tensor], depth: int, *, strict: bool = True
 ) -> None:
     """Copy the depth-``depth`` prefix tensors into ``model`` (``tensors`` is not mutated).
 

@@ -8,9 +8,11 @@ it, so it must stay free of torch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flextrain.core.arch import ArchProfile, profile
+from flextrain.core.arch import ArchProfile
+from flextrain.core.families import Options, profile
 
 #: Batch size of the paper's recipe; the default for memory estimates.
 DEFAULT_BATCH_SIZE = 64
@@ -86,6 +88,7 @@ def deepest_depth_for_budget(
     memory_bytes: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     bytes_per_value: int = 4,
+    options: Mapping[str, int] | Options | None = None,
 ) -> int:
     """The deepest depth ``k`` in ``1..K`` whose prefix fits every given budget.
 
@@ -97,6 +100,8 @@ def deepest_depth_for_budget(
             None: no memory budget.
         batch_size: examples per mini-batch, for the activation part of the estimate.
         bytes_per_value: 4 for float32 training, 2 for half precision.
+        options: the family's options (ViT: embed_dim, heads, patch_size, mlp_ratio);
+            None: the family's defaults.
 
     Returns:
         The deepest fitting depth; ``K`` (the full model) when no budget is given.
@@ -106,7 +111,7 @@ def deepest_depth_for_budget(
         BudgetTooSmall: depth 1 does not fit; the message says what depth 1 needs.
         ValueError: invalid model description or a negative budget.
     """
-    arch = profile(family, layers, num_classes, in_channels, image_size)
+    arch = profile(family, layers, num_classes, in_channels, image_size, options)
     for name, value in (("max_parameters", max_parameters), ("memory_bytes", memory_bytes)):
         if value is not None and value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
@@ -128,7 +133,7 @@ def deepest_depth_for_budget(
             arch, 1, batch_size=batch_size, bytes_per_value=bytes_per_value
         ).total
         raise BudgetTooSmall(
-            f"even depth 1 of ResNet-{layers} does not fit: it has {arch.parameters(1)} "
+            f"even depth 1 of {arch.label} does not fit: it has {arch.parameters(1)} "
             f"parameters (budget {max_parameters}) and needs about {need_mem} bytes to train "
             f"at batch size {batch_size} (budget {memory_bytes})"
         )

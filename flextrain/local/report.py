@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from flextrain.aggregator.store import Checkpoint
-from flextrain.core.arch import profile
 from flextrain.core.export import export_submodel
 from flextrain.core.models import ModelSpec
 from flextrain.data.datasets import NORMALISATION
@@ -93,7 +92,7 @@ def write_report(
     restarts: dict[str, int],
 ) -> Path:
     job = plan.job.spec
-    arch = profile(spec.family, spec.layers, spec.num_classes, spec.in_channels, spec.image_size)
+    arch = spec.profile()
     table = accuracy_table(checkpoint.accuracy_history)
     depths = sorted({t.depth for t in plan.tiers})
     final = table.get(max(table), {}) if table else {}
@@ -102,7 +101,7 @@ def write_report(
         "",
         "## Job",
         "",
-        f"- model: {spec.family}-{spec.layers} ({spec.num_blocks} blocks, {arch.parameters(arch.num_blocks):,} parameters), "
+        f"- model: {spec.label} ({spec.num_blocks} blocks, {arch.parameters(arch.num_blocks):,} parameters), "
         f"{spec.num_classes} classes, input {spec.in_channels}x{spec.image_size}x{spec.image_size}",
         f"- dataset: {job.dataset.name}, partition {job.dataset.partition.scheme}"
         + (f" (alpha {job.dataset.partition.alpha})" if job.dataset.partition.alpha else "")

@@ -122,7 +122,7 @@ class Trainer:
         joined = self.join()
         min_round = joined.round
         m = joined.model
-        spec = ModelSpec(m.family, m.layers, m.num_classes, m.in_channels, m.image_size)
+        spec = ModelSpec(m.family, m.layers, m.num_classes, m.in_channels, m.image_size, tuple(sorted(m.options.items())))
         t = joined.training
         optimizer = OptimizerConfig(name=t.optimizer, lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay)
         loader = self._data(joined)

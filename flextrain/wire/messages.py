@@ -7,7 +7,8 @@ Data chunks are not here: they travel framed by hand (``flextrain.wire.frames``)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +37,8 @@ class ModelDescription:
     #: Parameter count of the full model and of the caller's prefix.
     num_parameters: int
     prefix_parameters: int
+    #: The family's own shape options (a ViT's embed_dim, heads, ...); empty for ResNet.
+    options: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,7 @@ def joined_to_proto(joined: Joined) -> pb.JoinResponse:
             num_blocks=m.num_blocks,
             num_parameters=m.num_parameters,
             prefix_parameters=m.prefix_parameters,
+            options=dict(m.options),
         ),
         data=pb.DataAssignment(
             dataset=d.dataset,
@@ -149,7 +150,8 @@ def joined_from_proto(message: pb.JoinResponse) -> Joined:
         total_rounds=message.total_rounds,
         done=message.done,
         model=ModelDescription(
-            m.family, m.layers, m.num_classes, m.in_channels, m.image_size, m.num_blocks, m.num_parameters, m.prefix_parameters
+            m.family, m.layers, m.num_classes, m.in_channels, m.image_size, m.num_blocks, m.num_parameters,
+            m.prefix_parameters, dict(m.options),
         ),
         data=DataAssignment(d.dataset, d.scheme, d.alpha, d.seed, d.shard_index, d.num_shards, d.limit),
         training=TrainingConfig(

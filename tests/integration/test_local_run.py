@@ -145,3 +145,56 @@ def test_a_busy_user_port_is_a_clear_error(tmp_path: Path) -> None:
             cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=60,
         )
     assert run.returncode == 1 and f"port {port} is not free" in run.stderr
+
+
+@pytest.mark.timeout(300)
+def test_a_vit_job_runs_end_to_end_and_exports_its_prefixes(tmp_path: Path) -> None:
+    job = {
+        "apiVersion": "flextrain.dev/v1alpha1",
+        "kind": "FlexTrainJob",
+        "metadata": {"name": "vit"},
+        "spec": {
+            "model": {
+                "family": "vit",
+                "layers": 3,
+                "vit": {"embedDim": 16, "heads": 2, "patchSize": 4, "mlpRatio": 2},
+            },
+            "dataset": {"name": "synthetic", "limit": 900, "seed": 3},
+            "training": {
+                "rounds": 4,
+                "localEpochs": 3,
+                "batchSize": 32,
+                "optimizer": {"name": "adam", "learningRate": 0.005},
+            },
+            "tiers": [
+                {"name": "weak", "deviceTierRef": "box", "replicas": 1, "depth": "auto"},
+                {"name": "strong", "deviceTierRef": "box", "replicas": 1, "depth": 3},
+            ],
+        },
+    }
+    # depth 1 of this ViT has 2,762 parameters, depth 2 has 4,986
+    tier = {"apiVersion": "flextrain.dev/v1alpha1", "kind": "DeviceTier", "metadata": {"name": "box"},
+            "spec": {"capacity": {"parameters": 4000}}}
+    path = tmp_path / "vit.yaml"
+    path.write_text(yaml.safe_dump_all([tier, job], sort_keys=False))
+    proc = flextrain("run", str(path), cwd=tmp_path)
+    out, _ = proc.communicate(timeout=280)
+    assert proc.returncode == 0, out
+    run = tmp_path / "runs" / "vit"
+    report = (run / "report.md").read_text()
+    assert "- model: vit-3 (embed_dim 16, heads 2, mlp_ratio 2, patch_size 4)" in report
+    assert "| weak | 1 (auto) | 1 | 2,762 (" in report
+    meta = json.loads((run / "models" / "weak.json").read_text())
+    assert (meta["family"], meta["depth"], meta["parameters"]) == ("vit", 1, 2762)
+    assert meta["options"] == {"embed_dim": 16, "heads": 2, "mlp_ratio": 2, "patch_size": 4}
+    from safetensors.torch import load_file
+
+    names = set(load_file(str(run / "models" / "weak.safetensors")))
+    assert "blocks.0.attn.qkv.weight" in names
+    assert not any(n.startswith(("blocks.1.", "blocks.2.")) for n in names)
+    test = load_dataset("synthetic", seed=3, limit=900).test
+    for tier_name in ("weak", "strong"):
+        model, _ = load_submodel(run / "models" / f"{tier_name}.safetensors")
+        with torch.no_grad():
+            accuracy = (model(test.images).argmax(dim=1) == test.labels).float().mean().item()
+        assert accuracy > 0.25, (tier_name, accuracy)  # chance is 0.1

@@ -32,7 +32,14 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
 
 class ModelDescription(_message.Message):
-    __slots__ = ("family", "layers", "num_classes", "in_channels", "image_size", "num_blocks", "num_parameters", "prefix_parameters")
+    __slots__ = ("family", "layers", "num_classes", "in_channels", "image_size", "num_blocks", "num_parameters", "prefix_parameters", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +48,7 @@ class ModelDescription(_message.Message):
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     NUM_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     family: str
     layers: int
     num_classes: int
@@ -49,7 +57,8 @@ class ModelDescription(_message.Message):
     num_blocks: int
     num_parameters: int
     prefix_parameters: int
-    def __init__(self, family: _Optional[str] = ..., layers: _Optional[int] = ..., num_classes: _Optional[int] = ..., in_channels: _Optional[int] = ..., image_size: _Optional[int] = ..., num_blocks: _Optional[int] = ..., num_parameters: _Optional[int] = ..., prefix_parameters: _Optional[int] = ...) -> None: ...
+    options: _containers.ScalarMap[str, int]
+    def __init__(self, family: _Optional[str] = ..., layers: _Optional[int] = ..., num_classes: _Optional[int] = ..., in_channels: _Optional[int] = ..., image_size: _Optional[int] = ..., num_blocks: _Optional[int] = ..., num_parameters: _Optional[int] = ..., prefix_parameters: _Optional[int] = ..., options: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class DataAssignment(_message.Message):
     __slots__ = ("dataset", "scheme", "alpha", "seed", "shard_index", "num_shards", "limit")

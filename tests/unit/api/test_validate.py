@@ -51,6 +51,19 @@ def _delete(path: str) -> Callable[[Body], None]:
     return mutate
 
 
+def _vit(layers: int = 9, depths: tuple[int, int] = (9, 3), **vit: Any) -> Callable[[Body], None]:
+    """Mutation making the job's model a ViT (tiers' depths set to fit by default)."""
+
+    def mutate(body: Body) -> None:
+        body["spec"]["model"] = {"family": "vit", "layers": layers}
+        if vit:
+            body["spec"]["model"]["vit"] = dict(vit)
+        for tier, depth in zip(body["spec"]["tiers"], depths, strict=True):
+            tier["depth"] = depth
+
+    return mutate
+
+
 # (case id, kind, mutation, field path the error must name, CRD can express the rule)
 BAD: list[tuple[str, str, Callable[[Body], None], str, bool]] = [
     ("replicas-zero", "job", _set("spec.tiers.0.replicas", 0), "spec.tiers[0].replicas", True),
@@ -66,6 +79,23 @@ BAD: list[tuple[str, str, Callable[[Body], None], str, bool]] = [
     ("unknown-model-family", "job", _set("spec.model.family", "vgg"), "spec.model.family", True),
     ("unknown-model-layers", "job", _set("spec.model.layers", 50), "spec.model.layers", True),
     ("depth-zero", "job", _set("spec.tiers.0.depth", 0), "spec.tiers[0].depth", True),
+    ("vit-too-many-blocks", "job", _vit(layers=33), "spec.model.layers", True),
+    ("vit-zero-blocks", "job", _vit(layers=0), "spec.model.layers", True),
+    ("vit-depth-deeper-than-blocks", "job", _vit(layers=4), "spec.tiers[0].depth", True),
+    ("vit-width-too-small", "job", _vit(embedDim=4, heads=1), "spec.model.vit.embedDim", True),
+    ("vit-heads-do-not-divide-width", "job", _vit(embedDim=30, heads=4), "spec.model.vit.embedDim", True),
+    ("vit-too-many-heads", "job", _vit(heads=32), "spec.model.vit.heads", True),
+    ("vit-mlp-ratio-zero", "job", _vit(mlpRatio=0), "spec.model.vit.mlpRatio", True),
+    ("vit-patch-too-large", "job", _vit(patchSize=32), "spec.model.vit.patchSize", True),
+    ("vit-patch-does-not-tile-image", "job", _vit(patchSize=3), "spec.model.vit.patchSize", True),
+    ("vit-unknown-option", "job", _vit(width=64), "spec.model.vit.width", True),
+    (
+        "vit-shape-on-a-resnet",
+        "job",
+        _set("spec.model", {"family": "resnet", "layers": 20, "vit": {"heads": 2}}),
+        "spec.model.vit",
+        True,
+    ),
     ("depth-deeper-than-model", "job", _set("spec.tiers.0.depth", 10), "spec.tiers[0].depth", True),
     ("depth-not-auto", "job", _set("spec.tiers.0.depth", "max"), "spec.tiers[0].depth", True),
     (
@@ -541,6 +571,13 @@ GOOD: list[tuple[str, str, Callable[[Body], None]]] = [
 ]
 
 
+GOOD += [
+    ("vit-with-default-shape", "job", _vit(layers=6, depths=(6, 2))),
+    ("vit-with-every-option", "job", _vit(layers=4, depths=(4, 1), embedDim=48, heads=3, patchSize=4, mlpRatio=4)),
+    ("vit-one-pixel-patches", "job", _vit(layers=2, depths=(2, 1), embedDim=16, heads=16, patchSize=1)),
+]
+
+
 @pytest.mark.parametrize(("case", "kind", "mutate"), GOOD, ids=[g[0] for g in GOOD])
 def test_what_the_api_server_accepts_is_accepted(
     case: str, kind: str, mutate: Callable[[Body], None]
@@ -566,3 +603,18 @@ def test_toleration_errors_say_what_is_allowed() -> None:
         "name part must consist of alphanumeric characters, '-', '_' or '.', and must start "
         "and end with an alphanumeric character (e.g. 'MyName', 'my.name' or '123-abc')",
     }
+
+
+def test_vit_errors_say_what_was_wrong_and_what_is_allowed() -> None:
+    cases = [
+        (_vit(layers=4), "spec.tiers[0].depth", "a vit with 4 transformer blocks has 4 blocks, so depth must be 1 to 4"),
+        (_vit(layers=40), "spec.model.layers", "transformer blocks, 1 to 32, got 40"),
+        (_vit(embedDim=30, heads=4), "spec.model.vit.embedDim", "embedDim 30 must be a multiple of heads 4"),
+        (_vit(patchSize=3), "spec.model.vit.patchSize", "does not divide the digits images' size 8; allowed here: 1, 2, 4, 8"),
+        (_vit(heads=32), "spec.model.vit.heads", "less than or equal to 16"),
+    ]
+    for mutate, path, words in cases:
+        docs, _ = _documents("job", mutate)
+        problems = {p.path: p for p in validate_documents(docs).problems}
+        assert path in problems, (path, list(problems))
+        assert words in problems[path].message, problems[path].message

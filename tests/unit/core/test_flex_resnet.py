@@ -129,7 +129,7 @@ def test_model_spec_builds_the_described_model() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"family": "vit"},
+        {"family": "mlp"},
         {"layers": 18},
         {"num_classes": 0},
         {"in_channels": -1},
