@@ -8,6 +8,7 @@ Data chunks are framed by hand (``flextrain.wire.frames``); GetStatus has its pa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -100,44 +101,25 @@ def join_request_from_proto(message: pb.JoinRequest) -> JoinRequest:
     return JoinRequest(message.job, message.tier, message.replica_index, message.depth)
 
 
+def _values(message: Any, names: Sequence[str]) -> dict[str, Any]:
+    """The fields `names` of a dataclass or protobuf message, by name."""
+    return {name: getattr(message, name) for name in names}
+
+
+def _names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+# The plain messages and the protobuf ones share their field names; only the model's
+# options (a map) and the wire dtype (an enum) are converted.
 def joined_to_proto(joined: Joined) -> pb.JoinResponse:
     m, d, t = joined.model, joined.data, joined.training
     return pb.JoinResponse(
-        client_id=joined.client_id,
-        round=joined.round,
-        total_rounds=joined.total_rounds,
-        done=joined.done,
-        model=pb.ModelDescription(
-            family=m.family,
-            layers=m.layers,
-            num_classes=m.num_classes,
-            in_channels=m.in_channels,
-            image_size=m.image_size,
-            num_blocks=m.num_blocks,
-            num_parameters=m.num_parameters,
-            prefix_parameters=m.prefix_parameters,
-            options=dict(m.options),
-        ),
-        data=pb.DataAssignment(
-            dataset=d.dataset,
-            scheme=d.scheme,
-            alpha=d.alpha,
-            seed=d.seed,
-            shard_index=d.shard_index,
-            num_shards=d.num_shards,
-            limit=d.limit,
-        ),
+        **_values(joined, ("client_id", "round", "total_rounds", "done")),
+        model=pb.ModelDescription(**{**_values(m, _names(ModelDescription)), "options": dict(m.options)}),
+        data=pb.DataAssignment(**_values(d, _names(DataAssignment))),
         training=pb.TrainingConfig(
-            local_epochs=t.local_epochs,
-            batch_size=t.batch_size,
-            optimizer=t.optimizer,
-            learning_rate=t.learning_rate,
-            momentum=t.momentum,
-            weight_decay=t.weight_decay,
-            distillation_beta=t.distillation_beta,
-            distillation_target=t.distillation_target,
-            distill=t.distill,
-            wire_dtype=dtype_to_proto(t.wire_dtype),
+            **{**_values(t, _names(TrainingConfig)), "wire_dtype": dtype_to_proto(t.wire_dtype)}
         ),
     )
 
@@ -145,26 +127,11 @@ def joined_to_proto(joined: Joined) -> pb.JoinResponse:
 def joined_from_proto(message: pb.JoinResponse) -> Joined:
     m, d, t = message.model, message.data, message.training
     return Joined(
-        client_id=message.client_id,
-        round=message.round,
-        total_rounds=message.total_rounds,
-        done=message.done,
-        model=ModelDescription(
-            m.family, m.layers, m.num_classes, m.in_channels, m.image_size, m.num_blocks, m.num_parameters,
-            m.prefix_parameters, dict(m.options),
-        ),
-        data=DataAssignment(d.dataset, d.scheme, d.alpha, d.seed, d.shard_index, d.num_shards, d.limit),
+        **_values(message, ("client_id", "round", "total_rounds", "done")),
+        model=ModelDescription(**{**_values(m, _names(ModelDescription)), "options": dict(m.options)}),
+        data=DataAssignment(**_values(d, _names(DataAssignment))),
         training=TrainingConfig(
-            local_epochs=t.local_epochs,
-            batch_size=t.batch_size,
-            optimizer=t.optimizer,
-            learning_rate=t.learning_rate,
-            momentum=t.momentum,
-            weight_decay=t.weight_decay,
-            distillation_beta=t.distillation_beta,
-            distillation_target=t.distillation_target,
-            distill=t.distill,
-            wire_dtype=dtype_from_proto(t.wire_dtype),
+            **{**_values(t, _names(TrainingConfig)), "wire_dtype": dtype_from_proto(t.wire_dtype)}
         ),
     )
 
