@@ -57,8 +57,8 @@ log = logging.getLogger("flextrain.operator")
 #: Backoff of refused creates and failed passes: 1 s, doubling, at most 60 s.
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
-#: Passes that plan and write at the same time (the aggregator is read before, outside
-#: this limit). Twice the API connections (kube.CONNECTIONS): enough to keep them busy,
+#: Passes that plan and create children at the same time (the aggregator is read before
+#: and the status written after, outside this limit). Twice the API connections (kube.CONNECTIONS): enough to keep them busy,
 #: while a burst of 500 new jobs does not hold 500 sets of planned children at once.
 PASSES_AT_ONCE = 32
 Key = tuple[str, str]  # (namespace, flextrain.dev/job label value)
@@ -303,17 +303,16 @@ class Runtime:
         seen = dataclasses.replace(seen, secret=memory.secret)
         reading = await self._read_aggregator(memory, seen, namespace, name)
 
-        # Planning and writing hold the pass's children in memory: a burst of new jobs
+        # Planning and creating hold the pass's children in memory: a burst of new jobs
         # plans a few at a time (PASSES_AT_ONCE), not every job at once.
         async with self._passes:
             pass_ = _Pass(self, memory, job, status, snapshot, reading, now, uid)
             plan, created = await self._create_missing(pass_, pass_.plan(pass_.seen()))
-            events = list(plan.events)
-            if created:
-                events.insert(
-                    0, Event("Normal", JobReason.CREATED, f"created {', '.join(created)}")
-                )
-            await self._apply(plan, events, job, involved, status_before, visible, memory)
+        # The last plan holds no children to create: its writes wait for no slot.
+        events = list(plan.events)
+        if created:
+            events.insert(0, Event("Normal", JobReason.CREATED, f"created {', '.join(created)}"))
+        await self._apply(plan, events, job, involved, status_before, visible, memory)
         return self._next_pass_in(plan, memory)
 
     async def _create_missing(self, p: _Pass, plan: Plan) -> tuple[Plan, list[str]]:
