@@ -58,8 +58,9 @@ log = logging.getLogger("flextrain.operator")
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
 #: Passes that plan and create children at the same time (the aggregator is read before
-#: and the status written after, outside this limit). Twice the API connections (kube.CONNECTIONS): enough to keep them busy,
-#: while a burst of 500 new jobs does not hold 500 sets of planned children at once.
+#: and the status written after, outside this limit). Twice the API connections
+#: (kube.CONNECTIONS): enough to keep them busy, while a burst of 500 new jobs does not
+#: hold 500 sets of planned children at once.
 PASSES_AT_ONCE = 32
 Key = tuple[str, str]  # (namespace, flextrain.dev/job label value)
 
@@ -308,7 +309,7 @@ class Runtime:
         async with self._passes:
             pass_ = _Pass(self, memory, job, status, snapshot, reading, now, uid)
             plan, created = await self._create_missing(pass_, pass_.plan(pass_.seen()))
-        # The last plan holds no children to create: its writes wait for no slot.
+        # The Events and the status are written without holding a slot.
         events = list(plan.events)
         if created:
             events.insert(0, Event("Normal", JobReason.CREATED, f"created {', '.join(created)}"))
