@@ -35,6 +35,8 @@ from flextrain.aggregator.flow import (
 from flextrain.aggregator.metrics import AggregatorMetrics
 from flextrain.aggregator.prefixes import ModelFrames, Superseded
 from flextrain.aggregator.rounds import Rounds, model_spec_of
+from flextrain.aggregator.shards import shard_sizes
+from flextrain.aggregator.state import MAX_EXAMPLES
 from flextrain.aggregator.store import CheckpointStore
 from flextrain.aggregator.worker import Worker
 from flextrain.contract.refusals import Reason
@@ -69,6 +71,9 @@ class Settings:
     eval_threads: int | None = None
     #: Checkpoints kept on disk.
     keep_checkpoints: int = 2
+    #: The most examples an update may count when the training data cannot be read
+    #: here to know each shard's size (which bounds it otherwise).
+    max_examples: int = MAX_EXAMPLES
 
 
 @dataclass
@@ -107,6 +112,9 @@ class AggregatorService:
         store = CheckpointStore(s.checkpoint_dir, s.keep_checkpoints) if s.checkpoint_dir else None
         self.rounds = Rounds(plan, self._worker, self.metrics, self.evaluator, store, on_closed=self._round_closed)
         self.agg = self.rounds.agg
+        # An update counts at most its sender's shard of examples (the merge's weight).
+        self.agg.shard_sizes = shard_sizes(plan, s.data_dir)
+        self.agg.max_examples = s.max_examples
         clients_at_depth: dict[int, int] = {}
         for tier in plan.tiers:
             clients_at_depth[tier.depth] = clients_at_depth.get(tier.depth, 0) + tier.replicas

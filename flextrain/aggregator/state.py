@@ -14,7 +14,7 @@ broken-off update changes nothing and the aggregator never holds an update's pay
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -41,6 +41,9 @@ from flextrain.wire.tensors import (
     wire_dtype_for,
 )
 
+#: The most examples one update may count when the shard sizes are unknown (the
+#: aggregator cannot read the training data): more than any dataset FlexTrain reads has.
+MAX_EXAMPLES = 10_000_000
 
 @dataclass
 class ClientInfo:
@@ -111,6 +114,10 @@ class Aggregation:
         self._expected: dict[int, dict[str, Spec]] = {}
         self._expected_list: dict[int, list[Spec]] = {}
         self.max_update_bytes = max_update_bytes
+        #: Examples in each data shard (shards.shard_sizes): an update may count at most
+        #: its sender's; None when unknown, then at most `max_examples`.
+        self.shard_sizes: Sequence[int] | None = None
+        self.max_examples = MAX_EXAMPLES
         self.round = self._open_round(completed_rounds + 1)
         self._acc: Accumulator = self.strategy.begin(self.global_state, self.expected_clients)
 
@@ -201,9 +208,21 @@ class Aggregation:
             raise Rejected(Reason.DUPLICATE, f"client {client_id!r} already pushed for round {round_number}")
         if isinstance(num_examples, bool) or num_examples <= 0:
             raise Rejected(Reason.BAD_EXAMPLES, f"num_examples must be positive, got {num_examples}")
+        if num_examples > (most := self.examples_of(info)):
+            raise Rejected(
+                Reason.BAD_EXAMPLES,
+                f"num_examples {num_examples} is more than the {most} examples client {info.client_id} "
+                "can train on (its data shard); the count weighs the update in the merge",
+            )
         if specs != self.expected_spec_list(info.depth):
             self._check_tensors(info, specs)
         return self._check_size(info, specs)
+
+    def examples_of(self, info: ClientInfo) -> int:
+        """The most examples an update of `info` may count: its shard's size."""
+        if self.shard_sizes is None:
+            return self.max_examples
+        return self.shard_sizes[self.plan.tier(info.tier).shard_offset + info.replica]
 
     def _check_tensors(self, info: ClientInfo, specs: list[Spec]) -> None:
         """Raise Rejected naming the first tensor in which `specs` differ from the

@@ -125,7 +125,9 @@ RULES: dict[Reason, Rule] = {
     Reason.SHAPE_MISMATCH: Rule(_S.INVALID_ARGUMENT, _R.GIVE_UP, "a tensor's shape differs"),
     Reason.DTYPE_MISMATCH: Rule(_S.INVALID_ARGUMENT, _R.GIVE_UP, "a tensor's wire dtype differs"),
     Reason.NON_FINITE: Rule(_S.INVALID_ARGUMENT, _R.GIVE_UP, "NaN or infinity in a tensor"),
-    Reason.BAD_EXAMPLES: Rule(_S.INVALID_ARGUMENT, _R.GIVE_UP, "example count not positive"),
+    Reason.BAD_EXAMPLES: Rule(
+        _S.INVALID_ARGUMENT, _R.GIVE_UP, "example count not positive, or more than the sender's data shard holds"
+    ),
     Reason.TOO_LARGE: Rule(
         _S.RESOURCE_EXHAUSTED, _R.GIVE_UP, "more bytes than the header describes, or than the update limit"
     ),

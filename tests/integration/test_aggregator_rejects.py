@@ -146,6 +146,8 @@ def test_bad_requests_are_refused_and_change_nothing(server: Cluster, stub: pb_g
     refused(lambda: push(stub, shallow, with_(global_shallow, stem__conv__weight=nan)), Code.INVALID_ARGUMENT, w, "NaN")
     refused(lambda: push(stub, shallow, with_(global_shallow, stem__conv__weight=inf)), Code.INVALID_ARGUMENT, w, "infinite")
     refused(lambda: push(stub, shallow, global_shallow, examples=0), Code.INVALID_ARGUMENT, "num_examples")
+    # A count beyond the sender's shard would decide a weighted merge alone.
+    refused(lambda: push(stub, shallow, global_shallow, examples=2**62), Code.INVALID_ARGUMENT, "num_examples", "shard")
     refused(lambda: push(stub, shallow, global_shallow, extra_bytes=b"\0" * 8), Code.RESOURCE_EXHAUSTED, "bytes")
     refused(lambda: push(stub, shallow, global_shallow, cut_bytes=4), Code.INVALID_ARGUMENT, "bytes")
     refused(lambda: push(stub, shallow, global_shallow, header_first=False), Code.INVALID_ARGUMENT, "header")

@@ -194,3 +194,38 @@ def test_update_size_limit() -> None:
     with pytest.raises(Rejected) as info:
         agg.check_header("deep-0", 1, 10, specs)
     assert info.value.reason.status == "RESOURCE_EXHAUSTED"
+
+
+def test_an_update_counts_at_most_its_senders_shard() -> None:
+    agg, _ = make()
+    agg.join("tiny", "shallow", 1, 1)
+    agg.shard_sizes = [200, 180, 150]  # shards: shallow-0, shallow-1, deep-0
+    tensors = {k: v + 0.1 if v.is_floating_point() else v for k, v in agg.prefix_state(1).items()}
+    before = {k: v.clone() for k, v in agg.global_state.items()}
+    for count in (181, 2**62):
+        with pytest.raises(Rejected, match=f"num_examples {count} is more than the 180 examples") as info:
+            agg.fold("shallow-1", tensors, count, 1)
+        assert info.value.reason == "bad_examples" and info.value.reason.status == "INVALID_ARGUMENT"
+    assert not agg.round.pushed and all(torch.equal(before[k], agg.global_state[k]) for k in before)
+    assert not agg.fold("shallow-1", tensors, 180, 1)  # its whole shard: accepted
+
+
+def test_without_shard_sizes_the_configured_maximum_bounds_counts() -> None:
+    agg, _ = make()
+    agg.join("tiny", "deep", 0, 3)
+    agg.max_examples = 1000
+    with pytest.raises(Rejected, match="more than the 1000 examples"):
+        agg.check_header("deep-0", 1, 1001, [])
+
+
+def test_shard_sizes_are_the_trainers_shards() -> None:
+    from flextrain.aggregator.shards import shard_sizes
+    from flextrain.data import load_dataset, shard_for
+
+    job = tiny_job(tiers=[("shallow", 1, 2), ("deep", 3, 1)], dataset={"partition": {"scheme": "dirichlet", "alpha": 0.5}})
+    plan = plan_job(job, {})
+    sizes = shard_sizes(plan, None)
+    ds = job.spec.dataset
+    splits = load_dataset(ds.name, None, seed=ds.seed, limit=ds.limit)
+    assert sizes == [len(shard_for(splits.train_labels, "dirichlet", 0.5, ds.seed, 3, i)) for i in range(3)]
+    assert sum(sizes) == len(splits.train_labels)
