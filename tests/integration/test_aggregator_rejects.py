@@ -129,6 +129,9 @@ def test_bad_requests_are_refused_and_change_nothing(server: Cluster, stub: pb_g
     refused(lambda: stub.Join(pb.JoinRequest(job="rejects", tier="deep", depth=3)), Code.UNAUTHENTICATED)
     refused(lambda: stub.Join(pb.JoinRequest(job="other", tier="deep", depth=3), metadata=AUTH), Code.NOT_FOUND, "other")
     refused(lambda: stub.Join(pb.JoinRequest(job="rejects", tier="gpu", depth=3), metadata=AUTH), Code.NOT_FOUND, "gpu")
+    # A 1 MiB tier name is not echoed back in full (nor logged: the same message).
+    huge = refused(lambda: stub.Join(pb.JoinRequest(job="rejects", tier="t" * (1 << 20), depth=3), metadata=AUTH), Code.NOT_FOUND, "characters cut")
+    assert len(huge.details()) < 600
     refused(lambda: join(stub, "deep", 2), Code.FAILED_PRECONDITION, "depth 3")
     refused(
         lambda: stub.Join(pb.JoinRequest(job="rejects", tier="deep", replica_index=4, depth=3), metadata=AUTH),

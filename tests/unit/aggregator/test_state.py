@@ -229,3 +229,17 @@ def test_shard_sizes_are_the_trainers_shards() -> None:
     splits = load_dataset(ds.name, None, seed=ds.seed, limit=ds.limit)
     assert sizes == [len(shard_for(splits.train_labels, "dirichlet", 0.5, ds.seed, 3, i)) for i in range(3)]
     assert sum(sizes) == len(splits.train_labels)
+
+
+def test_a_refusal_never_carries_a_huge_client_string_in_full() -> None:
+    agg, _ = make()
+    huge = "x" * (1 << 20)
+    for call in (lambda: agg.join("tiny", huge, 0, 1), lambda: agg.join(huge, "deep", 0, 3), lambda: agg.client(huge)):
+        with pytest.raises(Rejected) as info:
+            call()
+        message = str(info.value)
+        assert len(message) < 600 and "characters cut" in message, message[:200]
+    with pytest.raises(Rejected, match=r"tiers: \['shallow', 'deep'\]$"):  # the tail survives
+        agg.join("tiny", huge, 0, 1)
+    with pytest.raises(Rejected, match=r"^job tiny has no tier 'nope'; tiers: \['shallow', 'deep'\]$"):
+        agg.join("tiny", "nope", 0, 1)  # a short message is untouched
