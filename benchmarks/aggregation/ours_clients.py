@@ -31,6 +31,7 @@ import torch
 
 from benchmarks.aggregation.procs import write_atomically
 from flextrain.allocator import retain_freed_memory
+from flextrain.contract.credentials import tier_key
 from flextrain.trainer.client import AggregatorClient
 from flextrain.trainer.config import TrainerConfig
 
@@ -86,7 +87,7 @@ class Rounds:
 def run_client(spec: dict[str, Any], client: dict[str, Any], rounds: Rounds, out: dict[str, Any], keep: list[AggregatorClient]) -> None:
     config = TrainerConfig(
         aggregator=spec["address"],
-        token=spec["token"],
+        tier_key=tier_key(spec["token"], spec["job"], client["tier"]),
         job=spec["job"],
         tier=client["tier"],
         depth=int(client["depth"]),

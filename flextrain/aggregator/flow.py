@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from flextrain.aggregator.errors import Rejected
 from flextrain.aggregator.state import ClientInfo, UpdateStage
@@ -29,15 +29,58 @@ from flextrain.aggregator.worker import Worker
 from flextrain.contract.refusals import Reason
 from flextrain.wire.tensors import Spec
 
+T = TypeVar("T")
+
 #: Updates up to this size are told to send as soon as they are next in line (see
 #: ``PushLine.receive``); larger ones when their turn comes, so that a waiting push
 #: never holds more than a small update's worth of data here.
 EARLY_SEND_BYTES = 8 * 1024 * 1024
 
+#: The defaults of `PushTimeouts` (docs/aggregator.md, "Slow and stalled clients").
+PUSH_IDLE_SECONDS = 10.0
+PUSH_GRACE_SECONDS = 10.0
+PUSH_MIN_BYTES_PER_SECOND = 256 * 1024
+
 #: Model chunks being sent at once, over all pulls (see ``SendSlots``).
 PULL_CHUNKS_IN_FLIGHT = 8
 #: How long a chunk may hold its slot before the slot goes to the next one.
 PULL_SLOT_LEASE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class PushTimeouts:
+    """How long a push may wait for its client's bytes while it holds the receive slot
+    (pushes are received one at a time, so every push in line waits with it).
+
+    A push is refused (``push_timeout``; the trainer retries it) when its client sends
+    nothing for `idle_seconds`, or when it falls behind `min_bytes_per_second`: after
+    waiting `grace_seconds` plus the time its received bytes take at that rate, it must
+    have sent more. Only time spent waiting for the client counts, not time its chunks
+    wait for the aggregator's worker. So a client that stalls delays the pushes behind
+    it by at most `idle_seconds`, and one that trickles by at most `grace_seconds` plus
+    its update's size at the minimum rate.
+    """
+
+    #: Longest wait for a push's header, and for each of its chunks, in seconds.
+    idle_seconds: float = PUSH_IDLE_SECONDS
+    #: Waiting time a push may spend beyond what its bytes take at the minimum rate.
+    grace_seconds: float = PUSH_GRACE_SECONDS
+    #: The slowest upload taken, in bytes per second of waiting for the client.
+    min_bytes_per_second: float = PUSH_MIN_BYTES_PER_SECOND
+
+    def __post_init__(self) -> None:
+        for name in ("idle_seconds", "grace_seconds", "min_bytes_per_second"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"PushTimeouts.{name} must be positive, got {getattr(self, name)}")
+
+    def next_wait(self, waited: float, received: int) -> float:
+        """How long the next read may wait, after `waited` seconds spent waiting and
+        `received` bytes received; at most 0 when the push has fallen behind."""
+        return min(self.idle_seconds, self.grace_seconds + received / self.min_bytes_per_second - waited)
+
+    def longest_seconds(self, nbytes: int) -> float:
+        """The most waiting an update of `nbytes` may cost the pushes behind it."""
+        return self.grace_seconds + nbytes / self.min_bytes_per_second
 
 
 @dataclass
@@ -65,9 +108,10 @@ class PushOutcomes(Protocol):
 class PushLine:
     """Receives one push at a time, in the order they arrive."""
 
-    def __init__(self, worker: Worker, outcomes: PushOutcomes) -> None:
+    def __init__(self, worker: Worker, outcomes: PushOutcomes, timeouts: PushTimeouts | None = None) -> None:
         self._worker = worker
         self._outcomes = outcomes
+        self.timeouts = timeouts or PushTimeouts()
         self._receiving = asyncio.Lock()
         self._next_in_line = asyncio.Semaphore(2)  # the push being received, and the next
 
@@ -108,7 +152,7 @@ class PushLine:
                     # next push's stage).
                     self._worker.submit(_abort_begun, begun)
                     raise
-                push = PushStream(self._worker, self._outcomes, ticket, stage)
+                push = PushStream(self._worker, self._outcomes, ticket, stage, self.timeouts)
                 try:
                     yield push
                 finally:
@@ -214,8 +258,16 @@ class PushStream:
     #: Received bytes held: at most (MAX_PENDING + 1) x BATCH chunks (16 MiB).
     MAX_PENDING = 1
 
-    def __init__(self, worker: Worker, outcomes: PushOutcomes, ticket: PushTicket, stage: UpdateStage) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        outcomes: PushOutcomes,
+        ticket: PushTicket,
+        stage: UpdateStage,
+        timeouts: PushTimeouts | None = None,
+    ) -> None:
         self._worker = worker
+        self.timeouts = timeouts or PushTimeouts()
         self._outcomes = outcomes
         self.ticket = ticket
         self._stage = stage
@@ -224,6 +276,38 @@ class PushStream:
         #: Payload bytes received so far.
         self.received = 0
         self._finished = False
+
+    async def paced(self, source: AsyncIterator[T]) -> AsyncIterator[T]:
+        """The client's chunks from `source`, each waited for as long as ``PushTimeouts``
+        allows; raises a counted Rejected (``push_timeout``) when the client is too slow.
+        Chunks are to be ``feed``-ed as they come (the pace is judged on ``received``)."""
+        timeouts, waited = self.timeouts, 0.0
+        while True:
+            wait = timeouts.next_wait(waited, self.received)
+            if wait <= 0:
+                raise self._timed_out(waited, idle=False)
+            started = time.monotonic()
+            try:
+                item = await asyncio.wait_for(anext(source), wait)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise self._timed_out(waited + wait, idle=wait >= timeouts.idle_seconds) from None
+            waited += time.monotonic() - started
+            yield item
+
+    def _timed_out(self, waited: float, *, idle: bool) -> Rejected:
+        t, expected = self.timeouts, self.ticket.expected_bytes
+        if not idle:
+            why = (
+                f"sent {self.received} of {expected} bytes in {waited:.1f} s of waiting: slower than the "
+                f"minimum {t.min_bytes_per_second / 1024:.0f} KiB/s after a grace of {t.grace_seconds:g} s"
+            )
+        else:
+            why = f"sent nothing for {t.idle_seconds:g} s (idle timeout) after {self.received} of {expected} bytes"
+        exc = Rejected(Reason.PUSH_TIMEOUT, f"the push {why}; its update is dropped, push it again")
+        self._outcomes.rejected(exc)
+        return exc
 
     async def _settle(self, limit: int) -> None:
         """Wait for folds until at most `limit` are pending (and collect the finished

@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="evaluation device: auto, cpu or cuda")
     p.add_argument("--threads", type=int, help="torch threads for evaluation (0: torch's default); merges use one")
     p.add_argument("--log-format", choices=LOG_FORMATS)
+    p.add_argument("--push-idle-seconds", type=float, help="longest wait for a push's header and each chunk (default 10)")
+    p.add_argument("--push-grace-seconds", type=float, help="waiting a push may spend beyond its bytes at the minimum rate (default 10)")
+    p.add_argument("--push-min-bytes-per-second", type=float, help="slowest push taken (default 262144)")
 
 
 class ConfigError(Exception):
@@ -74,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
 def _configure(args: argparse.Namespace) -> tuple[Callable[[], AggregatorServer]]:
     import torch
 
+    from flextrain.aggregator.flow import (
+        PUSH_GRACE_SECONDS,
+        PUSH_IDLE_SECONDS,
+        PUSH_MIN_BYTES_PER_SECOND,
+        PushTimeouts,
+    )
     from flextrain.aggregator.metrics import AggregatorMetrics
     from flextrain.aggregator.service import AggregatorService, Settings
     from flextrain.aggregator.servicer import AggregatorServer, TlsFiles
@@ -100,8 +109,17 @@ def _configure(args: argparse.Namespace) -> tuple[Callable[[], AggregatorServer]
         if not (args.tls_cert and args.tls_key):
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
         tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+    try:
+        timeouts = PushTimeouts(
+            idle_seconds=args.push_idle_seconds or PUSH_IDLE_SECONDS,
+            grace_seconds=args.push_grace_seconds or PUSH_GRACE_SECONDS,
+            min_bytes_per_second=args.push_min_bytes_per_second or PUSH_MIN_BYTES_PER_SECOND,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     metrics = AggregatorMetrics(plan.name)
     settings = Settings(
+        push_timeouts=timeouts,
         checkpoint_dir=args.checkpoint_dir,
         data_dir=args.data_dir,
         device=device,

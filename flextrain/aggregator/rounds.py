@@ -14,13 +14,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from flextrain.aggregator.errors import Rejected
+from flextrain.aggregator.errors import RefusalLog, Rejected
 from flextrain.aggregator.evaluation import Evaluator
 from flextrain.aggregator.flow import PushTicket
 from flextrain.aggregator.metrics import AggregatorMetrics
 from flextrain.aggregator.state import Aggregation, TierCounters
 from flextrain.aggregator.store import Checkpoint, CheckpointStore
 from flextrain.aggregator.worker import Worker
+from flextrain.contract.refusals import Reason
 from flextrain.core.models import ModelSpec
 from flextrain.jobplan import JobPlan
 
@@ -59,6 +60,7 @@ class Rounds:
         self._metrics = metrics
         self._on_closed = on_closed
         self.rejections: dict[str, int] = {}
+        self._log_refusal = RefusalLog(log)
         self.accepted = 0
         self._changed: asyncio.Condition | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -152,7 +154,7 @@ class Rounds:
         reason = exc.reason.value
         self.rejections[reason] = self.rejections.get(reason, 0) + 1
         self._metrics.rejected(exc.reason)
-        log.warning("rejected (%s): %s", reason, exc)
+        self._log_refusal(exc)
 
     async def counted(self, ticket: PushTicket, round_complete: bool) -> None:
         """An update counted in its round; closes the round when it was the last."""
@@ -187,6 +189,15 @@ class Rounds:
             return None  # another path closed it first
         pushed = len(agg.round.pushed)
         closed = agg.close_round()
+        if agg.discarded:
+            log.error(
+                "round %d: the merge was not finite; the round keeps the previous model and drops its %d updates",
+                closed,
+                pushed,
+                extra={"round": closed},
+            )
+            for _, client, why in agg.discarded:
+                self.rejected(Rejected(Reason.NON_FINITE_MERGE, f"the update of {client} in round {closed} is named: {why}"))
         seconds = time.monotonic() - self._round_started
         self._round_started = time.monotonic()
         self._metrics.rounds_completed.inc()

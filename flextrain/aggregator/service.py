@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from flextrain.aggregator.flow import (
     PushLine,
     PushStream,
     PushTicket,
+    PushTimeouts,
     SendSlots,
     send_in_turn,
 )
@@ -74,6 +75,8 @@ class Settings:
     #: The most examples an update may count when the training data cannot be read
     #: here to know each shard's size (which bounds it otherwise).
     max_examples: int = MAX_EXAMPLES
+    #: How long a push may wait for its client's bytes (idle timeout, minimum rate).
+    push_timeouts: PushTimeouts = field(default_factory=PushTimeouts)
 
 
 @dataclass
@@ -90,7 +93,8 @@ class AggregatorService:
     """One job's aggregator.
 
     The servicer's API: `join`, `pull`, `send`, `expected_update`, `begin_push`,
-    `receive_push`, `refusal`, `status`, `start`, `stop`, `name`. The parts behind it
+    `receive_push`, `refusal`, `status`, `start`, `stop`, `name`, `push_timeouts`,
+    `model_tensors`, `tier_names`. The parts behind it
     (`rounds`, `agg`, `models`, `evaluator`) are attributes for tests and tools.
     """
 
@@ -130,8 +134,22 @@ class AggregatorService:
         """The job's name."""
         return self.plan.name
 
+    @property
+    def tier_names(self) -> list[str]:
+        """The job's tiers: the only ones a replica credential may name."""
+        return [tier.name for tier in self.plan.tiers]
+
+    @property
+    def push_timeouts(self) -> PushTimeouts:
+        return self.settings.push_timeouts
+
+    @property
+    def model_tensors(self) -> int:
+        """Tensors in the whole model: the most an update header may list."""
+        return len(self.agg.global_state)
+
     async def start(self) -> None:
-        self._pushes = PushLine(self._worker, self.rounds)
+        self._pushes = PushLine(self._worker, self.rounds, self.settings.push_timeouts)
         self._send_slots = SendSlots(PULL_CHUNKS_IN_FLIGHT, PULL_SLOT_LEASE_SECONDS)
         self.rounds.start(self.settings.tick_seconds)
 

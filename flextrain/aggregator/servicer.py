@@ -14,18 +14,26 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from flextrain.aggregator.errors import Rejected
 from flextrain.aggregator.service import AggregatorService
+from flextrain.aggregator.state import client_id_for
+from flextrain.contract.credentials import CredentialVerifier, ReplicaIdentity
 from flextrain.contract.refusals import Reason
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
-from flextrain.wire.auth import REASON_KEY, token_matches
-from flextrain.wire.frames import PUSH_READY_KEY, parse_update_chunk, serialize_chunk
+from flextrain.wire.auth import REASON_KEY, replica_credential_of, token_matches
+from flextrain.wire.frames import (
+    PUSH_READY_KEY,
+    Undecodable,
+    decode_message,
+    parse_update_chunk,
+    serialize_chunk,
+)
 from flextrain.wire.messages import ModelHeader, PushResult, UpdateHeader
 from flextrain.wire.serde import (
     SpecDecoder,
@@ -40,6 +48,8 @@ from flextrain.wire.status import status_to_proto
 from flextrain.wire.tensors import MAX_MESSAGE_BYTES, Framed, WireFormatError
 
 log = logging.getLogger("flextrain.aggregator")
+
+M = TypeVar("M")
 
 #: The status code of each refusal reason (the reason names it).
 STATUS: dict[Reason, grpc.StatusCode] = {reason: grpc.StatusCode[reason.status] for reason in Reason}
@@ -60,6 +70,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     def __init__(self, service: AggregatorService, token: str) -> None:
         self.service = service
         self._token = token
+        self._credentials = CredentialVerifier(token, service.name, service.tier_names)
         #: Decodes update headers; each depth's expected list is recognised at once.
         self._specs = SpecDecoder()
         #: Serialized ModelChunk header of each serialized prefix, while it is in use.
@@ -67,38 +78,93 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
 
     def _update_header(self, message: pb.UpdateHeader) -> UpdateHeader:
         expected = self.service.expected_update(message.client_id)
-        key = None
-        if expected is not None:
-            key = expected[0]
-            if not self._specs.knows(key):
-                self._specs.know(key, expected[1])
+        if expected is None:  # refused by the header check: no need to read its tensors
+            return UpdateHeader(message.client_id, message.round, message.num_examples, [], 0.0, 0.0)
+        key, specs = expected
+        listed, most = len(message.tensors), self.service.model_tensors
+        if listed > most:  # bounded before any tensor is converted
+            raise self.service.refusal(
+                Reason.MALFORMED, f"the update header lists {listed} tensors; the model has {most}"
+            )
+        if not self._specs.knows(key):
+            self._specs.know(key, specs)
         try:
             return update_header_from_proto(message, self._specs, key)
         except WireFormatError as exc:
             raise self.service.refusal(Reason.MALFORMED, str(exc)) from exc
 
-    async def _check(self, context: grpc.aio.ServicerContext) -> None:
-        if not token_matches(context.invocation_metadata(), self._token):
-            await self._abort(context, self.service.refusal(Reason.UNAUTHENTICATED, "missing or wrong job token"))
+    def _decoded(self, message: M | Undecodable) -> M:
+        """A request message, or the `malformed` refusal of one that did not decode."""
+        if isinstance(message, Undecodable):
+            raise self.service.refusal(Reason.MALFORMED, f"the request is {message.what}")
+        return message
+
+    async def _check(self, context: grpc.aio.ServicerContext) -> ReplicaIdentity | None:
+        """Authenticate the call from its metadata alone (before its request is decoded):
+        the replica a valid replica credential vouches for, or None for the job token."""
+        received = context.invocation_metadata()
+        credential = replica_credential_of(received)
+        if credential is not None:
+            identity = self._credentials.verify(credential)
+            if identity is None:
+                await self._abort(
+                    context, self.service.refusal(Reason.UNAUTHENTICATED, "the replica credential does not verify for this job")
+                )
+            return identity
+        if not token_matches(received, self._token):
+            await self._abort(
+                context, self.service.refusal(Reason.UNAUTHENTICATED, "missing or wrong job token or replica credential")
+            )
+        return None
+
+    def _as_replica(self, identity: ReplicaIdentity | None, tier: str, replica: int, depth: int | None = None) -> None:
+        """Refuse a training call that the caller's credential does not vouch for: made
+        with the job token, or naming another tier, replica or depth."""
+        if identity is None:
+            raise self.service.refusal(
+                Reason.WRONG_IDENTITY,
+                "the job token authenticates GetStatus only; a trainer calls with its replica credential "
+                "(made from its tier's key, FLEXTRAIN_TIER_KEY)",
+            )
+        if (identity.tier, identity.index) != (tier, replica) or depth not in (None, identity.depth):
+            named = f"tier {tier!r} replica {replica}" + (f" depth {depth}" if depth is not None else "")
+            raise self.service.refusal(
+                Reason.WRONG_IDENTITY,
+                f"the credential is tier {identity.tier!r} replica {identity.index} depth {identity.depth}; the call names {named}",
+            )
+
+    def _as_client(self, identity: ReplicaIdentity | None, client_id: str) -> None:
+        """As `_as_replica`, for a call that names its client id."""
+        if identity is not None and client_id == client_id_for(identity.tier, identity.index):
+            return
+        if identity is None:
+            self._as_replica(None, "", 0)
+        assert identity is not None
+        raise self.service.refusal(
+            Reason.WRONG_IDENTITY,
+            f"the credential is client {client_id_for(identity.tier, identity.index)!r}; the call names client {client_id!r}",
+        )
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: Rejected) -> None:
         context.set_trailing_metadata(((REASON_KEY, exc.reason.value),))
         await context.abort(STATUS[exc.reason], str(exc))
 
-    async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
-        await self._check(context)
-        r = join_request_from_proto(request)
+    async def Join(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.JoinResponse:
+        identity = await self._check(context)
         try:
+            r = join_request_from_proto(self._decoded(decode_message(pb.JoinRequest, request)))
+            self._as_replica(identity, r.tier, r.replica_index, r.depth)
             joined = self.service.join(r.job, r.tier, r.replica_index, r.depth)
         except Rejected as exc:
             await self._abort(context, exc)
             raise  # unreachable: abort raises
         return joined_to_proto(joined)
 
-    async def PullModel(self, request: pb.PullModelRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelChunk | bytes]:
-        await self._check(context)
-        r = pull_request_from_proto(request)
+    async def PullModel(self, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelChunk | bytes]:
+        identity = await self._check(context)
         try:
+            r = pull_request_from_proto(self._decoded(decode_message(pb.PullModelRequest, request)))
+            self._as_client(identity, r.client_id)
             result = await self.service.pull(r.client_id, r.min_round, r.wait_seconds)
         except Rejected as exc:
             await self._abort(context, exc)
@@ -115,29 +181,30 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         async for frame in self.service.send(encoded):
             yield frame  # a serialized data chunk (see flextrain.wire.frames)
 
-    async def PushUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk | memoryview], context: grpc.aio.ServicerContext) -> pb.PushUpdateResponse:
-        await self._check(context)
+    async def PushUpdate(
+        self, request_iterator: AsyncIterator[pb.UpdateChunk | memoryview | Undecodable], context: grpc.aio.ServicerContext
+    ) -> pb.PushUpdateResponse:
+        identity = await self._check(context)  # before a byte of the stream is decoded
         stream = request_iterator.__aiter__()
         try:
-            first = await stream.__anext__()
-        except StopAsyncIteration:
-            first = None
-        try:
+            first = await self._first_chunk(stream)
             if first is None or isinstance(first, memoryview) or first.WhichOneof("chunk") != "header":
                 raise self.service.refusal(Reason.MALFORMED, "the first chunk of an update must be its header")
+            self._as_client(identity, first.header.client_id)
             header = self._update_header(first.header)
             ticket = self.service.begin_push(header.client_id, header.round, header.num_examples, header.specs)
             # The client sends its data once told to (it waits for this, so pushes
             # waiting their turn hold no data here).
             send = partial(context.send_initial_metadata, ((PUSH_READY_KEY, "1"),))
             async with self.service.receive_push(ticket, send) as push:
-                async for chunk in stream:
+                async for chunk in push.paced(stream):
                     if isinstance(chunk, memoryview):
                         data: bytes | memoryview = chunk  # framed data chunk (the usual case)
-                    elif chunk.WhichOneof("chunk") == "data":
-                        data = chunk.data
                     else:
-                        raise self.service.refusal(Reason.MALFORMED, "only data chunks may follow the header")
+                        message: pb.UpdateChunk = self._decoded(chunk)
+                        if message.WhichOneof("chunk") != "data":
+                            raise self.service.refusal(Reason.MALFORMED, "only data chunks may follow the header")
+                        data = message.data
                     await push.feed(data)
                 counted = await push.finish()
         except Rejected as exc:
@@ -145,24 +212,45 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             raise
         return push_result_to_proto(PushResult(accepted=True, round=counted, bytes_received=push.received))
 
-    async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
+    async def _first_chunk(
+        self, stream: AsyncIterator[pb.UpdateChunk | memoryview | Undecodable]
+    ) -> pb.UpdateChunk | memoryview | None:
+        """The push's first chunk (None when the stream ends first), waited for at most
+        the idle timeout; a chunk that did not decode is refused."""
+        idle = self.service.push_timeouts.idle_seconds
+        try:
+            first = await asyncio.wait_for(anext(stream), idle)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise self.service.refusal(Reason.PUSH_TIMEOUT, f"the push sent no header within {idle:g} s") from None
+        return self._decoded(first)
+
+    async def GetStatus(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
         await self._check(context)
+        try:
+            self._decoded(decode_message(pb.GetStatusRequest, request))
+        except Rejected as exc:
+            await self._abort(context, exc)
+            raise
         return status_to_proto(self.service.status())
 
 
 def add_servicer(servicer: AggregatorServicer, server: grpc.aio.Server) -> None:
     """Register the service as the generated ``add_AggregatorServicer_to_server`` does,
     except that the model and update chunk streams use the hand-framed data chunks of
-    flextrain.wire.frames (same bytes on the wire, fewer copies)."""
+    flextrain.wire.frames (same bytes on the wire, fewer copies), and that requests are
+    decoded by the handlers, after the token check, into a ``malformed`` refusal when
+    they do not decode (a raising deserializer answers UNKNOWN and logs a traceback)."""
     handlers = {
         "Join": grpc.unary_unary_rpc_method_handler(
             servicer.Join,
-            request_deserializer=pb.JoinRequest.FromString,
+            request_deserializer=None,  # bytes: decoded after the token check
             response_serializer=pb.JoinResponse.SerializeToString,
         ),
         "PullModel": grpc.unary_stream_rpc_method_handler(
             servicer.PullModel,
-            request_deserializer=pb.PullModelRequest.FromString,
+            request_deserializer=None,
             response_serializer=serialize_chunk,
         ),
         "PushUpdate": grpc.stream_unary_rpc_method_handler(
@@ -172,7 +260,7 @@ def add_servicer(servicer: AggregatorServicer, server: grpc.aio.Server) -> None:
         ),
         "GetStatus": grpc.unary_unary_rpc_method_handler(
             servicer.GetStatus,
-            request_deserializer=pb.GetStatusRequest.FromString,
+            request_deserializer=None,
             response_serializer=pb.GetStatusResponse.SerializeToString,
         ),
     }

@@ -13,10 +13,12 @@ broken-off update changes nothing and the aggregator never holds an update's pay
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from flextrain.aggregator.errors import Rejected
@@ -44,6 +46,98 @@ from flextrain.wire.tensors import (
 #: The most examples one update may count when the shard sizes are unknown (the
 #: aggregator cannot read the training data): more than any dataset FlexTrain reads has.
 MAX_EXAMPLES = 10_000_000
+#: The largest finite float32.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+class ValueBounds:
+    """What the values of one round's updates may be (``spec.aggregation.valueBound``).
+
+    A floating value of tensor T may have a magnitude of at most ``bound * max(1,
+    max|T|)``, T taken from the round's global model: a finite but huge value (3e38)
+    would make the merged model infinite. An integer value (BatchNorm's
+    ``num_batches_tracked``) must lie in ``0 .. T + steps``, where steps is at most the
+    sender's examples times the job's local epochs (a step takes at least one example).
+
+    Checking is one pass per chunk in the usual case: a chunk whose floating values are
+    all within ``bound`` (the smallest limit of any tensor) passes at once; only another
+    chunk is checked piece by piece against each tensor's own limit.
+    """
+
+    def __init__(self, global_state: Mapping[str, Tensor], bound: float, local_epochs: int) -> None:
+        self.bound = bound
+        self.local_epochs = local_epochs
+        self._global = global_state
+        self._limits: dict[str, float] = {}
+        self._counters: dict[str, int] = {}
+
+    def limit(self, name: str) -> float:
+        """The largest magnitude a value of floating tensor `name` may have."""
+        limit = self._limits.get(name)
+        if limit is None:
+            ref = self._global[name]
+            largest = float(ref.detach().abs().max()) if ref.numel() else 0.0
+            limit = self._limits[name] = self.bound * max(1.0, largest)
+        return limit
+
+    def counter_most(self, name: str, examples: int) -> int:
+        """The largest value of integer tensor `name` a sender of `examples` may have."""
+        base = self._counters.get(name)
+        if base is None:
+            ref = self._global[name]
+            base = self._counters[name] = int(ref.max()) if ref.numel() else 0
+        return base + examples * self.local_epochs
+
+    def check(
+        self, pieces: Sequence[tuple[str, int, Tensor]], flat: Tensor | None, examples: int, client: str
+    ) -> float:
+        """Check `pieces` (`flat`: their floating values as float32, when they are all
+        float32); returns the largest floating magnitude among them.
+
+        Raises:
+            Rejected: ``non_finite`` or ``out_of_bounds``, naming the tensor.
+        """
+        largest = 0.0
+        if flat is not None and flat.numel():
+            low, high = (float(v) for v in torch.aminmax(flat))
+            largest = max(-low, high)
+            if largest <= self.bound:  # NaN compares False: checked piece by piece
+                self._check_counters(pieces, examples, client)
+                return largest
+        largest = 0.0
+        for name, _, values in pieces:
+            if not values.numel():
+                continue
+            if not values.dtype.is_floating_point:
+                self._check_counter(name, values, examples, client)
+                continue
+            low, high = (float(v) for v in torch.aminmax(values))
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise Rejected(Reason.NON_FINITE, f"tensor {name!r} holds NaN or infinite values")
+            magnitude = max(-low, high)
+            if magnitude > (limit := self.limit(name)):
+                raise Rejected(
+                    Reason.OUT_OF_BOUNDS,
+                    f"tensor {name!r} holds a value of magnitude {magnitude:.3g}; at most {limit:.3g} is taken "
+                    f"(valueBound {self.bound:g} x the global tensor's largest magnitude, at least 1)",
+                )
+            largest = max(largest, magnitude)
+        return largest
+
+    def _check_counters(self, pieces: Sequence[tuple[str, int, Tensor]], examples: int, client: str) -> None:
+        for name, _, values in pieces:
+            if not values.dtype.is_floating_point and values.numel():
+                self._check_counter(name, values, examples, client)
+
+    def _check_counter(self, name: str, values: Tensor, examples: int, client: str) -> None:
+        low, high = int(values.min()), int(values.max())
+        most = self.counter_most(name, examples)
+        if low < 0 or high > most:
+            raise Rejected(
+                Reason.OUT_OF_BOUNDS,
+                f"integer tensor {name!r} holds {high if high > most else low}; client {client} may send 0 to {most} "
+                f"(the global value plus at most {examples} examples x {self.local_epochs} local epochs of steps)",
+            )
 
 @dataclass
 class ClientInfo:
@@ -80,6 +174,9 @@ class RoundState:
     deadline: float
     pushed: set[str] = field(default_factory=set)
     examples: int = 0
+    #: client id -> (examples, largest floating magnitude) of each counted update: who
+    #: is named when the merge is not finite.
+    updates: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 class Aggregation:
@@ -118,6 +215,12 @@ class Aggregation:
         #: its sender's; None when unknown, then at most `max_examples`.
         self.shard_sizes: Sequence[int] | None = None
         self.max_examples = MAX_EXAMPLES
+        self.value_bound = float(spec.aggregation.value_bound)
+        self._bounds: ValueBounds | None = None
+        self._bounds_of: Mapping[str, Tensor] | None = None
+        self.local_epochs = spec.training.local_epochs
+        #: Updates named by a merge that was not finite: (round, client id, why).
+        self.discarded: list[tuple[int, str, str]] = []
         self.round = self._open_round(completed_rounds + 1)
         self._acc: Accumulator = self.strategy.begin(self.global_state, self.expected_clients)
 
@@ -297,10 +400,20 @@ class Aggregation:
         return now >= self.round.deadline and pushed >= self.quorum_count
 
     def close_round(self) -> int:
-        """Merge the round into the global model and open the next; returns the closed round."""
+        """Merge the round into the global model and open the next; returns the closed
+        round. A merge that is not finite is dropped: the round closes with the previous
+        model, and the updates that can have caused it are named (`discarded`)."""
         closed = self.round.number
-        finished, retired = self._acc, self.global_state
-        self.global_state = finished.finish()
+        finished = self._acc
+        retired: dict[str, Tensor] | None = self.global_state
+        merged = finished.finish()
+        bad = next((k for k, t in merged.items() if t.is_floating_point() and not is_finite(t)), None)
+        if bad is not None:
+            self.discarded = [(closed, cid, why) for cid, why in self._overflowed(finished, bad)]
+            merged, retired = self.global_state, None  # kept, so not scratch memory
+        else:
+            self.discarded = []
+        self.global_state = merged
         self.completed_rounds = closed
         self.round = self._open_round(closed + 1)
         self._acc = self.strategy.begin(self.global_state, self.expected_clients)
@@ -311,6 +424,29 @@ class Aggregation:
             # current (the aggregator serializes it on its worker, which also runs this).
             self._acc.recycle(finished, retired)
         return closed
+
+    def _overflowed(self, acc: Accumulator, tensor: str) -> list[tuple[str, str]]:
+        """(client id, why) of the updates that can have made the merge of `tensor` not
+        finite: those whose weight times largest magnitude reaches FLOAT32_MAX / k, with
+        k the round's updates plus the global model (a sum of k terms each below that
+        stays finite, so at least one update is named when a linear merge overflowed);
+        every update when none does (another strategy)."""
+        updates = self.round.updates
+        share = FLOAT32_MAX / (len(updates) + 1)
+        named = [
+            (cid, f"weight {acc.weight(n):g} x largest magnitude {m:.3g} reaches {share:.3g}")
+            for cid, (n, m) in sorted(updates.items())
+            if acc.weight(n) * m >= share
+        ]
+        return named or [(cid, "one of the round's updates") for cid in sorted(updates)]
+
+    @property
+    def bounds(self) -> ValueBounds:
+        """The value bounds of the open round (relative to its global model)."""
+        if self._bounds is None or self._bounds_of is not self.global_state:
+            self._bounds = ValueBounds(self.global_state, self.value_bound, self.local_epochs)
+            self._bounds_of = self.global_state
+        return self._bounds
 
     def _open_round(self, number: int) -> RoundState:
         now = self._clock()
@@ -336,6 +472,9 @@ class UpdateStage:
         self.specs = specs
         self._staged = staged
         self.pieces = PayloadPieces(specs)
+        self._bounds = agg.bounds
+        #: The largest floating magnitude seen so far.
+        self.largest = 0.0
 
     def feed_all(self, chunks: list[bytes | memoryview]) -> None:
         """Fold the payload's next chunks, in order."""
@@ -352,13 +491,18 @@ class UpdateStage:
         self.write(fed.pieces, fed.float32)
 
     def write(self, pieces: list[tuple[str, int, Tensor]], flat: Tensor | None) -> None:
-        """Fold pieces of the update. `flat`, when given, holds every floating value of
-        the pieces as float32 (``PayloadPieces.feed``): one pass checks them, and piece
-        by piece only when it finds something (integer bytes read as float32 can look
-        non-finite; the per-piece pass decides)."""
-        checked = flat is not None and is_finite(flat)
+        """Check and fold pieces of the update (``ValueBounds``). `flat`, when given,
+        holds the pieces' bytes as float32 (``PayloadPieces.feed``): one pass checks
+        them, and piece by piece only when it finds something (integer bytes read as
+        float32 can look non-finite or large; the per-piece pass decides)."""
         try:
-            self._staged.write(pieces, checked_finite=checked)
+            largest = self._bounds.check(pieces, flat, self.num_examples, self.client.client_id)
+        except Rejected:
+            self.abort()
+            raise
+        self.largest = max(self.largest, largest)
+        try:
+            self._staged.write(pieces, checked_finite=True)
         except NonFiniteError as exc:
             raise Rejected(Reason.NON_FINITE, str(exc)) from None
         except AccumulatorClosed:
@@ -388,6 +532,7 @@ class UpdateStage:
         info = self.client
         agg.round.pushed.add(info.client_id)
         agg.round.examples += self.num_examples
+        agg.round.updates[info.client_id] = (self.num_examples, self.largest)
         info.last_round_pushed = agg.round.number
         info.bytes_received += nbytes
         tier = agg.tiers[info.tier]

@@ -320,6 +320,15 @@ class AggregationSpec(ApiModel):
         description="compression: dtype of tensors on the wire (none = float32); the "
         "aggregator always merges in float32.",
     )
+    value_bound: float = Field(
+        default=1000.0,
+        ge=1,
+        le=1e6,
+        description="valueBound: the largest magnitude an update's value may have, as a "
+        "multiple of the larger of 1 and the largest magnitude of the same tensor in the "
+        "global model; an update beyond it is refused (out_of_bounds) and changes nothing. "
+        "1 to 1000000, default 1000.",
+    )
 
 
 Depth = Annotated[

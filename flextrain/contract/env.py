@@ -20,6 +20,7 @@ from typing import Final
 
 AGGREGATOR: Final = "FLEXTRAIN_AGGREGATOR"
 TOKEN: Final = "FLEXTRAIN_TOKEN"
+TIER_KEY: Final = "FLEXTRAIN_TIER_KEY"
 JOB: Final = "FLEXTRAIN_JOB"
 TIER: Final = "FLEXTRAIN_TIER"
 DEPTH: Final = "FLEXTRAIN_DEPTH"
@@ -39,6 +40,9 @@ PLAN: Final = "FLEXTRAIN_PLAN"
 PORT: Final = "FLEXTRAIN_PORT"
 METRICS_PORT: Final = "FLEXTRAIN_METRICS_PORT"
 CHECKPOINT_DIR: Final = "FLEXTRAIN_CHECKPOINT_DIR"
+PUSH_IDLE_SECONDS: Final = "FLEXTRAIN_PUSH_IDLE_SECONDS"
+PUSH_GRACE_SECONDS: Final = "FLEXTRAIN_PUSH_GRACE_SECONDS"
+PUSH_MIN_BYTES_PER_SECOND: Final = "FLEXTRAIN_PUSH_MIN_BYTES_PER_SECOND"
 #: Set by Kubernetes in the pods of an Indexed Job: the trainer's replica by default.
 COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"
 #: Every variable of the contract starts with this (`flextrain run` clears them all
@@ -48,6 +52,7 @@ PREFIX: Final = "FLEXTRAIN_"
 #: What the operator always sets itself: a pod template may not name these.
 RESERVED: Final[tuple[str, ...]] = (
     TOKEN,
+    TIER_KEY,
     JOB,
     TIER,
     DEPTH,
@@ -110,6 +115,18 @@ class _Reader:
             raise EnvError(f"{name}={number} is not a port: use {low}..65535")
         return number
 
+    def positive(self, name: str) -> float | None:
+        raw = self.get(name)
+        if raw is None:
+            return None
+        try:
+            number = float(raw)
+        except ValueError:
+            raise EnvError(f"{name}={raw!r} is not a number") from None
+        if not 0 < number < float("inf"):
+            raise EnvError(f"{name}={raw} must be a positive finite number")
+        return number
+
     def path(self, name: str) -> Path | None:
         value = self.get(name)
         return Path(value) if value else None
@@ -152,7 +169,9 @@ class TrainerEnv:
     source of truth."""
 
     aggregator: str
-    token: str
+    #: This trainer's tier key (flextrain.contract.credentials): its replica credential
+    #: is made from it.
+    tier_key: str
     job: str
     tier: str
     depth: int
@@ -170,13 +189,13 @@ class TrainerEnv:
 
     def to_env(self, *, leave_out: Collection[str] = ()) -> dict[str, str]:
         """The variables that configure this trainer. `leave_out`: what the pod gets
-        otherwise (FLEXTRAIN_TOKEN from the job's Secret; FLEXTRAIN_REPLICA_INDEX,
+        otherwise (FLEXTRAIN_TIER_KEY from the job's Secret; FLEXTRAIN_REPLICA_INDEX,
         whose place JOB_COMPLETION_INDEX takes in an Indexed Job)."""
         slots = f"{self.slots_dir}:{self.slots}" if self.slots_dir is not None else None
         return _write(
             (
                 (AGGREGATOR, self.aggregator),
-                (TOKEN, self.token),
+                (TIER_KEY, self.tier_key),
                 (JOB, self.job),
                 (TIER, self.tier),
                 (DEPTH, self.depth),
@@ -209,7 +228,7 @@ class TrainerEnv:
             slots_dir, slots = Path(where), r.integer(TRAINING_SLOTS, 0, 1, count)
         return cls(
             aggregator=address,
-            token=r.need(TOKEN),
+            tier_key=r.need(TIER_KEY),
             job=r.need(JOB),
             tier=r.need(TIER),
             depth=r.integer(DEPTH, 0, 1, r.need(DEPTH)),
@@ -247,6 +266,9 @@ class AggregatorEnv:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    push_idle_seconds: float | None = None
+    push_grace_seconds: float | None = None
+    push_min_bytes_per_second: float | None = None
 
     def to_env(self, *, leave_out: Collection[str] = ()) -> dict[str, str]:
         """The variables that configure this aggregator (`leave_out`: FLEXTRAIN_TOKEN
@@ -265,6 +287,9 @@ class AggregatorEnv:
                 (TLS_CERT, self.tls_cert),
                 (TLS_KEY, self.tls_key),
                 (TLS_CLIENT_CA, self.tls_client_ca),
+                (PUSH_IDLE_SECONDS, self.push_idle_seconds),
+                (PUSH_GRACE_SECONDS, self.push_grace_seconds),
+                (PUSH_MIN_BYTES_PER_SECOND, self.push_min_bytes_per_second),
             ),
             leave_out,
         )
@@ -285,6 +310,9 @@ class AggregatorEnv:
             tls_cert=r.path(TLS_CERT),
             tls_key=r.path(TLS_KEY),
             tls_client_ca=r.path(TLS_CLIENT_CA),
+            push_idle_seconds=r.positive(PUSH_IDLE_SECONDS),
+            push_grace_seconds=r.positive(PUSH_GRACE_SECONDS),
+            push_min_bytes_per_second=r.positive(PUSH_MIN_BYTES_PER_SECOND),
         )
 
 
@@ -293,7 +321,7 @@ class AggregatorEnv:
 #: variable -> (required, meaning) of each process, in the order of the docs' tables.
 TRAINER_VARIABLES: Final[dict[str, tuple[str, str]]] = {
     AGGREGATOR: ("yes", "host:port of the job's aggregator"),
-    TOKEN: ("yes", "the per-job token (the operator: from the job's Secret)"),
+    TIER_KEY: ("yes", "the tier's key, from which the trainer makes its replica credential (the operator: from the job's Secret)"),
     JOB: ("yes", "FlexTrainJob name"),
     TIER: ("yes", "tier name within the job"),
     DEPTH: ("yes", "blocks this tier trains (`auto` already resolved)"),
@@ -311,7 +339,7 @@ TRAINER_VARIABLES: Final[dict[str, tuple[str, str]]] = {
 }
 AGGREGATOR_VARIABLES: Final[dict[str, tuple[str, str]]] = {
     PLAN: ("--plan FILE", "the job and its resolved tier depths (JSON text)"),
-    TOKEN: ("--token-file FILE", "per-job token every RPC must carry"),
+    TOKEN: ("--token-file FILE", "the job token: authenticates GetStatus, and every replica credential is derived from it"),
     PORT: ("--port", f"gRPC port (default {DEFAULT_PORT}; 0: any free port)"),
     METRICS_PORT: ("--metrics-port", "Prometheus /metrics port (0: off)"),
     CHECKPOINT_DIR: ("--checkpoint-dir", "round checkpoints; resumes from the newest"),
@@ -322,6 +350,9 @@ AGGREGATOR_VARIABLES: Final[dict[str, tuple[str, str]]] = {
     TLS_CERT: ("--tls-cert", "serving certificate: TLS (with FLEXTRAIN_TLS_KEY)"),
     TLS_KEY: ("--tls-key", "the serving certificate's key"),
     TLS_CLIENT_CA: ("--tls-client-ca", "CA of client certificates: mutual TLS"),
+    PUSH_IDLE_SECONDS: ("--push-idle-seconds", "longest wait for a push's header and each of its chunks (default 10)"),
+    PUSH_GRACE_SECONDS: ("--push-grace-seconds", "waiting a push may spend beyond its bytes at the minimum rate (default 10)"),
+    PUSH_MIN_BYTES_PER_SECOND: ("--push-min-bytes-per-second", "slowest push taken (default 262144: 256 KiB/s)"),
     MALLOC_RETAIN: ("", "0: give freed memory back to the system (flextrain.allocator)"),
 }
 

@@ -26,6 +26,7 @@ class Status(StrEnum):
     ALREADY_EXISTS = "ALREADY_EXISTS"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 
 
 class Remedy(StrEnum):
@@ -37,12 +38,15 @@ class Remedy(StrEnum):
     """The update cannot count in its round any more: train the next round."""
     GIVE_UP = "give_up"
     """Permanent: retrying cannot help (token, job, configuration, a broken update)."""
+    RETRY = "retry"
+    """Transient (the network stalled): back off and make the same call again."""
 
 
 class Reason(StrEnum):
     """Machine-readable reason of a refusal; the value is what crosses the wire."""
 
     UNAUTHENTICATED = "unauthenticated"
+    WRONG_IDENTITY = "wrong_identity"
     WRONG_JOB = "wrong_job"
     UNKNOWN_TIER = "unknown_tier"
     BAD_REPLICA = "bad_replica"
@@ -59,10 +63,13 @@ class Reason(StrEnum):
     SHAPE_MISMATCH = "shape_mismatch"
     DTYPE_MISMATCH = "dtype_mismatch"
     NON_FINITE = "non_finite"
+    OUT_OF_BOUNDS = "out_of_bounds"
+    NON_FINITE_MERGE = "non_finite_merge"
     BAD_EXAMPLES = "bad_examples"
     TOO_LARGE = "too_large"
     TRUNCATED = "truncated"
     MALFORMED = "malformed"
+    PUSH_TIMEOUT = "push_timeout"
     MERGE_REJECTED = "merge_rejected"
 
     @property
@@ -104,7 +111,12 @@ class Rule(NamedTuple):
 _S, _R = Status, Remedy
 #: Every reason's status, remedy and description, in the order docs/aggregator.md lists them.
 RULES: dict[Reason, Rule] = {
-    Reason.UNAUTHENTICATED: Rule(_S.UNAUTHENTICATED, _R.GIVE_UP, "missing or wrong token"),
+    Reason.UNAUTHENTICATED: Rule(_S.UNAUTHENTICATED, _R.GIVE_UP, "missing, malformed or wrong credential"),
+    Reason.WRONG_IDENTITY: Rule(
+        _S.PERMISSION_DENIED,
+        _R.GIVE_UP,
+        "the call names another tier, replica or depth than its replica credential (or a job token is used to train)",
+    ),
     Reason.WRONG_JOB: Rule(_S.NOT_FOUND, _R.GIVE_UP, "Join names another job"),
     Reason.UNKNOWN_TIER: Rule(_S.NOT_FOUND, _R.GIVE_UP, "Join names a tier the job lacks"),
     Reason.BAD_REPLICA: Rule(_S.INVALID_ARGUMENT, _R.GIVE_UP, "replica index outside 0..replicas-1"),
@@ -125,6 +137,18 @@ RULES: dict[Reason, Rule] = {
     Reason.SHAPE_MISMATCH: Rule(_S.INVALID_ARGUMENT, _R.GIVE_UP, "a tensor's shape differs"),
     Reason.DTYPE_MISMATCH: Rule(_S.INVALID_ARGUMENT, _R.GIVE_UP, "a tensor's wire dtype differs"),
     Reason.NON_FINITE: Rule(_S.INVALID_ARGUMENT, _R.GIVE_UP, "NaN or infinity in a tensor"),
+    Reason.OUT_OF_BOUNDS: Rule(
+        _S.INVALID_ARGUMENT,
+        _R.GIVE_UP,
+        "a value beyond the update bound (a multiple of the global tensor's largest magnitude), "
+        "or an integer counter outside its range",
+    ),
+    Reason.NON_FINITE_MERGE: Rule(
+        _S.INVALID_ARGUMENT,
+        _R.GIVE_UP,
+        "counted, not answered: an accepted update named when its round's merge was not finite "
+        "(the round keeps the previous model)",
+    ),
     Reason.BAD_EXAMPLES: Rule(
         _S.INVALID_ARGUMENT, _R.GIVE_UP, "example count not positive, or more than the sender's data shard holds"
     ),
@@ -133,7 +157,15 @@ RULES: dict[Reason, Rule] = {
     ),
     Reason.TRUNCATED: Rule(_S.INVALID_ARGUMENT, _R.GIVE_UP, "fewer bytes than the header describes"),
     Reason.MALFORMED: Rule(
-        _S.INVALID_ARGUMENT, _R.GIVE_UP, "chunks out of order, or a header that describes no tensors this protocol carries"
+        _S.INVALID_ARGUMENT,
+        _R.GIVE_UP,
+        "bytes that do not decode as the call's message, chunks out of order, a header over its size or "
+        "tensor-count bound, or one that describes no tensors this protocol carries",
+    ),
+    Reason.PUSH_TIMEOUT: Rule(
+        _S.DEADLINE_EXCEEDED,
+        _R.RETRY,
+        "a push sent nothing for the idle timeout, or fell behind the minimum rate (its update is dropped)",
     ),
     Reason.MERGE_REJECTED: Rule(_S.INVALID_ARGUMENT, _R.GIVE_UP, "the merge strategy refuses the update"),
 }

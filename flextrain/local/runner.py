@@ -25,6 +25,7 @@ from types import FrameType
 from flextrain.api.catalog import DATASETS
 from flextrain.api.validation import ValidationResult, validate_files
 from flextrain.contract import env as contract
+from flextrain.contract.credentials import tier_key
 from flextrain.contract.env import EXIT_PERMANENT, TrainerEnv
 from flextrain.jobplan import JobPlan, PlanError, plan_job
 from flextrain.local.progress import Progress
@@ -189,7 +190,7 @@ class LocalRun:
                 env = self._env(
                     **TrainerEnv(
                         aggregator=f"127.0.0.1:{port}",
-                        token=token,
+                        tier_key=tier_key(token, self.plan.name, tier.name),
                         job=self.plan.name,
                         tier=tier.name,
                         depth=tier.depth,

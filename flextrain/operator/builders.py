@@ -26,6 +26,7 @@ from flextrain.api.devicetier import GPU_RESOURCE, DeviceTier
 from flextrain.api.flextrainjob import DataSource, FlexTrainJob, PodTemplate
 from flextrain.api.quantity import parse_quantity
 from flextrain.contract import env as contract
+from flextrain.contract.credentials import secret_key_of, tier_key
 from flextrain.contract.env import EXIT_PERMANENT, AggregatorEnv, TrainerEnv
 from flextrain.jobplan import JobPlan, TierPlan
 from flextrain.operator import names
@@ -117,20 +118,19 @@ def _security(settings: OperatorSettings) -> tuple[JSON, JSON]:
     return pod, container
 
 
-def _contract_env(variables: Mapping[str, str], job_name: str) -> list[JSON]:
-    """A process's contract variables as container env, FLEXTRAIN_TOKEN read from the
-    job's Secret (second, where the builders always put it)."""
+def _contract_env(variables: Mapping[str, str], secret: JSON) -> list[JSON]:
+    """A process's contract variables as container env, with `secret` (its key from
+    the job's Secret) second, where the builders always put it."""
     env = [{"name": k, "value": v} for k, v in variables.items()]
-    env.insert(1, _token_env(job_name))
+    env.insert(1, secret)
     return env
 
 
-def _token_env(job_name: str) -> JSON:
+def _secret_env(variable: str, job_name: str, key: str) -> JSON:
+    """`variable` read from `key` of the job's Secret."""
     return {
-        "name": contract.TOKEN,
-        "valueFrom": {
-            "secretKeyRef": {"name": names.secret_name(job_name), "key": names.TOKEN_KEY}
-        },
+        "name": variable,
+        "valueFrom": {"secretKeyRef": {"name": names.secret_name(job_name), "key": key}},
     }
 
 
@@ -172,15 +172,25 @@ def _tmp(settings: OperatorSettings) -> tuple[list[JSON], list[JSON], list[JSON]
 # -- the children ---------------------------------------------------------------------
 
 
+def secret_data(job: FlexTrainJob, token: str) -> dict[str, str]:
+    """The job Secret's data: the random job token under key `token` (the aggregator's)
+    and each tier's key under `tier-<tier>` (that tier's trainers'; see
+    flextrain.contract.credentials), base64-encoded."""
+    name = job.metadata.name
+    plain = {names.TOKEN_KEY: token}
+    plain |= {secret_key_of(t.name): tier_key(token, name, t.name) for t in job.spec.tiers}
+    return {key: base64.b64encode(value.encode()).decode() for key, value in plain.items()}
+
+
 def build_secret(job: FlexTrainJob, token: str, owner: JSON) -> JSON:
-    """The job's Secret holding its random token under key `token`."""
+    """The job's Secret (see `secret_data`)."""
     name, namespace = job.metadata.name, job.metadata.namespace or "default"
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": _meta(names.secret_name(name), namespace, names.job_labels(name), owner),
         "type": "Opaque",
-        "data": {names.TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+        "data": secret_data(job, token),
     }
 
 
@@ -262,7 +272,7 @@ def build_aggregator_deployment(
         log_format="json",
         data_dir=Path(data_dir) if data_dir else None,
     ).to_env(leave_out=(contract.TOKEN,))
-    env = [*_contract_env(variables, name), *tmp_env]
+    env = [*_contract_env(variables, _secret_env(contract.TOKEN, name, names.TOKEN_KEY)), *tmp_env]
     ports: list[JSON] = [
         {"name": names.GRPC_PORT_NAME, "containerPort": settings.aggregator_port, "protocol": "TCP"}
     ]
@@ -380,7 +390,7 @@ def build_tier_job(
 
     variables = TrainerEnv(
         aggregator=settings.address_of(namespace, name, service),
-        token="",  # from the job's Secret
+        tier_key="",  # from the job's Secret
         job=name,
         tier=tier.name,
         depth=tier.depth,
@@ -389,8 +399,8 @@ def build_tier_job(
         log_format="json",
         data_dir=Path(data_dir) if data_dir else None,
         threads=_threads(device_tier) or 0,
-    ).to_env(leave_out=(contract.TOKEN, contract.REPLICA_INDEX))
-    env = [*_contract_env(variables, name), *tmp_env]
+    ).to_env(leave_out=(contract.TIER_KEY, contract.REPLICA_INDEX))
+    env = [*_contract_env(variables, _secret_env(contract.TIER_KEY, name, secret_key_of(tier.name))), *tmp_env]
     container: JSON = {
         "name": TRAINER_CONTAINER,
         "image": device_tier.spec.image or job.spec.image or settings.image,

@@ -112,8 +112,9 @@ RULES: Final[tuple[Rule, ...]] = (
     Rule(
         "",
         ("secrets",),
-        ("get", "create"),
-        "the per-job token Secret: created once, read by name (never listed)",
+        ("get", "create", "patch"),
+        "the per-job token Secret: created once, read by name (never listed); patched only to add "
+        "the tier keys to a Secret made before they existed",
         "namespaced",
     ),
     Rule(

@@ -44,7 +44,7 @@ from flextrain.api.devicetier import KIND as KIND_TIER
 from flextrain.api.devicetier import DeviceTier, DeviceTierStatus
 from flextrain.api.flextrainjob import KIND, FlexTrainJob, FlexTrainJobStatus
 from flextrain.api.validation import object_problems
-from flextrain.operator import names, observed
+from flextrain.operator import builders, names, observed
 from flextrain.operator.config import OperatorSettings
 from flextrain.operator.kube import Conflict, KubeClient, KubeError, status_patch
 from flextrain.operator.plan import AggregatorReading, CreateFailure, Event, Plan
@@ -300,7 +300,7 @@ class Runtime:
         # New: nothing written to its status yet (parse_status reads a missing status as
         # an empty one, never None) and no child in the caches.
         fresh = not any(k != "kopf" for k in status_before) and not seen.any_child
-        await self._ensure_token(memory, namespace, name, uid, fresh=fresh)
+        await self._ensure_token(memory, job, uid, fresh=fresh)
         seen = dataclasses.replace(seen, secret=memory.secret)
         reading = await self._read_aggregator(memory, seen, namespace, name)
 
@@ -362,14 +362,16 @@ class Runtime:
         return delay
 
     async def _ensure_token(
-        self, memory: _JobMemory, namespace: str, name: str, uid: str, *, fresh: bool
+        self, memory: _JobMemory, job: FlexTrainJob, uid: str, *, fresh: bool
     ) -> None:
         """Know the job's token: read its Secret once per daemon (the operator restarted,
         or the job is older than this process); a brand-new job gets a new token and its
         Secret is created (a 409 then means it existed after all). A Secret the job does
-        not own is read again on every pass until it is gone: its token is never used."""
+        not own is read again on every pass until it is gone: its token is never used.
+        The Secret of a job created before tier keys existed gets them added."""
         if memory.token is not None:
             return
+        name, namespace = job.metadata.name, job.metadata.namespace or "default"
         secret = (
             None
             if fresh
@@ -380,6 +382,12 @@ class Runtime:
             memory.token = new_token()
             return
         self._remember_secret(memory, secret, uid)
+        if memory.token is not None:
+            have = secret.get("data") or {}
+            missing = {k: v for k, v in builders.secret_data(job, memory.token).items() if k not in have}
+            if missing:
+                await self.kube.patch("v1", "Secret", names.secret_name(name), namespace, {"data": missing})
+                log.info("added the tier keys %s to Secret %s/%s", sorted(missing), namespace, names.secret_name(name))
 
     @staticmethod
     def _remember_secret(memory: _JobMemory, secret: Mapping[str, Any], uid: str) -> None:

@@ -17,11 +17,12 @@ import torch
 from torch import Tensor
 
 from flextrain import backoff
+from flextrain.contract.credentials import ReplicaIdentity, replica_credential
 from flextrain.contract.refusals import Reason, Remedy
 from flextrain.proto.v1 import aggregator_pb2 as pb
 from flextrain.proto.v1 import aggregator_pb2_grpc as pb_grpc
 from flextrain.trainer.config import TrainerConfig
-from flextrain.wire.auth import REASON_KEY, metadata
+from flextrain.wire.auth import REASON_KEY, replica_metadata
 from flextrain.wire.frames import data_frames, parse_model_chunk, serialize_chunk
 from flextrain.wire.messages import Joined, JoinRequest, PullRequest, UpdateHeader
 from flextrain.wire.serde import (
@@ -66,7 +67,12 @@ class Fatal(Exception):
 
 
 #: The exception of each remedy a refusal's reason names (flextrain.contract.refusals).
-_REMEDIES: dict[Remedy, type[Exception]] = {Remedy.REJOIN: Rejoin, Remedy.NEXT_ROUND: Stale, Remedy.GIVE_UP: Fatal}
+_REMEDIES: dict[Remedy, type[Exception]] = {
+    Remedy.REJOIN: Rejoin,
+    Remedy.NEXT_ROUND: Stale,
+    Remedy.GIVE_UP: Fatal,
+    Remedy.RETRY: Retry,
+}
 
 
 def _classify(error: grpc.RpcError) -> Exception:
@@ -95,7 +101,8 @@ class AggregatorClient:
 
     def __init__(self, config: TrainerConfig) -> None:
         self.config = config
-        self._metadata = metadata(config.token)
+        identity = ReplicaIdentity(config.tier, config.depth, config.replica_index)
+        self._metadata = replica_metadata(replica_credential(config.tier_key, identity))
         if config.tls_ca:
             key = config.tls_key.read_bytes() if config.tls_key else None
             cert = config.tls_cert.read_bytes() if config.tls_cert else None

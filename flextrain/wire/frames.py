@@ -12,7 +12,9 @@ checks both directions against the generated classes); headers go through protob
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Final
+from typing import Final, TypeVar
+
+from google.protobuf.message import DecodeError, Message
 
 from flextrain.proto.v1 import aggregator_pb2 as pb
 
@@ -106,7 +108,41 @@ def parse_model_chunk(raw: bytes) -> pb.ModelChunk | memoryview:
     return pb.ModelChunk.FromString(raw) if data is None else data
 
 
-def parse_update_chunk(raw: bytes) -> pb.UpdateChunk | memoryview:
-    """Request deserializer of PushUpdate: a data view, or the parsed message."""
+#: The largest header chunk a PushUpdate may start with: ample for any model this
+#: protocol carries (ResNet-110's header is 8 KiB; 1 MiB lists some 20,000 tensors),
+#: and a bound on what one header costs to parse before its tensors are counted.
+MAX_HEADER_BYTES: Final[int] = 1024 * 1024
+
+
+class Undecodable:
+    """A received message that did not decode: what the deserializer hands on instead of
+    raising (an exception there becomes an UNKNOWN status and an error log per call);
+    the servicer refuses it as ``malformed``."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+
+def parse_update_chunk(raw: bytes) -> pb.UpdateChunk | memoryview | Undecodable:
+    """Request deserializer of PushUpdate: a data view, the parsed message, or
+    Undecodable (bytes that are no UpdateChunk, or a header over MAX_HEADER_BYTES)."""
     data = read_data(raw)
-    return pb.UpdateChunk.FromString(raw) if data is None else data
+    if data is not None:
+        return data
+    if len(raw) > MAX_HEADER_BYTES:
+        return Undecodable(f"a non-data chunk of {len(raw)} bytes; a header may have at most {MAX_HEADER_BYTES}")
+    return decode_message(pb.UpdateChunk, raw)
+
+
+M = TypeVar("M", bound=Message)
+
+
+def decode_message(cls: type[M], raw: bytes) -> M | Undecodable:
+    """`raw` parsed as a `cls`, or Undecodable (never raises)."""
+    try:
+        message: M = cls.FromString(raw)
+    except DecodeError as exc:
+        return Undecodable(f"{len(raw)} bytes that are no valid {cls.__name__} ({exc})")
+    return message

@@ -15,10 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from flextrain.api.flextrainjob import FlexTrainJob
+from flextrain.contract.credentials import ReplicaIdentity, replica_credential, tier_key
 from flextrain.jobplan import JobPlan, plan_job
+from flextrain.wire.auth import replica_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "integration-test-token"
+
+
+def replica_auth(job: str, tier: str, replica: int, depth: int, token: str = TOKEN) -> tuple[tuple[str, str], ...]:
+    """Call metadata of replica `replica` of `tier` (at `depth`), as its trainer sends it."""
+    identity = ReplicaIdentity(tier, depth, replica)
+    return replica_metadata(replica_credential(tier_key(token, job, tier), identity))
 
 
 def tiny_job(name: str = "tiny", *, tiers: list[tuple[str, int, int]] | None = None, **spec: Any) -> FlexTrainJob:
@@ -134,7 +142,7 @@ class Cluster:
         depth = self.plan.tier(tier).depth
         variables = child_env(
             FLEXTRAIN_AGGREGATOR=f"127.0.0.1:{self.port}",
-            FLEXTRAIN_TOKEN=TOKEN,
+            FLEXTRAIN_TIER_KEY=tier_key(TOKEN, self.plan.name, tier),
             FLEXTRAIN_JOB=self.plan.name,
             FLEXTRAIN_TIER=tier,
             FLEXTRAIN_DEPTH=str(depth),

@@ -13,6 +13,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from torch import Tensor
 
+from flextrain.contract.credentials import tier_key
 from flextrain.contract.refusals import Reason
 from flextrain.core.merge import merge
 from flextrain.proto.v1 import aggregator_pb2 as pb
@@ -22,10 +23,21 @@ from flextrain.trainer.config import TrainerConfig
 from flextrain.wire.auth import REASON_KEY, metadata
 from flextrain.wire.serde import spec_from_proto, spec_to_proto
 from flextrain.wire.tensors import Spec, decode, encode
-from tests.integration.procs import TOKEN, Cluster, make_cluster, tiny_job
+from tests.integration.procs import TOKEN, Cluster, make_cluster, replica_auth, tiny_job
 
 AUTH = metadata(TOKEN)
+DEPTHS = {"shallow": 1, "deep": 3}
 Code = grpc.StatusCode
+
+
+def auth(tier: str, replica: int = 0, depth: int | None = None) -> tuple[tuple[str, str], ...]:
+    """The replica credential's metadata (at its tier's depth unless `depth`)."""
+    return replica_auth("rejects", tier, replica, depth if depth is not None else DEPTHS.get(tier, 1))
+
+
+def client_auth(client: str) -> tuple[tuple[str, str], ...]:
+    tier, _, replica = client.rpartition("-")
+    return auth(tier, int(replica))
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +59,13 @@ def stub(server: Cluster) -> Iterator[pb_grpc.AggregatorStub]:
 
 
 def join(stub: pb_grpc.AggregatorStub, tier: str, depth: int) -> pb.JoinResponse:
-    return stub.Join(pb.JoinRequest(job="rejects", tier=tier, replica_index=0, depth=depth), metadata=AUTH)
+    return stub.Join(pb.JoinRequest(job="rejects", tier=tier, replica_index=0, depth=depth), metadata=auth(tier, 0, depth))
 
 
 def pull(stub: pb_grpc.AggregatorStub, client: str, min_round: int = 1) -> tuple[int, dict[str, Tensor], str]:
-    stream = stub.PullModel(pb.PullModelRequest(client_id=client, min_round=min_round, wait_seconds=20), metadata=AUTH)
+    stream = stub.PullModel(
+        pb.PullModelRequest(client_id=client, min_round=min_round, wait_seconds=20), metadata=client_auth(client)
+    )
     header = next(stream).header
     payload = b"".join(c.data for c in stream)
     specs = [spec_from_proto(t) for t in header.tensors]
@@ -84,7 +98,7 @@ def push(
     )
     data = [pb.UpdateChunk(data=payload[i : i + (1 << 20)]) for i in range(0, len(payload), 1 << 20)]
     chunks = [header, *data] if header_first else [*data, header]
-    return stub.PushUpdate(iter(chunks), metadata=AUTH, timeout=30)
+    return stub.PushUpdate(iter(chunks), metadata=client_auth(client), timeout=30)
 
 
 def refused(call: object, code: grpc.StatusCode, *words: str) -> grpc.RpcError:
@@ -127,18 +141,26 @@ def test_bad_requests_are_refused_and_change_nothing(server: Cluster, stub: pb_g
     bad_token = (("authorization", "Bearer nope"),)
     refused(lambda: stub.GetStatus(pb.GetStatusRequest(), metadata=bad_token), Code.UNAUTHENTICATED, "token")
     refused(lambda: stub.Join(pb.JoinRequest(job="rejects", tier="deep", depth=3)), Code.UNAUTHENTICATED)
-    refused(lambda: stub.Join(pb.JoinRequest(job="other", tier="deep", depth=3), metadata=AUTH), Code.NOT_FOUND, "other")
-    refused(lambda: stub.Join(pb.JoinRequest(job="rejects", tier="gpu", depth=3), metadata=AUTH), Code.NOT_FOUND, "gpu")
+    # The job token does not train; a credential of another job or tier does not verify.
+    refused(lambda: stub.Join(pb.JoinRequest(job="rejects", tier="deep", depth=3), metadata=AUTH), Code.PERMISSION_DENIED, "job token")
+    other_job = replica_auth("other", "deep", 0, 3)
+    refused(lambda: stub.Join(pb.JoinRequest(job="other", tier="deep", depth=3), metadata=other_job), Code.UNAUTHENTICATED, "credential")
+    refused(lambda: stub.Join(pb.JoinRequest(job="rejects", tier="gpu", depth=3), metadata=auth("gpu", 0, 3)), Code.UNAUTHENTICATED)
+    refused(lambda: stub.Join(pb.JoinRequest(job="other", tier="deep", depth=3), metadata=auth("deep")), Code.NOT_FOUND, "other")
     # A 1 MiB tier name is not echoed back in full (nor logged: the same message).
-    huge = refused(lambda: stub.Join(pb.JoinRequest(job="rejects", tier="t" * (1 << 20), depth=3), metadata=AUTH), Code.NOT_FOUND, "characters cut")
+    huge = refused(
+        lambda: stub.Join(pb.JoinRequest(job="rejects", tier="t" * (1 << 20), depth=3), metadata=auth("deep")),
+        Code.PERMISSION_DENIED,
+        "characters cut",
+    )
     assert len(huge.details()) < 600
     refused(lambda: join(stub, "deep", 2), Code.FAILED_PRECONDITION, "depth 3")
     refused(
-        lambda: stub.Join(pb.JoinRequest(job="rejects", tier="deep", replica_index=4, depth=3), metadata=AUTH),
+        lambda: stub.Join(pb.JoinRequest(job="rejects", tier="deep", replica_index=4, depth=3), metadata=auth("deep", 4)),
         Code.INVALID_ARGUMENT,
         "replica_index 4",
     )
-    refused(lambda: push(stub, "ghost-0", global_shallow), Code.FAILED_PRECONDITION, "ghost-0")
+    refused(lambda: push(stub, "deep-5", global_deep), Code.FAILED_PRECONDITION, "deep-5")
     refused(lambda: push(stub, shallow, global_shallow, round_number=0), Code.FAILED_PRECONDITION, "round 0")
     refused(lambda: push(stub, shallow, global_shallow, round_number=7), Code.INVALID_ARGUMENT, "round 7")
     refused(lambda: push(stub, shallow, with_(global_shallow, **{deep_key.replace(".", "__"): global_deep[deep_key]})), Code.PERMISSION_DENIED, deep_key)
@@ -173,7 +195,7 @@ def test_bad_requests_are_refused_and_change_nothing(server: Cluster, stub: pb_g
     status = stub.GetStatus(pb.GetStatusRequest(), metadata=AUTH)
     rejected = dict(status.updates_rejected)
     for reason in (
-        "unauthenticated", "wrong_job", "unknown_tier", "depth_mismatch", "bad_replica", "unknown_client",
+        "unauthenticated", "wrong_identity", "wrong_job", "depth_mismatch", "bad_replica", "unknown_client",
         "stale_round", "future_round", "too_deep", "missing_tensor", "unknown_tensor", "shape_mismatch",
         "dtype_mismatch", "non_finite", "bad_examples", "too_large", "truncated", "malformed", "duplicate",
     ):
@@ -190,12 +212,13 @@ def test_the_trainer_does_what_each_refusals_reason_says(server: Cluster) -> Non
     """The trainer's client against the real server: a forgotten client re-joins, a
     late or second update moves on to the next round, anything else is given up."""
     address = f"127.0.0.1:{server.port}"
-    client = AggregatorClient(TrainerConfig(address, TOKEN, "rejects", "shallow", 1, 0))
-    wrong_tier = AggregatorClient(TrainerConfig(address, TOKEN, "rejects", "gpu", 1, 0))
+    client = AggregatorClient(TrainerConfig(address, tier_key(TOKEN, "rejects", "shallow"), "rejects", "shallow", 1, 0))
+    unknown = AggregatorClient(TrainerConfig(address, tier_key(TOKEN, "rejects", "deep"), "rejects", "deep", 3, 7))
+    wrong_tier = AggregatorClient(TrainerConfig(address, tier_key(TOKEN, "rejects", "gpu"), "rejects", "gpu", 1, 0))
     try:
         with pytest.raises(Rejoin, match="FAILED_PRECONDITION"):
-            client.pull("ghost-0", 1, wait_seconds=0)
-        with pytest.raises(Fatal, match="NOT_FOUND"):
+            unknown.pull("deep-7", 1, wait_seconds=0)
+        with pytest.raises(Fatal, match="UNAUTHENTICATED"):
             wrong_tier.join()
         joined = client.join()
         pulled = client.pull(joined.client_id, joined.round, wait_seconds=20)
@@ -205,7 +228,7 @@ def test_the_trainer_does_what_each_refusals_reason_says(server: Cluster) -> Non
         client.push(joined.client_id, pulled.round, pulled.tensors, 10, wire, 0.0, 0.0)
         with pytest.raises(Stale, match="ALREADY_EXISTS"):  # duplicate
             client.push(joined.client_id, pulled.round, pulled.tensors, 10, wire, 0.0, 0.0)
-        other = AggregatorClient(TrainerConfig(address, TOKEN, "rejects", "deep", 3, 0))
+        other = AggregatorClient(TrainerConfig(address, tier_key(TOKEN, "rejects", "deep"), "rejects", "deep", 3, 0))
         try:
             deep = other.join()
             deep_tensors = other.pull(deep.client_id, deep.round, wait_seconds=20).tensors
@@ -217,4 +240,5 @@ def test_the_trainer_does_what_each_refusals_reason_says(server: Cluster) -> Non
             other.close()
     finally:
         client.close()
+        unknown.close()
         wrong_tier.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flextrain.contract.credentials import tier_key
 from flextrain.trainer.client import AggregatorClient
 from flextrain.trainer.config import TrainerConfig
 from flextrain.wire.tensors import encode
@@ -88,7 +89,7 @@ def test_model_over_100_mb_moves_intact(tmp_path: Path) -> None:
     cluster = make_cluster(tmp_path, job)
     try:
         cluster.start_aggregator(checkpoints=False)
-        config = TrainerConfig(f"127.0.0.1:{cluster.port}", TOKEN, "large", "full", 9, 0)
+        config = TrainerConfig(f"127.0.0.1:{cluster.port}", tier_key(TOKEN, "large", "full"), "large", "full", 9, 0)
         client = AggregatorClient(config)
         try:
             joined = client.join()
@@ -123,19 +124,19 @@ def test_pulls_that_stop_reading_do_not_stall_the_others(tmp_path: Path) -> None
     try:
         cluster.start_aggregator(checkpoints=False)
         address = f"127.0.0.1:{cluster.port}"
-        staller = AggregatorClient(TrainerConfig(address, TOKEN, "stalls", "full", 9, 0))
+        staller = AggregatorClient(TrainerConfig(address, tier_key(TOKEN, "stalls", "full"), "stalls", "full", 9, 0))
         stalled_clients.append(staller)
         stalled_id = staller.join().client_id
         streams = []
         for _ in range(PULL_CHUNKS_IN_FLIGHT + 2):
             # A channel each (as separate trainers), reading the header and no more.
-            client = AggregatorClient(TrainerConfig(address, TOKEN, "stalls", "full", 9, 0))
+            client = AggregatorClient(TrainerConfig(address, tier_key(TOKEN, "stalls", "full"), "stalls", "full", 9, 0))
             stalled_clients.append(client)
             request = pb.PullModelRequest(client_id=stalled_id, min_round=1, wait_seconds=5)
             stream = client._pull_model(request, metadata=client._metadata, timeout=200)
             next(stream)  # the header; the data chunks then fill the stream's window
             streams.append(stream)
-        reader = AggregatorClient(TrainerConfig(address, TOKEN, "stalls", "full", 9, 1))
+        reader = AggregatorClient(TrainerConfig(address, tier_key(TOKEN, "stalls", "full"), "stalls", "full", 9, 1))
         stalled_clients.append(reader)
         reader_id = reader.join().client_id
         pulled = pool.submit(reader.pull, reader_id, 1).result(timeout=60)

@@ -46,7 +46,7 @@ def test_three_tiers_train_to_completion_and_accuracy_rises(cluster: Cluster) ->
 
 def test_trainer_exits_with_a_reason_on_a_wrong_token(cluster: Cluster) -> None:
     cluster.start_aggregator(checkpoints=False)
-    proc = cluster.start_trainer("shallow", 0, FLEXTRAIN_TOKEN="wrong")
+    proc = cluster.start_trainer("shallow", 0, FLEXTRAIN_TIER_KEY="wrong")
     assert proc.wait(timeout=60) == 2
     assert "UNAUTHENTICATED" in proc.output()
 

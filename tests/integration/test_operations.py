@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flextrain.contract.credentials import tier_key
 from flextrain.core.models import ModelSpec
 from flextrain.trainer.client import AggregatorClient
 from flextrain.trainer.config import TrainerConfig
@@ -108,7 +109,7 @@ def _certificates(tmp: Path) -> dict[str, Path]:
 
 
 def _join(port: int, **tls: Path) -> str:
-    client = AggregatorClient(TrainerConfig(f"localhost:{port}", TOKEN, "tls", "deep", 3, 0, **tls))  # type: ignore[arg-type]
+    client = AggregatorClient(TrainerConfig(f"localhost:{port}", tier_key(TOKEN, "tls", "deep"), "tls", "deep", 3, 0, **tls))  # type: ignore[arg-type]
     try:
         return client.join().client_id
     finally:
@@ -140,7 +141,7 @@ def test_pull_can_reuse_its_receive_buffer(tmp_path: Path) -> None:
     cluster = make_cluster(tmp_path, tiny_job("reuse", tiers=[("deep", 3, 1)], training={"rounds": 2}))
     try:
         cluster.start_aggregator(checkpoints=False)
-        client = AggregatorClient(TrainerConfig(f"127.0.0.1:{cluster.port}", TOKEN, "reuse", "deep", 3, 0))
+        client = AggregatorClient(TrainerConfig(f"127.0.0.1:{cluster.port}", tier_key(TOKEN, "reuse", "deep"), "reuse", "deep", 3, 0))
         try:
             joined = client.join()
             first = client.pull(joined.client_id, 1, reuse_buffer=True)

@@ -160,7 +160,8 @@ async def test_job_gets_secret_aggregator_and_one_indexed_job_per_tier(cluster: 
         }
         env = _env(trainer)
         assert env["FLEXTRAIN_AGGREGATOR"] == "train-aggregator.default.svc:50051"
-        assert env["FLEXTRAIN_TOKEN"] == {"secretKeyRef": {"name": "train-token", "key": "token"}}
+        assert "FLEXTRAIN_TOKEN" not in env  # the job token stays with the aggregator
+        assert env["FLEXTRAIN_TIER_KEY"] == {"secretKeyRef": {"name": "train-token", "key": "tier-deep"}}
         assert (env["FLEXTRAIN_JOB"], env["FLEXTRAIN_TIER"], env["FLEXTRAIN_DEPTH"]) == (
             "train",
             "deep",

@@ -52,10 +52,11 @@ cluster-wide, else one Role per watched namespace. */}}
 - apiGroups: ["flextrain.dev"]
   resources: ["flextrainjobs/status"]
   verbs: ["get", "patch"]
-# Application: the per-job token Secret: created once, read by name (never listed).
+# Application: the per-job token Secret: created once, read by name (never listed);
+# patched only to add the tier keys to a Secret made before they existed.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create"]
+  verbs: ["get", "create", "patch"]
 # Application: the aggregator's Service.
 - apiGroups: [""]
   resources: ["services"]

@@ -241,6 +241,11 @@ class Accumulator(ABC):
             self.num_clients += 1
             self.num_examples += staged.num_examples
 
+    def weight(self, num_examples: int) -> float:
+        """How much an update of `num_examples` weighs in the running state (1 for a
+        strategy that does not weigh updates by their counts)."""
+        return 1.0
+
     # -- helpers for subclasses ----------------------------------------------------------
 
     def _sum_dtype(self, key: str) -> torch.dtype:
@@ -404,6 +409,9 @@ class LinearAccumulator(Accumulator):
     @abstractmethod
     def _weight(self, num_examples: int) -> float:
         """Factor of an update's floating values in the running sum."""
+
+    def weight(self, num_examples: int) -> float:
+        return self._weight(num_examples)
 
     @abstractmethod
     def _count(self, num_examples: int) -> int:

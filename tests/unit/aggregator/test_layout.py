@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[3] / "flextrain" / "aggregator"
 #: What the servicer may use of AggregatorService.
 SERVICE_API = {
     "name", "start", "stop", "join", "pull", "send", "expected_update", "begin_push", "receive_push", "refusal", "status",
+    "push_timeouts", "model_tensors", "tier_names",
 }
 
 

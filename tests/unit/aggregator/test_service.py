@@ -409,3 +409,77 @@ async def test_a_chunk_that_holds_its_slot_past_the_lease_loses_it() -> None:
     assert slots.free == 1  # its late exit gave nothing back twice
     async with slots.slot():
         assert slots.free == 0
+
+
+# -- push timeouts and the refusal log ---------------------------------------------------
+
+
+def test_push_timeouts_allow_the_idle_time_or_what_the_minimum_rate_leaves() -> None:
+    from flextrain.aggregator.flow import PushTimeouts
+
+    t = PushTimeouts(idle_seconds=10, grace_seconds=5, min_bytes_per_second=1000)
+    assert t.next_wait(0, 0) == 5  # grace first
+    assert t.next_wait(0, 100_000) == 10  # far ahead of the rate: the idle timeout
+    assert t.next_wait(7, 3000) == 1  # 5 + 3 - 7
+    assert t.next_wait(9, 3000) < 0  # fallen behind
+    assert t.longest_seconds(20_000) == 25
+    with pytest.raises(ValueError, match="idle_seconds"):
+        PushTimeouts(idle_seconds=0)
+
+
+async def test_a_push_that_stops_sending_is_refused_and_frees_the_line() -> None:
+    from flextrain.aggregator.errors import Rejected
+    from flextrain.aggregator.flow import PushTimeouts
+
+    job = tiny_job(tiers=[("shallow", 1, 2)])
+    service = AggregatorService(plan_job(job, {}), Settings(push_timeouts=PushTimeouts(0.2, 0.2, 1 << 20)))
+    await service.start()
+    try:
+        for replica in (0, 1):
+            service.join("tiny", "shallow", replica, 1)
+        tensors = service.agg.prefix_state(1)
+        encoded = encode(tensors)
+
+        async def stalls() -> AsyncIterator[bytes]:
+            yield encoded.payload[:64]
+            await asyncio.sleep(30)
+            yield b""  # never reached
+
+        ticket = service.begin_push("shallow-0", 1, 10, encoded.specs)
+        started = time.monotonic()
+        with pytest.raises(Rejected, match="idle timeout") as info:
+            async with service.receive_push(ticket) as push:
+                async for chunk in push.paced(stalls()):
+                    await push.feed(chunk)
+        assert info.value.reason == "push_timeout" and time.monotonic() - started < 1.0
+        assert service.rounds.rejections == {"push_timeout": 1} and not service.agg.round.pushed
+
+        async def whole() -> AsyncIterator[bytes]:
+            yield encoded.payload
+
+        ticket = service.begin_push("shallow-1", 1, 10, encoded.specs)
+        async with service.receive_push(ticket) as push:
+            async for chunk in push.paced(whole()):
+                await push.feed(chunk)
+            assert await push.finish() == 1
+    finally:
+        await service.stop()
+
+
+def test_refusals_are_logged_at_most_a_burst_per_reason_and_window(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from flextrain.aggregator.errors import RefusalLog, Rejected
+    from flextrain.contract.refusals import Reason
+
+    now = [0.0]
+    logger = logging.getLogger("test.refusals")
+    limited = RefusalLog(logger, burst=2, window=10, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="test.refusals"):
+        logged = [limited(Rejected(Reason.MALFORMED, f"garbage {i}")) for i in range(5)]
+        assert logged == [True, True, False, False, False]
+        assert limited(Rejected(Reason.UNAUTHENTICATED, "other reason"))  # its own budget
+        now[0] = 11.0
+        assert limited(Rejected(Reason.MALFORMED, "later"))
+    assert "garbage 2" not in caplog.text
+    assert "later (3 more refused for this reason and not logged)" in caplog.text

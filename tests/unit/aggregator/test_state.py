@@ -74,10 +74,10 @@ def test_rejected_fold_leaves_everything_unchanged() -> None:
     assert all(torch.equal(before[k], agg.global_state[k]) for k in before)
 
 
-def _stream(agg: Aggregation, client: str, tensors: dict[str, torch.Tensor], cut: int) -> bool:
+def _stream(agg: Aggregation, client: str, tensors: dict[str, torch.Tensor], cut: int, examples: int = 10) -> bool:
     """Receive an update as the service does: header, then chunks of `cut` bytes."""
     encoded = encode(tensors)
-    stage = agg.begin_update(client, agg.round.number, 10, encoded.specs)
+    stage = agg.begin_update(client, agg.round.number, examples, encoded.specs)
     try:
         for start in range(0, len(encoded.payload), cut):
             stage.feed(memoryview(encoded.payload)[start : start + cut])
@@ -88,6 +88,7 @@ def _stream(agg: Aggregation, client: str, tensors: dict[str, torch.Tensor], cut
 
 def test_one_pass_value_check_names_the_tensor_and_ignores_integer_bytes() -> None:
     agg, _ = make()
+    agg.max_examples = 1 << 30  # so that a counter of 0x7FC00000 is in range
     agg.join("tiny", "deep", 0, 3)
     good = {k: v.clone() for k, v in agg.prefix_state(3).items()}
     counter = next(k for k in good if k.endswith("num_batches_tracked"))
@@ -97,7 +98,7 @@ def test_one_pass_value_check_names_the_tensor_and_ignores_integer_bytes() -> No
     encoded = encode(good)
     fed = PayloadPieces(encoded.specs).feed(encoded.payload)
     assert fed.float32 is not None and not bool(torch.isfinite(fed.float32).all())
-    assert not _stream(agg, "deep-0", good, len(encoded.payload))
+    assert not _stream(agg, "deep-0", good, len(encoded.payload), examples=1 << 30)
     assert "deep-0" in agg.round.pushed
 
     agg.join("tiny", "shallow", 0, 1)
@@ -243,3 +244,59 @@ def test_a_refusal_never_carries_a_huge_client_string_in_full() -> None:
         agg.join("tiny", huge, 0, 1)
     with pytest.raises(Rejected, match=r"^job tiny has no tier 'nope'; tiers: \['shallow', 'deep'\]$"):
         agg.join("tiny", "nope", 0, 1)  # a short message is untouched
+
+
+# -- value bounds (spec.aggregation.valueBound) ------------------------------------------
+
+
+def test_a_finite_but_huge_value_is_refused_and_changes_nothing() -> None:
+    agg, _ = make()
+    agg.join("tiny", "shallow", 0, 1)
+    before = {k: v.clone() for k, v in agg.global_state.items()}
+    poisoned = {k: v.clone() for k, v in agg.prefix_state(1).items()}
+    poisoned["head.fc.bias"][0] = 3e38  # finite: passed the old non-finite check
+    for cut in (4096, 1 << 20):
+        with pytest.raises(Rejected, match=r"head\.fc\.bias.*magnitude 3e\+38") as info:
+            _stream(agg, "shallow-0", poisoned, cut)
+        assert info.value.reason == "out_of_bounds" and "shallow-0" not in agg.round.pushed
+    assert all(torch.equal(before[k], agg.global_state[k]) for k in before)
+    # The bound is relative to the global tensor: 1000 x max(1, its largest magnitude).
+    limit = agg.bounds.limit("head.fc.bias")
+    assert limit == 1000 * max(1.0, float(agg.global_state["head.fc.bias"].abs().max()))
+    fine = {k: v.clone() for k, v in agg.prefix_state(1).items()}
+    fine["head.fc.bias"][0] = limit * 0.99
+    assert not _stream(agg, "shallow-0", fine, 4096)
+
+
+@pytest.mark.parametrize("value", [2**63 - 1, -1, 31])
+def test_an_integer_counter_out_of_range_is_refused(value: int) -> None:
+    agg, _ = make()
+    agg.join("tiny", "deep", 0, 3)
+    tensors = {k: v.clone() for k, v in agg.prefix_state(3).items()}
+    counter = next(k for k in tensors if k.endswith("num_batches_tracked"))
+    tensors[counter] = torch.tensor(value, dtype=torch.int64)
+    # 10 examples x 3 local epochs: at most 30 steps past the global count of 0.
+    with pytest.raises(Rejected, match="may send 0 to 30") as info:
+        _stream(agg, "deep-0", tensors, 1 << 20)
+    assert info.value.reason == "out_of_bounds"
+    tensors[counter] = torch.tensor(30, dtype=torch.int64)
+    assert not _stream(agg, "deep-0", tensors, 1 << 20)
+
+
+def test_a_merge_that_is_not_finite_keeps_the_model_and_names_the_updates() -> None:
+    agg, _ = make()
+    # A global tensor already this large lets each update reach 3e38 within the bound;
+    # two of them overflow float32 in the merge's sum.
+    agg.global_state["head.fc.bias"].fill_(3.1e35)
+    agg.global_state = dict(agg.global_state)
+    agg._acc = agg.strategy.begin(agg.global_state, agg.expected_clients)
+    before = {k: v.clone() for k, v in agg.global_state.items()}
+    for client, tier, depth, value in (("shallow-0", "shallow", 1, 3.0e38), ("shallow-1", "shallow", 1, 3.0e38), ("deep-0", "deep", 3, 1.0)):
+        agg.join("tiny", tier, int(client[-1]), depth)
+        tensors = {k: v.clone() for k, v in agg.prefix_state(depth).items()}
+        tensors["head.fc.bias"].fill_(value)
+        _stream(agg, client, tensors, 1 << 20)
+    assert agg.close_round() == 1
+    assert all(torch.equal(before[k], agg.global_state[k]) for k in before), "the previous model is kept"
+    assert [(r, c) for r, c, _ in agg.discarded] == [(1, "shallow-0"), (1, "shallow-1")]
+    assert agg.round.number == 2 and agg.completed_rounds == 1

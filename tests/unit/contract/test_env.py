@@ -4,6 +4,7 @@ is what the trainer and the aggregator read, field for field."""
 from __future__ import annotations
 
 import argparse
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,12 @@ import pytest
 from flextrain.aggregator import main as aggregator_main
 from flextrain.api.flextrainjob import RESERVED_ENV
 from flextrain.contract import env as contract
+from flextrain.contract.credentials import (
+    CredentialVerifier,
+    ReplicaIdentity,
+    replica_credential,
+    tier_key,
+)
 from flextrain.contract.env import AggregatorEnv, EnvError, TrainerEnv
 from flextrain.jobplan import JobPlan, plan_job
 from flextrain.operator import builders, names
@@ -25,18 +32,20 @@ OWNER = names.owner_reference("FlexTrainJob", "job", UID)
 TOKEN = "t0ken"
 
 
-def _container_env(obj: dict[str, Any], completion_index: int) -> dict[str, str]:
-    """A container's environment as the kubelet resolves it: the Secret's token for the
-    secretKeyRef, and JOB_COMPLETION_INDEX as an Indexed Job's pod has it."""
+def _container_env(obj: dict[str, Any], completion_index: int, plan: JobPlan) -> dict[str, str]:
+    """A container's environment as the kubelet resolves it: a secretKeyRef from the
+    job's Secret as the operator builds it, and JOB_COMPLETION_INDEX as an Indexed Job's
+    pod has it."""
     [container] = obj["spec"]["template"]["spec"]["containers"]
+    secret = builders.build_secret(plan.job, TOKEN, OWNER)
     out = {contract.COMPLETION_INDEX: str(completion_index)}
     for entry in container["env"]:
         if "value" in entry:
             out[entry["name"]] = entry["value"]
         else:
             ref = entry["valueFrom"]["secretKeyRef"]
-            assert ref == {"name": names.secret_name("job"), "key": names.TOKEN_KEY}
-            out[entry["name"]] = TOKEN
+            assert ref["name"] == secret["metadata"]["name"] == names.secret_name("job")
+            out[entry["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
     return out
 
 
@@ -64,13 +73,13 @@ def test_the_trainer_reads_what_the_operator_writes() -> None:
     plan, tiers = _plan()
     for tier_plan in plan.tiers:
         obj = builders.build_tier_job(plan, tier_plan, tiers[tier_plan.device_tier], OWNER, SETTINGS)
-        env = _container_env(obj, completion_index=2)
+        env = _container_env(obj, completion_index=2, plan=plan)
         assert {k for k in env if k.startswith(contract.PREFIX)} <= set(contract.TRAINER_VARIABLES)
         got = TrainerEnv.from_env(env)
         gpu = tier_plan.device_tier == "gpu"
         assert got == TrainerEnv(
             aggregator=SETTINGS.address_of("default", "job", names.aggregator_name("job")),
-            token=TOKEN,
+            tier_key=tier_key(TOKEN, "job", tier_plan.name),
             job="job",
             tier=tier_plan.name,
             depth=tier_plan.depth,
@@ -82,12 +91,16 @@ def test_the_trainer_reads_what_the_operator_writes() -> None:
             log_format="json",
         )
         assert got.data_dir is not None  # the dataset's mount
+        # The credential this trainer makes is the one the aggregator accepts, for it only.
+        verifier = CredentialVerifier(TOKEN, "job", [t.name for t in plan.tiers])
+        identity = ReplicaIdentity(tier_plan.name, tier_plan.depth, 2)
+        assert verifier.verify(replica_credential(got.tier_key, identity)) == identity
 
 
 def test_the_aggregator_reads_what_the_operator_writes() -> None:
     plan, _ = _plan()
     obj = builders.build_aggregator_deployment(plan, OWNER, SETTINGS)
-    env = _container_env(obj, completion_index=0)
+    env = _container_env(obj, completion_index=0, plan=plan)
     env.pop(contract.COMPLETION_INDEX)
     assert {k for k in env if k.startswith(contract.PREFIX)} <= set(contract.AGGREGATOR_VARIABLES)
     got = AggregatorEnv.from_env(env)
@@ -117,8 +130,8 @@ def test_every_field_survives_the_round_trip() -> None:
 
 
 def test_left_out_variables_are_not_written() -> None:
-    env = TrainerEnv("a:1", "tok", "j", "t", 1).to_env(leave_out=(contract.TOKEN,))
-    assert contract.TOKEN not in env and env[contract.DEPTH] == "1"
+    env = TrainerEnv("a:1", "key", "j", "t", 1).to_env(leave_out=(contract.TIER_KEY,))
+    assert contract.TIER_KEY not in env and env[contract.DEPTH] == "1"
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from flextrain.contract.credentials import tier_key
 from flextrain.jobplan import JobPlan, plan_job
 from flextrain.operator import builders, names
 from flextrain.operator.config import OperatorSettings
@@ -233,7 +234,7 @@ def test_trainer_env_contract() -> None:
     env = _env(weak)
     assert env == {
         "FLEXTRAIN_AGGREGATOR": "job-aggregator.default.svc:50051",
-        "FLEXTRAIN_TOKEN": {"secretKeyRef": {"name": "job-token", "key": "token"}},
+        "FLEXTRAIN_TIER_KEY": {"secretKeyRef": {"name": "job-token", "key": "tier-weak"}},
         "FLEXTRAIN_JOB": "job",
         "FLEXTRAIN_TIER": "weak",
         "FLEXTRAIN_DEPTH": "3",
@@ -305,10 +306,20 @@ def test_without_a_claim_checkpoints_live_in_an_empty_dir(
     assert _env(deployment)["FLEXTRAIN_CHECKPOINT_DIR"] == expected
 
 
-def test_secret_holds_the_token() -> None:
+def test_secret_holds_the_token_and_each_tiers_key() -> None:
     secret, *_ = _children({})
-    assert base64.b64decode(secret["data"]["token"]).decode() == "s3cret"
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    tiers = [t.name for t in job().spec.tiers]
+    assert tiers == ["strong", "weak"]
+    assert data == {"token": "s3cret", **{f"tier-{t}": tier_key("s3cret", "job", t) for t in tiers}}
     assert secret["type"] == "Opaque"
+
+
+def test_each_tier_reads_only_its_own_key() -> None:
+    _, _, deployment, strong, weak = _children(VARIANTS["dirichlet"][0])
+    for obj, key in ((strong, "tier-strong"), (weak, "tier-weak"), (deployment, "token")):
+        refs = [e["valueFrom"]["secretKeyRef"]["key"] for e in _container(obj)["env"] if "valueFrom" in e]
+        assert refs == [key]
 
 
 def test_pod_template_is_defaulted_never_overwritten() -> None:

@@ -9,7 +9,7 @@ from flextrain.trainer.config import ConfigError, TrainerConfig
 
 BASE = {
     "FLEXTRAIN_AGGREGATOR": "agg:50051",
-    "FLEXTRAIN_TOKEN": "t",
+    "FLEXTRAIN_TIER_KEY": "t",
     "FLEXTRAIN_JOB": "j",
     "FLEXTRAIN_TIER": "weak",
     "FLEXTRAIN_DEPTH": "3",
@@ -29,7 +29,7 @@ def test_completion_index_of_an_indexed_job_is_the_replica() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"FLEXTRAIN_TOKEN": ""}, "FLEXTRAIN_TOKEN is not set"),
+        ({"FLEXTRAIN_TIER_KEY": ""}, "FLEXTRAIN_TIER_KEY is not set"),
         ({"FLEXTRAIN_DEPTH": "0"}, "FLEXTRAIN_DEPTH=0 must be >= 1"),
         ({"FLEXTRAIN_DEPTH": "deep"}, "not an integer"),
         ({"FLEXTRAIN_AGGREGATOR": "agg"}, "host:port"),

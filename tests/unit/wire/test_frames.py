@@ -71,3 +71,20 @@ def test_framed_tensors_carry_the_encoded_payload(dtype: torch.dtype) -> None:
     assert torch.equal(back["n"], state["n"])
     specs, views = tensor_views(state, dtype)
     assert specs == reference.specs and sum(len(v) for v in views) == len(payload)
+
+
+def test_undecodable_chunks_are_handed_on_not_raised() -> None:
+    from flextrain.wire.frames import (
+        MAX_HEADER_BYTES,
+        Undecodable,
+        decode_message,
+        parse_update_chunk,
+    )
+
+    garbage = parse_update_chunk(b"\xff\xff\xff\xff\x0f")
+    assert isinstance(garbage, Undecodable) and "UpdateChunk" in garbage.what
+    huge = pb.UpdateChunk(header=pb.UpdateHeader(client_id="x" * (MAX_HEADER_BYTES + 1))).SerializeToString()
+    oversized = parse_update_chunk(huge)
+    assert isinstance(oversized, Undecodable) and str(len(huge)) in oversized.what
+    assert isinstance(decode_message(pb.JoinRequest, b"\x12\x02\xff\xfe"), Undecodable)  # tier: no UTF-8
+    assert decode_message(pb.JoinRequest, pb.JoinRequest(tier="ok").SerializeToString()).tier == "ok"
