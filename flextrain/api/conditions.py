@@ -81,6 +81,7 @@ class JobReason(StrEnum):
     CHILD_FORBIDDEN = "ChildForbidden"
     CHILD_CREATE_FAILED = "ChildCreateFailed"
     TTL_EXPIRED = "TTLExpired"
+    POLICY_VIOLATION = "PolicyViolation"
 
 
 class TierConditionType(StrEnum):

@@ -19,6 +19,9 @@ override the process-level ones).
 | FLEXTRAIN_OPERATOR_EVENTS | events | true |
 | FLEXTRAIN_OPERATOR_FINISH_GRACE | finish_grace | 60 (seconds) |
 | FLEXTRAIN_OPERATOR_TIER_DEBOUNCE | tier_debounce | 1 (seconds) |
+| FLEXTRAIN_OPERATOR_ALLOWED_IMAGES | allowed_images | (empty: the default image's repository) |
+| FLEXTRAIN_OPERATOR_ALLOW_SERVICE_ACCOUNT | allow_service_account | false |
+| FLEXTRAIN_OPERATOR_HOST_PATH_PREFIXES | host_path_prefixes | (empty: no hostPath data) |
 """
 
 from __future__ import annotations
@@ -110,6 +113,19 @@ class OperatorSettings:
     data_mount_path: str = "/var/lib/flextrain/data"
     """Where the dataset volume is mounted (read-only) in trainer and aggregator pods."""
 
+    allowed_images: tuple[str, ...] = ()
+    """Tenancy policy (flextrain.operator.policy): prefixes a job's `spec.image` must
+    start with, comma-separated in the variable; `*` allows any image. Empty: only the
+    repository of `image` (any tag or digest)."""
+
+    allow_service_account: bool = False
+    """Tenancy policy: whether a job may set `spec.podTemplate.serviceAccountName` (and so
+    run with that account's API token mounted)."""
+
+    host_path_prefixes: tuple[str, ...] = ()
+    """Tenancy policy: node directories a job's hostPath data source may lie under,
+    comma-separated in the variable. Empty: hostPath data is refused."""
+
     @property
     def cluster_wide(self) -> bool:
         return not self.namespaces
@@ -171,8 +187,11 @@ class OperatorSettings:
 def _parse(name: str, raw: str) -> Any:
     var = PREFIX + name.upper()
     default = OperatorSettings.__dataclass_fields__[name].default
-    if name == "namespaces":
-        return tuple(ns.strip() for ns in raw.split(",") if ns.strip())
+    if name in ("namespaces", "allowed_images", "host_path_prefixes"):
+        items = tuple(item.strip() for item in raw.split(",") if item.strip())
+        if name == "host_path_prefixes" and (bad := [p for p in items if not p.startswith("/")]):
+            raise SettingsError(f"{var}: {bad[0]!r} is not an absolute path")
+        return items
     if name == "aggregator_addresses":
         pairs: dict[str, str] = {}
         for item in raw.split(","):

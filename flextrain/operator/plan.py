@@ -174,6 +174,7 @@ _PROGRESSING_PROBLEMS = frozenset(
         R.CHILD_INVALID,
         R.CHILD_FORBIDDEN,
         R.CHILD_CREATE_FAILED,
+        R.POLICY_VIOLATION,
     }
 )
 

@@ -47,7 +47,7 @@ from flextrain.api.flextrainjob import (
     FlexTrainJobStatus,
 )
 from flextrain.jobplan import JobPlan, PlanError
-from flextrain.operator import builders, names
+from flextrain.operator import builders, names, policy
 from flextrain.operator.config import OperatorSettings
 from flextrain.operator.observed import Observed, TierJobState
 from flextrain.operator.plan import (
@@ -131,6 +131,15 @@ def reconcile(
     effective = effective_job(job, observed)
     started = prev.start_time is not None or observed.any_child
 
+    # 0. The tenancy policy: a job that asks for what it may not gets nothing created
+    # (a running job edited into it keeps what exists, and gets nothing new).
+    broken = "; ".join(str(v) for v in policy.violations(job, settings))
+    if broken:
+        conds.set(C.PROGRESSING, F, R.POLICY_VIOLATION, broken)
+        if not started:
+            new = new_status(prev, phase=JobPhase.PENDING, conditions=conds.finish(), **base)
+            return Plan(status=new, events=conds.events)
+
     # 1. DeviceTiers, nodes and depths.
     missing, verdict = tier_availability(effective, device_tiers, nodes, invalid_tiers, started)
     conds.apply(verdict)
@@ -186,6 +195,8 @@ def reconcile(
         requeue = end.requeue
         if phase == JobPhase.FAILED:
             patches = merge_patches(patches, stop_patches(job, observed, job_uid(job)))
+    if broken:
+        conds.set(C.PROGRESSING, F, R.POLICY_VIOLATION, broken)
     new = new_status(
         prev,
         phase=phase,
@@ -203,7 +214,7 @@ def reconcile(
     )
     return Plan(
         status=new,
-        create=children.create if phase not in TERMINAL_PHASES else [],
+        create=children.create if phase not in TERMINAL_PHASES and not broken else [],
         patch=patches,
         events=events + conds.events,
         requeue_after=requeue,

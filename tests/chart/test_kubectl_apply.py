@@ -56,6 +56,8 @@ RESOURCES = {
     "CustomResourceDefinition": "apiextensions.k8s.io/v1/customresourcedefinitions",
     "DeviceTier": "flextrain.dev/v1alpha1/devicetiers",
     "ServiceMonitor": "monitoring.coreos.com/v1/servicemonitors",
+    "ValidatingAdmissionPolicy": "admissionregistration.k8s.io/v1/validatingadmissionpolicies",
+    "ValidatingAdmissionPolicyBinding": "admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
 }
 
 

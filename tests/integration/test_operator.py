@@ -509,7 +509,8 @@ async def test_user_edits_and_pod_template_are_kept(cluster: Cluster) -> None:
             "imagePullSecrets": [{"name": "registry"}],
         }
     )
-    async with running_operator(cluster) as op:
+    # The tenancy policy lets jobs choose their ServiceAccount only when the operator says so.
+    async with running_operator(cluster, dataclasses.replace(FAST, allow_service_account=True)) as op:
         await cluster.create(job)
         await _children(cluster, "train", 2)
         deep = cluster.get(JOBS, "train-deep")

@@ -91,3 +91,24 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" $repo $tag }}
 {{- end }}
 {{- end }}
+
+{{/* The image prefixes of the tenancy policy, as a JSON list: policy.allowedImages, else
+the trainer image repository with any tag or digest (as flextrain.operator.policy). */}}
+{{- define "flextrain.allowedImages" -}}
+{{- if .Values.policy.allowedImages }}
+{{- toJson .Values.policy.allowedImages }}
+{{- else }}
+{{- $img := .Values.trainerImage }}
+{{- $repo := ternary $img.repository (printf "%s/%s" $img.registry $img.repository) (empty $img.registry) }}
+{{- toJson (list (printf "%s:" $repo) (printf "%s@" $repo)) }}
+{{- end }}
+{{- end }}
+
+{{/* The hostPath prefixes of the tenancy policy without a trailing slash ("/" stays), as JSON. */}}
+{{- define "flextrain.hostPathPrefixes" -}}
+{{- $out := list }}
+{{- range .Values.policy.hostPathPrefixes }}
+{{- $out = append $out (default "/" (trimSuffix "/" .)) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
