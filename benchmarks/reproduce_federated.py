@@ -7,7 +7,8 @@ tiers. This benchmark runs that comparison with ``flextrain.core.simulator.simul
 on Fashion-MNIST with a ResNet-20 backbone (K = 9), the paper's tiers mapped by
 parameter share onto ResNet-20's depths, for an IID and a Dirichlet label-skewed split
 (``flextrain.data.partition``), and with both server merges: the paper's ``pad`` and
-``holder-weighted``.
+``holder-weighted``. ``--runs flextrain-pad,flextrain-robust`` compares the paper's merge
+with the robust one (``--robust-method``, ``--trim-fraction``, ``--clip-multiple``).
 
 Reported: mean device accuracy and accuracy per tier on the full test set after the
 last round, bytes uploaded per round relative to full-model FedAvg (every device
@@ -49,7 +50,13 @@ import torch
 from flextrain.core.arch import ArchProfile, closest_depth_to_parameter_share, profile
 from flextrain.core.baselines import plan_devices
 from flextrain.core.centralised import evaluate
-from flextrain.core.merge import STRATEGIES
+from flextrain.core.merge import (
+    ROBUST_METHODS,
+    STRATEGIES,
+    MergeStrategy,
+    RobustMerge,
+)
+from flextrain.core.merge.robust import DEFAULT_CLIP_MULTIPLE
 from flextrain.core.models import ModelSpec
 from flextrain.core.optim import PAPER_SGD
 from flextrain.core.simulator import RoundRecord, SimulationResult, simulate
@@ -80,7 +87,10 @@ RUNS: dict[str, tuple[str, str, str]] = {
     "flextrain-holder": ("flextrain", "holder-weighted", "FedFlexTrain (holder-weighted)"),
     "fedsmall": ("fedsmall", "", "FedSmall"),
     "fedclass": ("fedclass", "", "FedClass"),
+    "flextrain-robust": ("flextrain", "robust", "FedFlexTrain (robust)"),
 }
+#: The runs of the paper's Table 4 (the default of --runs).
+DEFAULT_RUNS: tuple[str, ...] = ("flextrain-pad", "flextrain-holder", "fedsmall", "fedclass")
 
 BATCH_SIZE = 64  # the paper's
 EVAL_BATCH_SIZE = 500
@@ -163,6 +173,21 @@ def skew(labels: np.ndarray, shards: list[np.ndarray], num_classes: int) -> dict
     }
 
 
+def robust_strategy(args: argparse.Namespace) -> RobustMerge:
+    """The robust merge the flags configure."""
+    return RobustMerge(args.robust_method, args.trim_fraction, args.clip_multiple)
+
+
+def robust_label(args: argparse.Namespace) -> str:
+    """``trimmed-mean 0.2, clip 3x`` for the flags' robust merge."""
+    merge = robust_strategy(args)
+    words = [merge.method]
+    if merge.method == "trimmed-mean":
+        words[0] += f" {merge.trim_fraction:g}"
+    words.append(f"clip {merge.clip_multiple:g}x" if merge.clip_multiple else "no clip")
+    return ", ".join(words)
+
+
 def run_split(
     split: str,
     args: argparse.Namespace,
@@ -185,7 +210,11 @@ def run_split(
     for key in args.runs:
         method, strategy, label = RUNS[key]
         strategy = strategy or args.baseline_strategy
-        log(f"[{split}] {label} (merge {strategy})")
+        merger: str | MergeStrategy = strategy
+        if strategy == "robust":
+            merger = robust_strategy(args)
+            label = f"{label[:-1]}: {robust_label(args)})"
+        log(f"[{split}] {label} (merge {merger})")
         start = time.perf_counter()
 
         def progress(record: RoundRecord, key: str = key, start: float = start) -> None:
@@ -205,7 +234,7 @@ def run_split(
             args.rounds,
             args.local_epochs,
             BATCH_SIZE,
-            strategy=strategy,
+            strategy=merger,
             method=method,
             partitions=shards,
             optimizer=PAPER_SGD,
@@ -222,6 +251,7 @@ def run_split(
             "label": label,
             "method": method,
             "strategy": strategy,
+            "strategy_options": repr(merger) if strategy == "robust" else None,
             "final_accuracy": {str(k): v for k, v in final.items()},
             "final_mean_device_accuracy": mean_device(final, tiers),
             "bytes_up_per_round": statistics.fmean(up),
@@ -417,7 +447,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--local-epochs", type=int, default=None, help="local epochs (default 1)")
     p.add_argument("--split", default="iid,dirichlet", help="comma-separated: iid, dirichlet")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
-    p.add_argument("--runs", default=",".join(RUNS), help=f"subset of {','.join(RUNS)}")
+    p.add_argument(
+        "--runs",
+        default=",".join(DEFAULT_RUNS),
+        help=f"subset of {','.join(RUNS)} (default {','.join(DEFAULT_RUNS)})",
+    )
+    p.add_argument(
+        "--robust-method",
+        default="trimmed-mean",
+        choices=ROBUST_METHODS,
+        help="statistic of the flextrain-robust run (default trimmed-mean)",
+    )
+    p.add_argument(
+        "--trim-fraction",
+        type=float,
+        default=None,
+        help="share trimmed from each end by flextrain-robust's trimmed mean (default 0.2)",
+    )
+    p.add_argument(
+        "--clip-multiple",
+        type=float,
+        default=DEFAULT_CLIP_MULTIPLE,
+        help="flextrain-robust's clipping bound, a multiple of the median update norm; "
+        f"0: no clipping (default {DEFAULT_CLIP_MULTIPLE:g})",
+    )
     p.add_argument(
         "--baseline-strategy",
         default="holder-weighted",
@@ -439,6 +492,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.runs = csv_list(args.runs)
     if any(r not in RUNS for r in args.runs):
         p.error(f"--runs takes a subset of {list(RUNS)}")
+    try:
+        robust_strategy(args)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
 
 

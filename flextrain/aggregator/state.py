@@ -24,7 +24,7 @@ from torch import Tensor
 from flextrain.aggregator.errors import Rejected
 from flextrain.api.flextrainjob import quorum_count
 from flextrain.contract.refusals import Reason
-from flextrain.core.merge import get_strategy, is_finite
+from flextrain.core.merge import is_finite, strategy_for
 from flextrain.core.merge.base import (
     Accumulator,
     AccumulatorClosed,
@@ -198,7 +198,7 @@ class Aggregation:
         self.quorum = spec.aggregation.quorum
         self.round_timeout = float(spec.aggregation.round_timeout_seconds)
         self.compression = compression_dtype(spec.aggregation.compression)
-        self.strategy = get_strategy(spec.aggregation.strategy)
+        self.strategy = strategy_for(spec.aggregation)
         self._clock = clock
         self.global_state: dict[str, Tensor] = {k: v.detach().clone() for k, v in global_state.items()}
         self.completed_rounds = completed_rounds

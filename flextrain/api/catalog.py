@@ -19,7 +19,17 @@ RESNET_LAYERS: Final[tuple[int, ...]] = (8, 20, 32, 44, 56, 110)
 MODEL_FAMILIES: Final[tuple[str, ...]] = ("resnet", "vit")
 
 #: Merge strategies of the aggregator (``flextrain.core.merge.STRATEGIES``).
-MERGE_STRATEGIES: Final[tuple[str, ...]] = ("pad", "holder-weighted")
+MERGE_STRATEGIES: Final[tuple[str, ...]] = ("pad", "holder-weighted", "robust")
+
+#: Coordinate-wise statistics of the robust merge (``flextrain.core.merge.ROBUST_METHODS``).
+ROBUST_METHODS: Final[tuple[str, ...]] = ("trimmed-mean", "median")
+#: The robust merge's trimmed share per end when a job gives none, and its limit (excluded).
+ROBUST_TRIM_FRACTION_DEFAULT: Final[float] = 0.2
+ROBUST_TRIM_FRACTION_LIMIT: Final[float] = 0.5
+#: The robust merge's clipping bound (a multiple of the median update norm) when a job
+#: gives none, and the largest allowed; 0 turns clipping off, otherwise at least 1.
+ROBUST_CLIP_MULTIPLE_DEFAULT: Final[float] = 3.0
+ROBUST_CLIP_MULTIPLE_MAX: Final[float] = 1000.0
 
 #: Wire compressions of tensors (``none`` = float32).
 COMPRESSIONS: Final[tuple[str, ...]] = ("none", "float16", "bfloat16")

@@ -18,6 +18,10 @@ from flextrain.api.catalog import (
     DATASETS,
     MODEL_FAMILIES,
     RESNET_LAYERS,
+    ROBUST_CLIP_MULTIPLE_DEFAULT,
+    ROBUST_CLIP_MULTIPLE_MAX,
+    ROBUST_TRIM_FRACTION_DEFAULT,
+    ROBUST_TRIM_FRACTION_LIMIT,
     VIT_LIMITS,
 )
 from flextrain.api.common import (
@@ -285,14 +289,93 @@ def quorum_count(quorum: float, devices: int) -> int:
     return max(1, math.ceil(quorum * devices - 1e-9))
 
 
+class RobustMergeSpec(ApiModel):
+    """Options of the robust merge (aggregation.strategy robust): per tensor, over the
+    devices that sent it, each device's update (its value minus the global one) is
+    clipped to clipMultiple x the median update norm, then the tensor moves by the
+    coordinate-wise trimmed mean or median of the updates. Unweighted by example counts.
+    The aggregator keeps every update of a round until it closes (memory: devices x
+    model)."""
+
+    model_config = rules_config(
+        cel(
+            "self.method == 'trimmed-mean' || !has(self.trimFraction)",
+            "robust.trimFraction applies to method trimmed-mean only",
+            field_path=".trimFraction",
+        ),
+        cel(
+            "!has(self.clipMultiple) || self.clipMultiple == 0.0 || self.clipMultiple >= 1.0",
+            f"robust.clipMultiple must be 0 (no clipping) or 1 to {ROBUST_CLIP_MULTIPLE_MAX:g}",
+            field_path=".clipMultiple",
+        ),
+    )
+
+    method: Literal["trimmed-mean", "median"] = Field(
+        default="trimmed-mean",
+        description="method: the coordinate-wise statistic over the devices that sent a "
+        "tensor: trimmed-mean (drops the trimFraction largest and smallest values of each "
+        "coordinate, averages the rest) or median.",
+    )
+    trim_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        lt=ROBUST_TRIM_FRACTION_LIMIT,
+        description="trimFraction: share of a tensor's senders dropped from each end of "
+        f"every coordinate, rounded down (0.2 of 6 devices: 1), 0 to under "
+        f"{ROBUST_TRIM_FRACTION_LIMIT:g}; default {ROBUST_TRIM_FRACTION_DEFAULT:g}; only with "
+        "method trimmed-mean.",
+    )
+    clip_multiple: float = Field(
+        default=ROBUST_CLIP_MULTIPLE_DEFAULT,
+        ge=0,
+        le=ROBUST_CLIP_MULTIPLE_MAX,
+        description="clipMultiple: a device's update of a tensor whose L2 norm exceeds this "
+        "multiple of the median norm of that tensor's updates is scaled down to it; 1 to "
+        f"{ROBUST_CLIP_MULTIPLE_MAX:g}, or 0 for no clipping (default "
+        f"{ROBUST_CLIP_MULTIPLE_DEFAULT:g}).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RobustMergeSpec:
+        if self.trim_fraction is not None and self.method != "trimmed-mean":
+            raise FieldProblem(
+                ("trimFraction",),
+                self.trim_fraction,
+                f"robust.trimFraction applies to method trimmed-mean only, not {self.method}",
+            )
+        if 0 < self.clip_multiple < 1:
+            raise FieldProblem(
+                ("clipMultiple",),
+                self.clip_multiple,
+                f"robust.clipMultiple must be 0 (no clipping) or 1 to "
+                f"{ROBUST_CLIP_MULTIPLE_MAX:g}, got {self.clip_multiple} (below 1 it would "
+                "clip the median update itself)",
+            )
+        return self
+
+
 class AggregationSpec(ApiModel):
     """How the aggregator merges updates and closes rounds."""
 
-    strategy: Literal["pad", "holder-weighted"] = Field(
+    model_config = rules_config(
+        cel(
+            "self.strategy == 'robust' || !has(self.robust)",
+            "aggregation.robust is allowed only with strategy robust",
+            field_path=".robust",
+        )
+    )
+
+    strategy: Literal["pad", "holder-weighted", "robust"] = Field(
         default="pad",
         description="strategy: pad (the paper's: missing deep blocks padded with the global "
-        "copy, uniform mean) or holder-weighted (mean over the devices that sent each tensor, "
-        "weighted by their example counts).",
+        "copy, uniform mean), holder-weighted (mean over the devices that sent each tensor, "
+        "weighted by their example counts) or robust (per tensor over the devices that sent "
+        "it: norm clipping, then a trimmed mean or median; see robust).",
+    )
+    robust: RobustMergeSpec | None = Field(
+        default=None,
+        description="robust: options of the robust merge (method, trimFraction, "
+        "clipMultiple); only with strategy robust; defaults apply when omitted.",
     )
     quorum: float = Field(
         default=1.0,
@@ -329,6 +412,17 @@ class AggregationSpec(ApiModel):
         "global model; an update beyond it is refused (out_of_bounds) and changes nothing. "
         "1 to 1000000, default 1000.",
     )
+
+    @model_validator(mode="after")
+    def _robust_with_robust_strategy(self) -> AggregationSpec:
+        if self.robust is not None and self.strategy != "robust":
+            raise FieldProblem(
+                ("robust",),
+                self.robust.to_wire(),
+                f"aggregation.robust is allowed only with strategy robust, not {self.strategy} "
+                "(set strategy: robust, or remove robust)",
+            )
+        return self
 
 
 Depth = Annotated[
@@ -810,5 +904,6 @@ __all__ = [
     "FlexTrainJobStatus",
     "ModelSpec",
     "PodTemplate",
+    "RobustMergeSpec",
     "TierSpec",
 ]

@@ -133,9 +133,18 @@ def schema_violations(body: JSON, kind: str) -> list[SchemaViolation]:
 
 
 def apply_defaults(schema: JSON, value: Any) -> Any:
-    """Fill schema defaults into a copy of `value`, as the API server does before CEL."""
+    """Fill schema defaults into a copy of `value`, as the API server does before CEL,
+    and make the integers of `type: number` fields doubles, as the API server's CEL sees
+    them (`clipMultiple: 2` compares with `1.0`)."""
     value = copy.deepcopy(value)
     _fill(schema, value)
+    return value
+
+
+def _number(schema: JSON, value: Any) -> Any:
+    """An int of a `type: number` field as a float; anything else as it is."""
+    if schema.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     return value
 
 
@@ -145,14 +154,18 @@ def _fill(schema: JSON, value: Any) -> None:
             if name not in value and "default" in sub:
                 value[name] = copy.deepcopy(sub["default"])
             if name in value:
+                value[name] = _number(sub, value[name])
                 _fill(sub, value[name])
         if isinstance(schema.get("additionalProperties"), dict):
+            extra = schema["additionalProperties"]
             for key in value:
                 if key not in schema.get("properties", {}):
-                    _fill(schema["additionalProperties"], value[key])
+                    value[key] = _number(extra, value[key])
+                    _fill(extra, value[key])
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for item in value:
-            _fill(schema["items"], item)
+        for i, item in enumerate(value):
+            value[i] = _number(schema["items"], item)
+            _fill(schema["items"], value[i])
 
 
 @functools.cache

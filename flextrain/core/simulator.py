@@ -29,7 +29,7 @@ from flextrain.core.baselines import DevicePlan, plan_devices
 from flextrain.core.centralised import evaluate
 from flextrain.core.federated import client_update
 from flextrain.core.losses import DEFAULT_BETA, DEFAULT_DISTILL_TARGET
-from flextrain.core.merge import DEFAULT_STRATEGY, get_strategy
+from flextrain.core.merge import DEFAULT_STRATEGY, MergeStrategy, get_strategy
 from flextrain.core.models import ModelSpec
 from flextrain.core.optim import OptimizerConfig
 from flextrain.core.partition import extract_prefix, tensor_bytes
@@ -171,7 +171,7 @@ def simulate(
     local_epochs: int,
     batch_size: int,
     *,
-    strategy: str = DEFAULT_STRATEGY,
+    strategy: str | MergeStrategy = DEFAULT_STRATEGY,
     method: str = "flextrain",
     partitions: Sequence[Sequence[int] | np.ndarray] | None = None,
     beta: float = DEFAULT_BETA,
@@ -195,7 +195,9 @@ def simulate(
         rounds: communication rounds (paper: 160).
         local_epochs: local epochs per round (paper: 10).
         batch_size: client mini-batch size (paper: 64).
-        strategy: ``"pad"`` (paper) or ``"holder-weighted"``.
+        strategy: ``"pad"`` (paper), ``"holder-weighted"``, ``"robust"`` (its defaults),
+            or a configured strategy (``RobustMerge(method="median")``,
+            ``strategy_for(job.spec.aggregation)``).
         method: ``"flextrain"``, ``"fedsmall"`` or ``"fedclass"``.
         partitions: one index array per device into ``train_dataset`` (e.g. from the
             data package's IID or Dirichlet partitioners); default :func:`iid_split`.
@@ -222,7 +224,7 @@ def simulate(
     for depth, _ in tiers:
         if depth > model_spec.num_blocks:
             raise ValueError(f"tier depth {depth} exceeds K = {model_spec.num_blocks}")
-    strat = get_strategy(strategy)
+    strat = get_strategy(strategy) if isinstance(strategy, str) else strategy
     n_train = len(train_dataset)  # type: ignore[arg-type]
     parts = list(partitions) if partitions is not None else iid_split(n_train, len(plans), seed)
     _check_partitions(parts, n_train, len(plans))
@@ -299,7 +301,7 @@ def simulate(
             progress(record)
     return SimulationResult(
         method=method,
-        strategy=strategy,
+        strategy=strat.name,
         tiers=[(int(d), int(c)) for d, c in tiers],
         rounds=records,
         full_model_bytes=full_model_bytes,

@@ -7,10 +7,11 @@ from typing import Any, get_args
 
 from flextrain.api import catalog
 from flextrain.api.crdgen import crd_for_kind
-from flextrain.api.flextrainjob import AggregationSpec, DatasetSpec
+from flextrain.api.flextrainjob import AggregationSpec, DatasetSpec, RobustMergeSpec
 from flextrain.api.model import ModelSpec, ViTSpec
 from flextrain.core.families import FAMILIES
-from flextrain.core.merge import STRATEGIES
+from flextrain.core.merge import ROBUST_METHODS, STRATEGIES
+from flextrain.core.merge import robust as core_robust
 from flextrain.core.models import BUILDERS
 from flextrain.data.datasets import NORMALISATION
 from flextrain.wire.tensors import compression_dtype
@@ -55,6 +56,14 @@ def test_vit_limits_agree_with_the_api_and_the_crd() -> None:
 
 def test_merge_strategies_agree() -> None:
     assert _literal(AggregationSpec, "strategy") == catalog.MERGE_STRATEGIES == STRATEGIES
+
+
+def test_robust_merge_options_agree() -> None:
+    assert _literal(RobustMergeSpec, "method") == catalog.ROBUST_METHODS == ROBUST_METHODS
+    assert RobustMergeSpec().method == core_robust.DEFAULT_METHOD
+    assert catalog.ROBUST_TRIM_FRACTION_DEFAULT == core_robust.DEFAULT_TRIM_FRACTION
+    assert RobustMergeSpec().clip_multiple == catalog.ROBUST_CLIP_MULTIPLE_DEFAULT
+    assert catalog.ROBUST_CLIP_MULTIPLE_DEFAULT == core_robust.DEFAULT_CLIP_MULTIPLE
 
 
 def test_compressions_agree() -> None:

@@ -1,15 +1,18 @@
 """Server-side merge strategies for federated FlexTrain (arXiv 2310.20457, Algorithm 2).
 
-``"pad"`` (the paper's, default) and ``"holder-weighted"`` (HeteroFL/DepthFL style).
-Select one by name with :func:`get_strategy`; merge in a streaming fashion with
-``strategy.begin(global_state, expected_clients)`` / ``acc.add`` / ``acc.finish``, or
-all at once with :func:`merge` (a convenience built on the same accumulator).
+``"pad"`` (the paper's, default), ``"holder-weighted"`` (HeteroFL/DepthFL style) and
+``"robust"`` (per-layer norm clipping and a coordinate-wise trimmed mean or median over
+each tensor's holders). Select one by name with :func:`get_strategy`, or as a job's
+``spec.aggregation`` configures it with :func:`strategy_for`; merge in a streaming
+fashion with ``strategy.begin(global_state, expected_clients)`` / ``acc.add`` /
+``acc.finish``, or all at once with :func:`merge` (a convenience built on the same
+accumulator).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from torch import Tensor
 
@@ -23,6 +26,10 @@ from flextrain.core.merge.base import (
 )
 from flextrain.core.merge.holder_weighted import HolderWeightedMerge
 from flextrain.core.merge.pad import PadMerge
+from flextrain.core.merge.robust import ROBUST_METHODS, RobustMerge, RobustMergeConfigError
+
+if TYPE_CHECKING:
+    from flextrain.api.flextrainjob import AggregationSpec
 
 #: The paper's strategy, used when a spec names none.
 DEFAULT_STRATEGY: Final[str] = "pad"
@@ -30,6 +37,7 @@ DEFAULT_STRATEGY: Final[str] = "pad"
 _REGISTRY: Final[dict[str, type[MergeStrategy]]] = {
     PadMerge.name: PadMerge,
     HolderWeightedMerge.name: HolderWeightedMerge,
+    RobustMerge.name: RobustMerge,
 }
 
 #: Names accepted by :func:`get_strategy`.
@@ -40,14 +48,36 @@ class UnknownStrategy(ValueError):
     """No merge strategy is registered under the requested name."""
 
 
-def get_strategy(name: str) -> MergeStrategy:
-    """A new instance of the strategy registered as ``name`` (``"pad"``, ``"holder-weighted"``)."""
+def get_strategy(name: str, **options: Any) -> MergeStrategy:
+    """A new instance of the strategy registered as ``name`` (``"pad"``,
+    ``"holder-weighted"``, ``"robust"``), built with ``options`` (keyword arguments of
+    its class: only :class:`RobustMerge` takes any).
+
+    Raises:
+        UnknownStrategy: no strategy is registered as ``name``.
+        TypeError: an option the strategy does not take.
+        RobustMergeConfigError: (a ValueError) a robust option outside its limits.
+    """
     try:
-        return _REGISTRY[name]()
+        cls = _REGISTRY[name]
     except KeyError:
         raise UnknownStrategy(
             f"unknown merge strategy {name!r}; known: {list(STRATEGIES)}"
         ) from None
+    return cls(**options)
+
+
+def strategy_for(aggregation: AggregationSpec) -> MergeStrategy:
+    """The strategy a job's ``spec.aggregation`` selects, with its options
+    (``spec.aggregation.robust`` for ``"robust"``; its defaults when that is unset)."""
+    robust = aggregation.robust
+    if aggregation.strategy != RobustMerge.name or robust is None:
+        return get_strategy(aggregation.strategy)
+    return RobustMerge(
+        method=robust.method,
+        trim_fraction=robust.trim_fraction,
+        clip_multiple=robust.clip_multiple,
+    )
 
 
 def merge(
@@ -72,6 +102,7 @@ def merge(
 
 __all__ = [
     "DEFAULT_STRATEGY",
+    "ROBUST_METHODS",
     "STRATEGIES",
     "Accumulator",
     "AccumulatorClosed",
@@ -80,8 +111,11 @@ __all__ = [
     "MergeStrategy",
     "NonFiniteError",
     "PadMerge",
+    "RobustMerge",
+    "RobustMergeConfigError",
     "UnknownStrategy",
     "get_strategy",
     "is_finite",
     "merge",
+    "strategy_for",
 ]

@@ -2,13 +2,15 @@
 
 In federated FlexTrain (arXiv 2310.20457, Algorithm 2) each device uploads the tensors
 of its prefix; the server merges them into a new global state. Strategies live one per
-module (``pad``, ``holder_weighted``) behind this small ABC.
+module (``pad``, ``holder_weighted``, ``robust``) behind this small ABC.
 
 Merging is *streaming*: ``strategy.begin(global_state, expected_clients)`` returns an
 :class:`Accumulator`; each validated update is folded into running sums by
 ``acc.add(tensors, num_examples)`` and can then be dropped; ``acc.finish()`` returns the
-new global state. The accumulator holds O(model size) memory (one running sum and one
-counter per tensor), never O(clients).
+new global state. The averaging accumulators (:class:`LinearAccumulator`) hold O(model
+size) memory (one running sum and one counter per tensor), never O(clients); a robust
+statistic cannot be computed from running sums, so the robust merge keeps every update
+until ``finish`` (O(clients x model), see :mod:`.robust`).
 
 An update that arrives in pieces (a network stream) can be folded as it arrives,
 without first being assembled: ``acc.stage(layout, num_examples)`` returns a
@@ -577,7 +579,7 @@ class _SumStage(StagedUpdate):
 class MergeStrategy(ABC):
     """A named rule for turning one round's client updates into a new global state."""
 
-    #: Registry name (``"pad"``, ``"holder-weighted"``).
+    #: Registry name (``"pad"``, ``"holder-weighted"``, ``"robust"``).
     name: str = ""
 
     @abstractmethod

@@ -170,6 +170,48 @@ BAD: list[tuple[str, str, Callable[[Body], None], str, bool]] = [
     ),
     ("quorum-zero", "job", _set("spec.aggregation.quorum", 0), "spec.aggregation.quorum", True),
     (
+        "robust-options-with-pad",
+        "job",
+        _set("spec.aggregation", {"strategy": "pad", "robust": {"method": "median"}}),
+        "spec.aggregation.robust",
+        True,
+    ),
+    (
+        "robust-unknown-method",
+        "job",
+        _set("spec.aggregation", {"strategy": "robust", "robust": {"method": "mode"}}),
+        "spec.aggregation.robust.method",
+        True,
+    ),
+    (
+        "robust-trim-half",
+        "job",
+        _set("spec.aggregation", {"strategy": "robust", "robust": {"trimFraction": 0.5}}),
+        "spec.aggregation.robust.trimFraction",
+        True,
+    ),
+    (
+        "robust-trim-with-median",
+        "job",
+        _set("spec.aggregation", {"strategy": "robust", "robust": {"method": "median", "trimFraction": 0.1}}),
+        "spec.aggregation.robust.trimFraction",
+        True,
+    ),
+    (
+        "robust-clip-below-one",
+        "job",
+        _set("spec.aggregation", {"strategy": "robust", "robust": {"clipMultiple": 0.5}}),
+        "spec.aggregation.robust.clipMultiple",
+        True,
+    ),
+    (
+        "robust-clip-too-large",
+        "job",
+        _set("spec.aggregation", {"strategy": "robust", "robust": {"clipMultiple": 5000}}),
+        "spec.aggregation.robust.clipMultiple",
+        True,
+    ),
+    (
         "negative-learning-rate",
         "job",
         _set("spec.training.optimizer", {"learningRate": -0.1}),
@@ -572,6 +614,17 @@ GOOD: list[tuple[str, str, Callable[[Body], None]]] = [
 
 
 GOOD += [
+    ("robust-with-defaults", "job", _set("spec.aggregation", {"strategy": "robust"})),
+    (
+        "robust-median-without-clipping",
+        "job",
+        _set("spec.aggregation", {"strategy": "robust", "robust": {"method": "median", "clipMultiple": 0}}),
+    ),
+    (
+        "robust-every-option",
+        "job",
+        _set("spec.aggregation", {"strategy": "robust", "robust": {"method": "trimmed-mean", "trimFraction": 0.1, "clipMultiple": 2}}),
+    ),
     ("vit-with-default-shape", "job", _vit(layers=6, depths=(6, 2))),
     ("vit-with-every-option", "job", _vit(layers=4, depths=(4, 1), embedDim=48, heads=3, patchSize=4, mlpRatio=4)),
     ("vit-one-pixel-patches", "job", _vit(layers=2, depths=(2, 1), embedDim=16, heads=16, patchSize=1)),

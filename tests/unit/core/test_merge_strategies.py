@@ -1,4 +1,5 @@
-"""Pad and holder-weighted merges on small hand-computed tensors, streaming and validated."""
+"""Pad and holder-weighted merges on small hand-computed tensors, streaming and validated;
+the common rules of every strategy (the robust merge's own maths: test_robust_merge.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ from flextrain.core.merge import (
     merge,
 )
 
+#: The averaging strategies (running sums: memory independent of the clients).
 BOTH = ["pad", "holder-weighted"]
+#: Every registered strategy: the rules of flextrain.core.merge.base hold for all.
+ALL = list(STRATEGIES)
 
 
 def make_global() -> dict[str, Tensor]:
@@ -51,10 +55,10 @@ def assert_states_equal(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Non
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 
 
-def test_registry_names_both_strategies() -> None:
-    assert set(STRATEGIES) == {"pad", "holder-weighted"}
-    assert get_strategy("pad").name == "pad"
-    assert get_strategy("holder-weighted").name == "holder-weighted"
+def test_registry_names_every_strategy() -> None:
+    assert set(STRATEGIES) == {"pad", "holder-weighted", "robust"}
+    for name in STRATEGIES:
+        assert get_strategy(name).name == name
     with pytest.raises(UnknownStrategy, match="fedprox"):
         get_strategy("fedprox")
 
@@ -94,14 +98,14 @@ def test_a_deep_tensor_moves_by_the_share_of_holders_under_pad_only() -> None:
     assert merge("holder-weighted", g, [strong, *weak])["deep"].item() == pytest.approx(4.0)
 
 
-@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("name", ALL)
 def test_single_client_gives_its_tensors_and_global_values_elsewhere(name: str) -> None:
     new = merge(name, make_global(), [(client_1(), 17)])
     expected = make_global() | client_1()
     assert_states_equal(new, expected)
 
 
-@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("name", ALL)
 def test_zero_clients_return_a_copy_of_the_global_state(name: str) -> None:
     g = make_global()
     new = get_strategy(name).begin(g, expected_clients=3).finish()
@@ -110,7 +114,7 @@ def test_zero_clients_return_a_copy_of_the_global_state(name: str) -> None:
         assert new[key].data_ptr() != g[key].data_ptr()
 
 
-@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("name", ALL)
 def test_merge_never_mutates_the_global_state_or_the_updates(name: str) -> None:
     g, c1, c2 = make_global(), client_1(), client_2()
     g0, c10, c20 = copy(g), copy(c1), copy(c2)
@@ -122,7 +126,7 @@ def test_merge_never_mutates_the_global_state_or_the_updates(name: str) -> None:
     assert_states_equal(g, g0)
 
 
-@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize(
     ("bad_update", "num_examples", "message"),
     [
@@ -151,7 +155,7 @@ def test_rejected_add_names_the_problem_and_leaves_the_accumulator_unchanged(
     )
 
 
-@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("name", ALL)
 def test_more_updates_than_expected_are_rejected(name: str) -> None:
     acc = get_strategy(name).begin(make_global(), expected_clients=1)
     acc.add(client_1(), 1)
@@ -159,7 +163,7 @@ def test_more_updates_than_expected_are_rejected(name: str) -> None:
         acc.add(client_2(), 1)
 
 
-@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("name", ALL)
 def test_a_finished_accumulator_accepts_nothing(name: str) -> None:
     acc = get_strategy(name).begin(make_global(), expected_clients=2)
     acc.finish()
@@ -177,7 +181,7 @@ def test_pad_with_quorum_averages_over_the_clients_that_pushed() -> None:
     torch.testing.assert_close(new["w"], torch.tensor([3.0, 6.0]))
 
 
-@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.bfloat16])
 def test_merged_tensors_keep_the_global_dtype(name: str, dtype: torch.dtype) -> None:
     g = {"w": torch.tensor([0.0, 0.0], dtype=dtype), "n": torch.tensor(3)}
@@ -187,7 +191,7 @@ def test_merged_tensors_keep_the_global_dtype(name: str, dtype: torch.dtype) -> 
     torch.testing.assert_close(new["w"], torch.tensor([1.0, 2.0], dtype=dtype))
 
 
-@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("name", ALL)
 def test_integer_buffers_take_the_maximum_over_holders(name: str) -> None:
     g = {"n": torch.tensor(100), "w": torch.zeros(1)}
     new = merge(name, g, [({"n": torch.tensor(3)}, 1), ({"n": torch.tensor(9)}, 1)])
@@ -195,7 +199,7 @@ def test_integer_buffers_take_the_maximum_over_holders(name: str) -> None:
     assert merge(name, g, [({"w": torch.ones(1)}, 1)])["n"].item() == 100
 
 
-@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("name", ALL)
 def test_streaming_equals_the_convenience_merge(name: str) -> None:
     torch.manual_seed(0)
     g = {"a": torch.randn(3, 4), "b": torch.randn(5)}

@@ -8,10 +8,20 @@ import pytest
 import torch
 from torch import Tensor
 
-from flextrain.core.merge import AccumulatorClosed, MergeError, NonFiniteError, get_strategy, merge
+from flextrain.core.merge import (
+    STRATEGIES,
+    AccumulatorClosed,
+    MergeError,
+    NonFiniteError,
+    get_strategy,
+    merge,
+)
 from flextrain.core.merge.base import Accumulator, Piece
 
+#: The strategies that fold pieces into running sums (LinearAccumulator).
 BOTH = ["pad", "holder-weighted"]
+#: Every strategy, including those that stage with the default assembling update.
+ALL = list(STRATEGIES)
 
 
 def make_global() -> dict[str, Tensor]:
@@ -53,7 +63,7 @@ def staged_add(acc: Accumulator, tensors: Mapping[str, Tensor], n: int, cut: int
     staged.commit()
 
 
-@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("cut", [3, 7, 1000, 100_000])
 def test_staged_updates_merge_bitwise_like_whole_ones(name: str, cut: int) -> None:
     updates = [(update(1), 3), (update(2, ("w", "n")), 5), (update(3), 2)]
@@ -67,7 +77,7 @@ def test_staged_updates_merge_bitwise_like_whole_ones(name: str, cut: int) -> No
         assert staged[key].dtype == whole[key].dtype and torch.equal(staged[key], whole[key]), key
 
 
-@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("name", ALL)
 def test_half_precision_pieces_are_summed_in_float32(name: str) -> None:
     tensors = {k: v.half() if v.is_floating_point() else v for k, v in update(1).items()}
     acc = get_strategy(name).begin(make_global(), expected_clients=2)
@@ -92,7 +102,7 @@ def _failures() -> list[tuple[str, object]]:
     ]
 
 
-@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize(("what", "fail"), _failures(), ids=[f[0] for f in _failures()])
 def test_a_failed_stage_leaves_the_accumulator_exactly_as_it_was(name: str, what: str, fail: object) -> None:
     first, bad, last = update(1), update(2), update(3)
@@ -113,7 +123,7 @@ def test_a_failed_stage_leaves_the_accumulator_exactly_as_it_was(name: str, what
     assert all(torch.equal(result[k], expected[k]) for k in expected)
 
 
-@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("name", ALL)
 def test_an_aborted_stage_changes_nothing(name: str) -> None:
     acc = get_strategy(name).begin(make_global(), expected_clients=2)
     staged = acc.stage(layout_of(update(1)), 1)
