@@ -118,6 +118,10 @@ def _security(settings: OperatorSettings) -> tuple[JSON, JSON]:
     return pod, container
 
 
+#: The label every namespace carries with its own name (Kubernetes 1.22+).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
 def _contract_env(variables: Mapping[str, str], secret: JSON) -> list[JSON]:
     """A process's contract variables as container env, with `secret` (its key from
     the job's Secret) second, where the builders always put it."""
@@ -225,6 +229,44 @@ def build_aggregator_service(job: FlexTrainJob, owner: JSON, settings: OperatorS
             "type": "ClusterIP",
             "selector": names.aggregator_selector(name),
             "ports": ports,
+        },
+    }
+
+
+def build_network_policy(job: FlexTrainJob, owner: JSON, settings: OperatorSettings) -> JSON:
+    """The aggregator's NetworkPolicy: its gRPC port only from the job's trainer pods and
+    the operator (pods with `self_labels` in `self_namespace`), its metrics port only from
+    `metrics_namespaces`; nothing else may reach the aggregator pod (its egress is free)."""
+    name, namespace = job.metadata.name, job.metadata.namespace or "default"
+    grpc_port = [{"protocol": "TCP", "port": settings.aggregator_port}]
+    peers: list[JSON] = [{"podSelector": {"matchLabels": names.trainer_selector(name)}}]
+    if settings.self_namespace:
+        operator: JSON = {
+            "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: settings.self_namespace}}
+        }
+        if settings.self_labels:
+            operator["podSelector"] = {"matchLabels": dict(settings.self_labels)}
+        peers.append(operator)
+    ingress: list[JSON] = [{"from": peers, "ports": grpc_port}]
+    if settings.metrics_port and settings.metrics_namespaces:
+        scrapers = {
+            "namespaceSelector": {
+                "matchExpressions": [
+                    {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": list(settings.metrics_namespaces)}
+                ]
+            }
+        }
+        ingress.append({"from": [scrapers], "ports": [{"protocol": "TCP", "port": settings.metrics_port}]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(
+            names.aggregator_name(name), namespace, names.aggregator_labels(name), owner
+        ),
+        "spec": {
+            "podSelector": {"matchLabels": names.aggregator_selector(name)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
         },
     }
 

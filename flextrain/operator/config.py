@@ -22,6 +22,10 @@ override the process-level ones).
 | FLEXTRAIN_OPERATOR_ALLOWED_IMAGES | allowed_images | (empty: the default image's repository) |
 | FLEXTRAIN_OPERATOR_ALLOW_SERVICE_ACCOUNT | allow_service_account | false |
 | FLEXTRAIN_OPERATOR_HOST_PATH_PREFIXES | host_path_prefixes | (empty: no hostPath data) |
+| FLEXTRAIN_OPERATOR_NETWORK_POLICY | network_policy | true |
+| FLEXTRAIN_OPERATOR_SELF_NAMESPACE | self_namespace | (empty) |
+| FLEXTRAIN_OPERATOR_SELF_LABELS | self_labels | (empty) `key=value,...` |
+| FLEXTRAIN_OPERATOR_METRICS_NAMESPACES | metrics_namespaces | (empty: no one) |
 """
 
 from __future__ import annotations
@@ -126,6 +130,21 @@ class OperatorSettings:
     """Tenancy policy: node directories a job's hostPath data source may lie under,
     comma-separated in the variable. Empty: hostPath data is refused."""
 
+    network_policy: bool = True
+    """Give each job a NetworkPolicy: only its trainer pods and the operator reach its
+    aggregator's gRPC port, only `metrics_namespaces` its metrics port."""
+
+    self_namespace: str = ""
+    """The operator's own namespace (the chart sets it): the NetworkPolicy lets pods
+    there with `self_labels` reach the aggregator's gRPC port (status reads)."""
+
+    self_labels: Mapping[str, str] = field(default_factory=dict)
+    """The operator pod's labels the NetworkPolicy selects it by (`key=value,...`)."""
+
+    metrics_namespaces: tuple[str, ...] = ()
+    """Namespaces whose pods may scrape the aggregators' metrics port (e.g. Prometheus'),
+    comma-separated in the variable; empty: none."""
+
     @property
     def cluster_wide(self) -> bool:
         return not self.namespaces
@@ -187,7 +206,15 @@ class OperatorSettings:
 def _parse(name: str, raw: str) -> Any:
     var = PREFIX + name.upper()
     default = OperatorSettings.__dataclass_fields__[name].default
-    if name in ("namespaces", "allowed_images", "host_path_prefixes"):
+    if name == "self_labels":
+        labels: dict[str, str] = {}
+        for item in raw.split(","):
+            key, sep, value = item.strip().partition("=")
+            if not sep or not key.strip():
+                raise SettingsError(f"{var}: {item!r} is not key=value")
+            labels[key.strip()] = value.strip()
+        return labels
+    if name in ("namespaces", "allowed_images", "host_path_prefixes", "metrics_namespaces"):
         items = tuple(item.strip() for item in raw.split(",") if item.strip())
         if name == "host_path_prefixes" and (bad := [p for p in items if not p.startswith("/")]):
             raise SettingsError(f"{var}: {bad[0]!r} is not an absolute path")

@@ -81,6 +81,7 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         ("batch", "v1", "jobs"),
         ("apps", "v1", "deployments"),
         ("", "v1", "services"),
+        ("networking.k8s.io", "v1", "networkpolicies"),
         ("", "v1", "pods"),
     ):
         settings.watching.label_selectors[resource] = names.JOB_LABEL
@@ -164,6 +165,13 @@ def services(
     return {(namespace, labels[names.JOB_LABEL]): observed.child_state(body)}
 
 
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=HAS_JOB, registry=REGISTRY)
+def network_policies(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace, labels[names.JOB_LABEL]): observed.child_state(body)}
+
+
 @kopf.index(
     "", "v1", "pods", labels={**HAS_JOB, names.COMPONENT_LABEL: names.TRAINER}, registry=REGISTRY
 )
@@ -179,6 +187,7 @@ def trainer_pods(
 @kopf.on.event("batch", "v1", "jobs", labels=HAS_JOB, registry=REGISTRY)
 @kopf.on.event("apps", "v1", "deployments", labels=HAS_JOB, registry=REGISTRY)
 @kopf.on.event("", "v1", "services", labels=HAS_JOB, registry=REGISTRY)
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=HAS_JOB, registry=REGISTRY)
 @kopf.on.event(
     "", "v1", "pods", labels={**HAS_JOB, names.COMPONENT_LABEL: names.TRAINER}, registry=REGISTRY
 )
@@ -248,6 +257,7 @@ async def flextrainjob(
     tier_jobs: kopf.Index[Any, Any] = indices["tier_jobs"]
     aggregators: kopf.Index[Any, Any] = indices["aggregators"]
     services: kopf.Index[Any, Any] = indices["services"]
+    network_policies: kopf.Index[Any, Any] = indices["network_policies"]
     trainer_pods: kopf.Index[Any, Any] = indices["trainer_pods"]
     runtime = _runtime(memo)
     key = job_key(namespace or "", name)
@@ -264,6 +274,7 @@ async def flextrainjob(
                 tier_jobs=_values(tier_jobs, key),
                 aggregators=_values(aggregators, key),
                 services=_values(services, key),
+                network_policies=_values(network_policies, key),
                 pods=_values(trainer_pods, key),
             )
             try:

@@ -108,6 +108,11 @@ def aggregator_selector(job: str) -> dict[str, str]:
     return {JOB_LABEL: label_value(job), COMPONENT_LABEL: AGGREGATOR}
 
 
+def trainer_selector(job: str) -> dict[str, str]:
+    """The labels every trainer pod of the job carries, whatever its tier."""
+    return {JOB_LABEL: label_value(job), COMPONENT_LABEL: TRAINER}
+
+
 def trainer_labels(job: str, tier: str) -> dict[str, str]:
     return {
         **job_labels(job),

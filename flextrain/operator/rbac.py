@@ -125,6 +125,13 @@ RULES: Final[tuple[Rule, ...]] = (
         "namespaced",
     ),
     Rule(
+        "networking.k8s.io",
+        ("networkpolicies",),
+        ("get", "list", "watch", "create"),
+        "the aggregator's NetworkPolicy",
+        "namespaced",
+    ),
+    Rule(
         "apps",
         ("deployments",),
         ("get", "list", "watch", "create", "patch"),

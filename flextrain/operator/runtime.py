@@ -119,6 +119,7 @@ class Snapshot:
     tier_jobs: Sequence[observed.TierJobState] = ()
     aggregators: Sequence[observed.AggregatorState] = ()
     services: Sequence[observed.ChildState] = ()
+    network_policies: Sequence[observed.ChildState] = ()
     pods: Sequence[observed.PodState] = ()
 
 
@@ -404,6 +405,7 @@ class Runtime:
         tier_jobs = {s.tier: s for s in snapshot.tier_jobs}
         aggregator = snapshot.aggregators[0] if snapshot.aggregators else None
         service = snapshot.services[0] if snapshot.services else None
+        policy = snapshot.network_policies[0] if snapshot.network_policies else None
         # Children created moments ago may not have reached the caches yet.
         for (kind, child), state in list(memory.expected.items()):
             if kind == "Job" and isinstance(state, observed.TierJobState):
@@ -421,9 +423,15 @@ class Runtime:
                     del memory.expected[(kind, child)]
                 else:
                     service = state
+            elif kind == "NetworkPolicy" and isinstance(state, observed.ChildState):
+                if policy is not None:
+                    del memory.expected[(kind, child)]
+                else:
+                    policy = state
         return observed.Observed(
             secret=memory.secret,
             service=service,
+            network_policy=policy,
             aggregator=aggregator,
             tier_jobs=tier_jobs,
             pods=tuple(snapshot.pods),
@@ -612,7 +620,7 @@ def _summary(kind: str, body: Mapping[str, Any]) -> Any:
         return observed.tier_job_state(body)
     if kind == "Deployment":
         return observed.aggregator_state(body)
-    if kind == "Service":
+    if kind in ("Service", "NetworkPolicy"):
         return observed.child_state(body)
     return None
 

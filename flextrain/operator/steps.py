@@ -253,6 +253,11 @@ def desired_children(
         create.append(builders.build_aggregator_service(clean, owner, settings))
     else:
         owned(observed.service, "Service")
+    if settings.network_policy:
+        if observed.network_policy is None:
+            create.append(builders.build_network_policy(clean, owner, settings))
+        else:
+            owned(observed.network_policy, "NetworkPolicy")
     replicas = builders.aggregator_replicas(job)
     if not secret_ours:
         # Nothing that reads a Secret the job does not own; what runs already is stopped.

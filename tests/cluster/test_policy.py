@@ -101,3 +101,50 @@ def test_the_operator_refuses_it_where_no_admission_policy_is_installed(
     # Brought within the policy (the admission policy is back and lets the edit pass), it runs.
     jobs.patch("tenant", {"spec": {"image": None, "podTemplate": None}})
     wait_for(lambda: jobs.all_children_created("tenant", 3), timeout=30, what="the children once the job complies")
+
+
+def _selects(core: client.CoreV1Api, namespace: str, selector: dict[str, str]) -> set[str]:
+    query = ",".join(f"{k}={v}" for k, v in selector.items())
+    return {p.metadata.name for p in core.list_namespaced_pod(namespace, label_selector=query).items}
+
+
+def test_each_job_gets_a_network_policy_that_selects_its_own_pods(
+    api: client.ApiClient, operator: install.OperatorProcess, namespace: str
+) -> None:
+    """The test control plane enforces no NetworkPolicy (no network plugin): this checks
+    the object the API server stored and that its selectors pick the right real pods."""
+    jobs = Jobs(api, namespace)
+    jobs.create(factory_job("fenced", namespace))
+    jobs.create(factory_job("neighbour", namespace))
+    networking = client.NetworkingV1Api(api)
+
+    def policy() -> client.V1NetworkPolicy | None:
+        try:
+            return networking.read_namespaced_network_policy("fenced-aggregator", namespace)
+        except ApiException:
+            return None
+
+    try:
+        fenced = wait_for(policy, timeout=60, what="the job's NetworkPolicy")
+    except AssertionError:
+        raise AssertionError(operator.tail(80)) from None
+    assert fenced.metadata.owner_references[0].name == "fenced"
+    core = client.CoreV1Api(api)
+    wait_for(lambda: len(jobs.trainer_pods("fenced")) == 5 and len(jobs.trainer_pods("neighbour")) == 5, timeout=60, what="the trainer pods")
+    aggregators = wait_for(
+        lambda: _selects(core, namespace, fenced.spec.pod_selector.match_labels) or None, timeout=60, what="the aggregator pod"
+    )
+    assert all(name.startswith("fenced-aggregator-") for name in aggregators) and len(aggregators) == 1
+    assert fenced.spec.policy_types == ["Ingress"]
+    [grpc_rule] = fenced.spec.ingress  # metrics: no namespace named, so no rule
+    assert [(p.protocol, p.port) for p in grpc_rule.ports] == [("TCP", 50051)]
+    trainers, operator_peer = grpc_rule._from
+    assert _selects(core, namespace, trainers.pod_selector.match_labels) == {p.metadata.name for p in jobs.trainer_pods("fenced")}
+    assert operator_peer.namespace_selector.match_labels == {"kubernetes.io/metadata.name": install.NAMESPACE}
+    chart_pod = next(
+        d for d in client.AppsV1Api(api).list_namespaced_deployment(install.NAMESPACE).items
+        if d.metadata.labels.get("app.kubernetes.io/instance") == install.RELEASE
+    ).spec.template.metadata.labels
+    assert operator_peer.pod_selector.match_labels.items() <= chart_pod.items()
+    # The namespace label the selector relies on is set by the API server itself.
+    assert client.CoreV1Api(api).read_namespace(install.NAMESPACE).metadata.labels["kubernetes.io/metadata.name"] == install.NAMESPACE

@@ -112,3 +112,12 @@ the trainer image repository with any tag or digest (as flextrain.operator.polic
 {{- end }}
 {{- toJson $out }}
 {{- end }}
+
+{{/* The operator pod's selector labels as `key=value,...` (FLEXTRAIN_OPERATOR_SELF_LABELS). */}}
+{{- define "flextrain.selectorLabelList" -}}
+{{- $pairs := list }}
+{{- range $k, $v := (include "flextrain.selectorLabels" . | fromYaml) }}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}

@@ -61,6 +61,10 @@ cluster-wide, else one Role per watched namespace. */}}
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create"]
+# Application: the aggregator's NetworkPolicy.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create"]
 # Application: the aggregator; patch: replicas (stop at the end, suspend with a
 # checkpoint claim).
 - apiGroups: ["apps"]

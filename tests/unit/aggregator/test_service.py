@@ -432,7 +432,7 @@ async def test_a_push_that_stops_sending_is_refused_and_frees_the_line() -> None
     from flextrain.aggregator.flow import PushTimeouts
 
     job = tiny_job(tiers=[("shallow", 1, 2)])
-    service = AggregatorService(plan_job(job, {}), Settings(push_timeouts=PushTimeouts(0.2, 0.2, 1 << 20)))
+    service = AggregatorService(plan_job(job, {}), Settings(push_timeouts=PushTimeouts(0.2, 5.0, 1 << 20)))
     await service.start()
     try:
         for replica in (0, 1):

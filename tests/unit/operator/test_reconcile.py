@@ -53,6 +53,7 @@ def started(
     return Observed(
         secret=ChildState("job-token", UID),
         service=ChildState("job-aggregator", UID),
+        network_policy=ChildState("job-aggregator", UID),
         aggregator=AggregatorState(
             "job-aggregator",
             UID,
@@ -132,10 +133,11 @@ def reading(
     ("observed", "created"),
     [
         # The aggregator and trainers read the Secret: they come once it is the job's.
-        (Observed(), ["Secret", "Service"]),
-        (Observed(secret=ChildState("job-token", UID)), ["Service", "Deployment", "Job", "Job"]),
+        (Observed(), ["Secret", "Service", "NetworkPolicy"]),
+        (Observed(secret=ChildState("job-token", UID)), ["Service", "NetworkPolicy", "Deployment", "Job", "Job"]),
         (dataclasses.replace(started(), tier_jobs={}), ["Job", "Job"]),
         (dataclasses.replace(started(), secret=None, service=None), ["Secret", "Service"]),
+        (dataclasses.replace(started(), network_policy=None), ["NetworkPolicy"]),
         (dataclasses.replace(started(), aggregator=None), ["Deployment"]),
         (started(), []),
     ],
@@ -144,6 +146,7 @@ def reading(
         "only the secret",
         "no tier jobs",
         "no secret or service",
+        "no network policy",
         "no aggregator",
         "everything",
     ],
@@ -501,7 +504,7 @@ def test_an_invalid_device_tier_is_named_invalid_not_missing() -> None:
 def test_a_secret_of_someone_else_means_no_aggregator_and_no_trainers() -> None:
     foreign = Observed(secret=ChildState("job-token", "another-uid"))
     plan = run(observed=foreign)
-    assert [o["kind"] for o in plan.create] == ["Service"]  # nothing that reads the Secret
+    assert [o["kind"] for o in plan.create] == ["Service", "NetworkPolicy"]  # nothing that reads the Secret
     condition = next(c for c in plan.status.conditions or [] if c.type == "Progressing")
     assert (condition.status, condition.reason) == ("False", "ChildConflict")
     assert "Secret job-token" in condition.message
@@ -560,4 +563,4 @@ def test_a_refused_secret_says_the_workloads_wait_for_it() -> None:
     [c] = [c for c in plan.status.conditions or [] if c.type == "Progressing"]
     assert c.reason == "ChildForbidden"
     assert "the aggregator and the trainers are created once the Secret exists" in c.message
-    assert [o["kind"] for o in plan.create] == ["Secret", "Service"]
+    assert [o["kind"] for o in plan.create] == ["Secret", "Service", "NetworkPolicy"]
