@@ -32,15 +32,32 @@ def run_variant(job_file: Path, compression: str, out: Path) -> dict[str, object
     run_dir = out / compression
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "flextrain", "run", str(variant_file), "--out", str(run_dir), "--fresh"],
-        capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            "-m",
+            "flextrain",
+            "run",
+            str(variant_file),
+            "--out",
+            str(run_dir),
+            "--fresh",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     wall = time.monotonic() - started
     if done.returncode != 0:
         raise SystemExit(f"{compression}: flextrain run failed:\n{done.stdout}\n{done.stderr}")
-    checkpoint = torch.load(sorted((run_dir / "checkpoints").glob("round-*.pt"))[-1], weights_only=True)
+    checkpoint = torch.load(
+        sorted((run_dir / "checkpoints").glob("round-*.pt"))[-1], weights_only=True
+    )
     final_round = checkpoint["completed_rounds"]
-    accuracy = {h["depth"]: h["accuracy"] for h in checkpoint["accuracy_history"] if h["round"] == final_round}
+    accuracy = {
+        h["depth"]: h["accuracy"]
+        for h in checkpoint["accuracy_history"]
+        if h["round"] == final_round
+    }
     counters = checkpoint["tier_counters"]
     return {
         "compression": compression,
@@ -67,7 +84,8 @@ def main() -> int:
         f"Compressed transport on `{args.job}` (same seed; accuracy after the last round)",
         "",
         "| wire dtype | bytes up | bytes down | vs float32 | "
-        + " | ".join(f"accuracy depth {d}" for d in depths) + " | wall s |",
+        + " | ".join(f"accuracy depth {d}" for d in depths)
+        + " | wall s |",
         "|---|---|---|---|" + "---|" * len(depths) + "---|",
     ]
     for row in rows:

@@ -125,7 +125,9 @@ def begin(args: argparse.Namespace, name: str) -> Setup:
     start = time.perf_counter()
     info = machine()
     out = out_dir(name, args.out)
-    splits = load_dataset(args.dataset, data_dir_for(args.dataset, args.data_dir), seed=0, limit=args.limit)
+    splits = load_dataset(
+        args.dataset, data_dir_for(args.dataset, args.data_dir), seed=0, limit=args.limit
+    )
     spec = ModelSpec("resnet", args.layers, splits.num_classes, splits.channels, splits.image_size)
     return Setup(start, info, out, splits, spec)
 

@@ -33,7 +33,9 @@ def run_job(job_file: Path, run_dir: Path) -> float:
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "flextrain", "run", str(job_file), "--out", str(run_dir), "--fresh"],
-        capture_output=True, text=True, timeout=1800,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     if done.returncode != 0:
         raise SystemExit(f"flextrain run failed:\n{done.stdout}\n{done.stderr}")
@@ -71,7 +73,9 @@ def main() -> int:
     if not (args.reuse and list((run_dir / "checkpoints").glob("round-*.pt"))):
         print(f"running {args.job} ...", flush=True)
         wall = run_job(args.job, run_dir)
-    checkpoint = torch.load(sorted((run_dir / "checkpoints").glob("round-*.pt"))[-1], weights_only=True)
+    checkpoint = torch.load(
+        sorted((run_dir / "checkpoints").glob("round-*.pt"))[-1], weights_only=True
+    )
     model = spec.build()
     model.load_state_dict(checkpoint["global_state"])
     ds = plan.job.spec.dataset

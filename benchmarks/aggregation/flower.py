@@ -23,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.aggregation.procs import Tracker, free_port, proc_status, wait_for
+from benchmarks.aggregation.procs import (
+    Tracker,
+    cpu_seconds,
+    free_port,
+    proc_status,
+    wait_for,
+    write_atomically,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -31,7 +38,12 @@ APP_DIR = HERE / "flower_app"
 
 
 def flower_version(python: Path) -> str:
-    out = subprocess.run([str(python), "-c", "import flwr; print(flwr.__version__)"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(python), "-c", "import flwr; print(flwr.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{python} cannot import flwr: {out.stderr.strip()[-500:]}")
     return out.stdout.strip()
@@ -43,7 +55,9 @@ def save_model(arrays: dict[str, np.ndarray], path: Path) -> int:
     return int(sum(a.nbytes for a in arrays.values()))
 
 
-def _summarise(rounds: dict[str, dict[str, float]], warmup: int, clients: int, model_bytes: int) -> dict[str, Any]:
+def _summarise(
+    rounds: dict[str, dict[str, float]], warmup: int, clients: int, model_bytes: int
+) -> dict[str, Any]:
     per_round = []
     for key in sorted(rounds, key=int):
         number = int(key)
@@ -53,8 +67,16 @@ def _summarise(rounds: dict[str, dict[str, float]], warmup: int, clients: int, m
         if "end" not in entry:
             raise RuntimeError(f"round {number} did not finish: {entry}")
         if entry.get("results", entry.get("replies", clients)) != clients:
-            raise RuntimeError(f"round {number}: {entry.get('results', entry.get('replies'))} of {clients} results")
-        per_round.append({"round": number, "seconds": entry["end"] - entry["start"], **{k: v for k, v in entry.items() if k.endswith("bytes")}})
+            raise RuntimeError(
+                f"round {number}: {entry.get('results', entry.get('replies'))} of {clients} results"
+            )
+        per_round.append(
+            {
+                "round": number,
+                "seconds": entry["end"] - entry["start"],
+                **{k: v for k, v in entry.items() if k.endswith("bytes")},
+            }
+        )
     if not per_round:
         raise RuntimeError("no measured rounds")
     seconds = [r["seconds"] for r in per_round]
@@ -73,50 +95,237 @@ def _summarise(rounds: dict[str, dict[str, float]], warmup: int, clients: int, m
     }
 
 
-def run_legacy(python: Path, model: Path, model_bytes: int, tracker: Tracker, work: Path, *, label: str, clients: int, warmup: int, measured: int, client_procs: int) -> dict[str, Any]:
-    work.mkdir(parents=True, exist_ok=True)
-    out = work / f"legacy-{label}.json"
-    out.unlink(missing_ok=True)
-    rounds = warmup + measured
-    port = free_port()
-    script = str(HERE / "flower_legacy.py")
-    budget = 120 + rounds * (60 + 200 * model_bytes * clients / 1e9)
-    server = tracker.start(
-        f"flower-legacy-{label}-server",
-        [str(python), script, "server", "--port", str(port), "--model", str(model), "--rounds", str(rounds), "--clients", str(clients), "--out", str(out)],
-        cwd=work,
-    )
-    procs = [server]
-    try:
-        wait_for(lambda: _listening(port) or server.poll() is not None, 120, "the Flower server to listen")
+class LegacyRun:
+    """Flower legacy (`start_server` + `start_client` threads in `client_procs`
+    processes), round by round so that its rounds can alternate with other systems':
+    ``start`` (server and clients up), ``run_round`` for rounds 1, 2, ... (the first
+    ``warmup`` are not counted), ``finish`` for the numbers, ``close`` stops every
+    process (use it as a context manager). The server begins round R at the start time
+    the benchmark writes into go-R (flower_legacy.py --sync-dir) and writes done-R when
+    its aggregate_fit ends."""
+
+    def __init__(
+        self,
+        python: Path,
+        model: Path,
+        model_bytes: int,
+        tracker: Tracker,
+        work: Path,
+        *,
+        label: str,
+        clients: int,
+        warmup: int,
+        measured: int,
+        client_procs: int,
+    ) -> None:
+        self.python, self.model, self.model_bytes, self.tracker = (
+            python,
+            model,
+            model_bytes,
+            tracker,
+        )
+        self.work, self.label, self.clients, self.warmup = work, label, clients, warmup
+        self.rounds = warmup + measured
+        self.n_procs = max(1, min(client_procs, clients))
+        self.round_budget = 60 + 200 * model_bytes * clients / 1e9
+        self.sync = work / f"legacy-{label}-sync"
+        self.out = work / f"legacy-{label}.json"
+        self.server: subprocess.Popen[bytes] | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.cpu_files: list[Path] = []
+        self._server_cpu: list[float] = []
+        self._clients_cpu: list[float] = []
+        self._done = 0
+
+    def __enter__(self) -> LegacyRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        work, label = self.work, self.label
+        work.mkdir(parents=True, exist_ok=True)
+        self.sync.mkdir(parents=True, exist_ok=True)
+        for f in self.sync.iterdir():
+            f.unlink()
+        self.out.unlink(missing_ok=True)
+        port = free_port()
+        script = str(HERE / "flower_legacy.py")
+        server = self.server = self.tracker.start(
+            f"flower-legacy-{label}-server",
+            [
+                str(self.python),
+                script,
+                "server",
+                "--port",
+                str(port),
+                "--model",
+                str(self.model),
+                "--rounds",
+                str(self.rounds),
+                "--clients",
+                str(self.clients),
+                "--out",
+                str(self.out),
+                "--sync-dir",
+                str(self.sync),
+            ],
+            cwd=work,
+        )
+        self.procs = [server]
+        wait_for(
+            lambda: _listening(port) or server.poll() is not None,
+            120,
+            "the Flower server to listen",
+        )
         if server.poll() is not None:
-            raise RuntimeError(f"Flower legacy server exited with {server.returncode}; see {tracker.logs}")
-        n_procs = max(1, min(client_procs, clients))
-        counts = [clients // n_procs + (1 if i < clients % n_procs else 0) for i in range(n_procs)]
-        cpu_files = []
+            raise RuntimeError(
+                f"Flower legacy server exited with {server.returncode}; see {self.tracker.logs}"
+            )
+        counts = [
+            self.clients // self.n_procs + (1 if i < self.clients % self.n_procs else 0)
+            for i in range(self.n_procs)
+        ]
+        timeout = (
+            600 + self.rounds * self.round_budget * 4
+        )  # the other systems' rounds run in between
         for i, count in enumerate(counts):
-            cpu_files.append(work / f"legacy-{label}-clients-{i}.cpu.json")
-            cpu_files[-1].unlink(missing_ok=True)
-            procs.append(tracker.start(
-                f"flower-legacy-{label}-clients-{i}",
-                [str(python), script, "clients", "--port", str(port), "--count", str(count), "--timeout", str(budget), "--out", str(cpu_files[-1])],
-                cwd=work,
-            ))
-        wait_for(lambda: server.poll() is not None, budget, "the Flower legacy server to finish its rounds", interval=0.2)
-        if server.returncode != 0 or not out.exists():
-            raise RuntimeError(f"Flower legacy server exited with {server.returncode}; see its log in {tracker.logs}")
-        wait_for(lambda: all(p.poll() is not None for p in procs), 60, "Flower legacy clients to exit", interval=0.2)
-    finally:
-        tracker.stop_pids([p.pid for p in procs if p.poll() is None])
-    raw = json.loads(out.read_text())
-    result = {"path": "legacy", "label": label, "clients": clients, "model_bytes": model_bytes, "client_processes": n_procs}
-    result.update(_summarise(raw["rounds"], warmup, clients, model_bytes))
-    result["server_peak_rss_bytes"] = raw["server_peak_rss_bytes"]
-    result["server_idle_rss_bytes"] = raw["server_idle_rss_bytes"]
-    result["server_process"] = "start_server() process"
-    result["server_cpu_seconds_per_round"] = raw["cpu_seconds"] / rounds
-    result["clients_cpu_seconds_per_round"] = sum(float(_read_json(f).get("cpu_seconds", 0.0)) for f in cpu_files) / rounds
-    return result
+            self.cpu_files.append(work / f"legacy-{label}-clients-{i}.cpu.json")
+            self.cpu_files[-1].unlink(missing_ok=True)
+            self.procs.append(
+                self.tracker.start(
+                    f"flower-legacy-{label}-clients-{i}",
+                    [
+                        str(self.python),
+                        script,
+                        "clients",
+                        "--port",
+                        str(port),
+                        "--count",
+                        str(count),
+                        "--timeout",
+                        str(timeout),
+                        "--out",
+                        str(self.cpu_files[-1]),
+                    ],
+                    cwd=work,
+                )
+            )
+
+    def run_round(self) -> None:
+        """The next round: returns once its aggregate_fit has ended."""
+        assert self.server is not None, "start() first"
+        r = self._done + 1
+        if r > self.rounds:
+            raise RuntimeError(f"all {self.rounds} rounds have run")
+        server = self.server
+        clients = self.procs[1:]
+        before = cpu_seconds(server.pid), [cpu_seconds(p.pid) for p in clients]
+        write_atomically(self.sync / f"go-{r}", repr(time.time() + 0.2))
+        done = self.sync / f"done-{r}"
+
+        def finished() -> bool:
+            if server.poll() is not None and not done.exists():
+                raise RuntimeError(
+                    f"Flower legacy server exited with {server.returncode} in round {r}; see {self.tracker.logs}"
+                )
+            return done.exists()
+
+        wait_for(
+            finished,
+            self.round_budget + (120 if r == 1 else 0),
+            f"round {r} of Flower legacy",
+            interval=0.01,
+        )
+        after = cpu_seconds(server.pid), [cpu_seconds(p.pid) for p in clients]
+        if r > self.warmup:
+            if before[0] is not None and after[0] is not None:
+                self._server_cpu.append(after[0] - before[0])
+            self._clients_cpu.append(
+                sum(
+                    a - b
+                    for a, b in zip(after[1], before[1], strict=True)
+                    if a is not None and b is not None
+                )
+            )
+        self._done = r
+
+    def finish(self) -> dict[str, Any]:
+        assert self.server is not None, "start() first"
+        while self._done < self.rounds:
+            self.run_round()
+        server = self.server
+        wait_for(
+            lambda: server.poll() is not None,
+            120,
+            "the Flower legacy server to finish",
+            interval=0.1,
+        )
+        if server.returncode != 0 or not self.out.exists():
+            raise RuntimeError(
+                f"Flower legacy server exited with {server.returncode}; see its log in {self.tracker.logs}"
+            )
+        wait_for(
+            lambda: all(p.poll() is not None for p in self.procs),
+            60,
+            "Flower legacy clients to exit",
+            interval=0.2,
+        )
+        raw = json.loads(self.out.read_text())
+        result = {
+            "path": "legacy",
+            "label": self.label,
+            "clients": self.clients,
+            "model_bytes": self.model_bytes,
+            "client_processes": self.n_procs,
+        }
+        result.update(_summarise(raw["rounds"], self.warmup, self.clients, self.model_bytes))
+        result["server_peak_rss_bytes"] = raw["server_peak_rss_bytes"]
+        result["server_idle_rss_bytes"] = raw["server_idle_rss_bytes"]
+        result["server_process"] = "start_server() process"
+        # CPU of the measured rounds, from the start signal to the end of aggregate_fit.
+        result["server_cpu_seconds_per_round"] = (
+            statistics.fmean(self._server_cpu) if self._server_cpu else None
+        )
+        result["clients_cpu_seconds_per_round"] = (
+            statistics.fmean(self._clients_cpu) if self._clients_cpu else None
+        )
+        result["server_cpu_seconds_total"] = raw["cpu_seconds"]
+        return result
+
+    def close(self) -> None:
+        self.tracker.stop_pids([p.pid for p in self.procs if p.poll() is None])
+
+
+def run_legacy(
+    python: Path,
+    model: Path,
+    model_bytes: int,
+    tracker: Tracker,
+    work: Path,
+    *,
+    label: str,
+    clients: int,
+    warmup: int,
+    measured: int,
+    client_procs: int,
+) -> dict[str, Any]:
+    """Flower legacy on its own, every round right after the one before."""
+    with LegacyRun(
+        python,
+        model,
+        model_bytes,
+        tracker,
+        work,
+        label=label,
+        clients=clients,
+        warmup=warmup,
+        measured=measured,
+        client_procs=client_procs,
+    ) as run:
+        run.start()
+        return run.finish()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -168,23 +377,44 @@ class Deployment:
         )
         superlink = self.superlink = self.tracker.start(
             "flower-superlink",
-            [str(self.bin / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
-             "--disable-runtime-dependency-installation"],
+            [
+                str(self.bin / "flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--disable-runtime-dependency-installation",
+            ],
             env=self._env(),
             cwd=self.work,
         )
-        wait_for(lambda: _listening(self.port) or superlink.poll() is not None, 120, "the SuperLink to listen")
+        wait_for(
+            lambda: _listening(self.port) or superlink.poll() is not None,
+            120,
+            "the SuperLink to listen",
+        )
         if superlink.poll() is not None:
             raise RuntimeError(f"flower-superlink exited with {superlink.returncode}")
         for i in range(self.clients):
             runtime_port = free_port()
-            self.supernodes.append(self.tracker.start(
-                f"flower-supernode-{i}",
-                [str(self.bin / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-                 "--host", "127.0.0.1", "--port", str(runtime_port)],
-                env=self._env(),
-                cwd=self.work,
-            ))
+            self.supernodes.append(
+                self.tracker.start(
+                    f"flower-supernode-{i}",
+                    [
+                        str(self.bin / "flower-supernode"),
+                        "--insecure",
+                        "--superlink",
+                        f"127.0.0.1:{self.port}",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(runtime_port),
+                    ],
+                    env=self._env(),
+                    cwd=self.work,
+                )
+            )
 
     def wait_ready(self, timeout: float) -> float:
         """Wait until every SuperNode registered (its log names its node id) and its
@@ -210,7 +440,14 @@ class Deployment:
         the app on every SuperNode."""
         assert self.superlink is not None, "start() first"
         plan = self.work / "phases.json"
-        plan.write_text(json.dumps([{"label": p["label"], "model": str(p["model"]), "rounds": p["rounds"]} for p in phases]))
+        plan.write_text(
+            json.dumps(
+                [
+                    {"label": p["label"], "model": str(p["model"]), "rounds": p["rounds"]}
+                    for p in phases
+                ]
+            )
+        )
         out = self.work / "deployment-result.json"
         out.unlink(missing_ok=True)
         config = f'plan-path="{plan}" result-path="{out}" num-clients={self.clients}'
@@ -241,27 +478,51 @@ class Deployment:
                 self.tracker.sample()
                 cpu_now = self.tracker.cpu_by_name()
                 entry = raw["phases"][label]
-                result = {"path": "deployment", "label": label, "clients": self.clients, "model_bytes": phase["model_bytes"], "client_processes": f"{self.clients} SuperNodes"}
-                result.update(_summarise(entry["rounds"], phase["warmup"], self.clients, phase["model_bytes"]))
+                result = {
+                    "path": "deployment",
+                    "label": label,
+                    "clients": self.clients,
+                    "model_bytes": phase["model_bytes"],
+                    "client_processes": f"{self.clients} SuperNodes",
+                }
+                result.update(
+                    _summarise(entry["rounds"], phase["warmup"], self.clients, phase["model_bytes"])
+                )
                 superlink_peak = self.tracker.peak_of(self.superlink.pid)
                 serverapp_peak = int(entry.get("serverapp_peak_rss_bytes", 0))
-                clientapps = [p for p in self.tracker.peaks_named("flwr-clientapp") if p.first_seen >= phase_started]
-                result.update({
-                    "superlink_peak_rss_bytes": superlink_peak,
-                    "serverapp_peak_rss_bytes": serverapp_peak,
-                    "server_peak_rss_bytes": superlink_peak + serverapp_peak,
-                    "server_idle_rss_bytes": superlink_idle + int(entry.get("serverapp_idle_rss_bytes", 0)),
-                    "server_process": "SuperLink + ServerApp processes (sum of peaks)",
-                    "clientapp_peak_rss_bytes": max((p.hwm for p in clientapps), default=0),
-                    "cpu_seconds_by_process": {k: round(v - cpu_before.get(k, 0.0), 2) for k, v in cpu_now.items() if v - cpu_before.get(k, 0.0) > 0.05},
-                    "phase_wall_seconds": entry.get("wall_seconds"),
-                    "server_cpu_seconds_per_round": (
-                        cpu_now.get("flower-superlink", 0.0) - cpu_before.get("flower-superlink", 0.0) + float(entry.get("cpu_seconds", 0.0))
-                    ) / max(1, int(phase["rounds"])),
-                    "clients_cpu_seconds_per_round": sum(
-                        cpu_now.get(k, 0.0) - cpu_before.get(k, 0.0) for k in ("flwr-clientapp", "flower-supernode", "flower-superexec")
-                    ) / max(1, int(phase["rounds"])),
-                })
+                clientapps = [
+                    p
+                    for p in self.tracker.peaks_named("flwr-clientapp")
+                    if p.first_seen >= phase_started
+                ]
+                result.update(
+                    {
+                        "superlink_peak_rss_bytes": superlink_peak,
+                        "serverapp_peak_rss_bytes": serverapp_peak,
+                        "server_peak_rss_bytes": superlink_peak + serverapp_peak,
+                        "server_idle_rss_bytes": superlink_idle
+                        + int(entry.get("serverapp_idle_rss_bytes", 0)),
+                        "server_process": "SuperLink + ServerApp processes (sum of peaks)",
+                        "clientapp_peak_rss_bytes": max((p.hwm for p in clientapps), default=0),
+                        "cpu_seconds_by_process": {
+                            k: round(v - cpu_before.get(k, 0.0), 2)
+                            for k, v in cpu_now.items()
+                            if v - cpu_before.get(k, 0.0) > 0.05
+                        },
+                        "phase_wall_seconds": entry.get("wall_seconds"),
+                        "server_cpu_seconds_per_round": (
+                            cpu_now.get("flower-superlink", 0.0)
+                            - cpu_before.get("flower-superlink", 0.0)
+                            + float(entry.get("cpu_seconds", 0.0))
+                        )
+                        / max(1, int(phase["rounds"])),
+                        "clients_cpu_seconds_per_round": sum(
+                            cpu_now.get(k, 0.0) - cpu_before.get(k, 0.0)
+                            for k in ("flwr-clientapp", "flower-supernode", "flower-superexec")
+                        )
+                        / max(1, int(phase["rounds"])),
+                    }
+                )
                 results[label] = result
                 done.add(label)
                 cpu_before = cpu_now
@@ -269,7 +530,9 @@ class Deployment:
                 superlink_idle = proc_status(self.superlink.pid).get("VmRSS", 0)
                 self.tracker.reset_peak(self.superlink.pid)
             # A run that died: no ServerApp process left and no new phase for a while.
-            alive = any(self.tracker._name_of(pid) == "flwr-serverapp" for pid in self.tracker.tagged_pids())
+            alive = any(
+                self.tracker._name_of(pid) == "flwr-serverapp" for pid in self.tracker.tagged_pids()
+            )
             seen_serverapp = seen_serverapp or alive
             if seen_serverapp and not alive and len(done) < len(phases):
                 gone_since = gone_since or time.monotonic()
@@ -282,9 +545,15 @@ class Deployment:
             self.tracker.stop_pids([run.pid])
         for phase in phases:
             if phase["label"] not in results:
-                results[phase["label"]] = {"path": "deployment", "label": phase["label"], "error": error or f"did not finish within {budget:.0f}s"}
+                results[phase["label"]] = {
+                    "path": "deployment",
+                    "label": phase["label"],
+                    "error": error or f"did not finish within {budget:.0f}s",
+                }
         return results
 
     def stop(self) -> None:
-        pids = [p.pid for p in [*self.supernodes, self.superlink] if p is not None and p.poll() is None]
+        pids = [
+            p.pid for p in [*self.supernodes, self.superlink] if p is not None and p.poll() is None
+        ]
         self.tracker.stop_pids(pids)

@@ -5,8 +5,12 @@ Runs with the Python that has `flwr` installed (Flower pins protobuf<7, FlexTrai
 stubs need protobuf>=7, so they live in separate virtualenvs); imports neither torch
 nor flextrain.
 
-    python flower_legacy.py server --port P --model M.npz --rounds R --clients N --out F.json
+    python flower_legacy.py server --port P --model M.npz --rounds R --clients N --out F.json [--sync-dir D]
     python flower_legacy.py clients --port P --count K
+
+With --sync-dir the benchmark starts each round, so that Flower's rounds can alternate
+with other systems' (benchmarks/aggregation/bench.py): round R begins at the wall-clock
+time the file go-R holds, once it exists, and done-R is written when its aggregate ends.
 """
 
 from __future__ import annotations
@@ -29,6 +33,25 @@ def _status(key: str) -> int:
     return 0
 
 
+#: How often the server looks for the benchmark's go-R file. The file names a start time
+#: 0.2 s ahead, so this only bounds the wake-ups of a server that waits its turn.
+POLL_SECONDS = 0.02
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _await_start(sync: Path, server_round: int) -> None:
+    """Block until the benchmark's start time for `server_round` (go-R) has come."""
+    go = sync / f"go-{server_round}"
+    while not go.exists():
+        time.sleep(POLL_SECONDS)
+    time.sleep(max(0.0, float(go.read_text()) - time.time()))
+
+
 def serve(args: argparse.Namespace) -> int:
     from flwr.common import ndarrays_to_parameters
     from flwr.server import ServerConfig, start_server
@@ -47,6 +70,8 @@ def serve(args: argparse.Namespace) -> int:
             self.rounds: dict[int, dict[str, float]] = {}
 
         def configure_fit(self, server_round, parameters, client_manager):  # type: ignore[no-untyped-def]
+            if args.sync_dir is not None:
+                _await_start(args.sync_dir, server_round)
             entry = self.rounds[server_round] = {"start": time.time()}
             out = super().configure_fit(server_round, parameters, client_manager)
             entry["sent_bytes"] = sum(len(t) for t in parameters.tensors) * len(out)
@@ -58,9 +83,13 @@ def serve(args: argparse.Namespace) -> int:
             entry["results_in"] = time.time()
             entry["results"] = len(results)
             entry["failures"] = len(failures)
-            entry["received_bytes"] = sum(sum(len(t) for t in r.parameters.tensors) for _, r in results)
+            entry["received_bytes"] = sum(
+                sum(len(t) for t in r.parameters.tensors) for _, r in results
+            )
             out = super().aggregate_fit(server_round, results, failures)
             entry["end"] = time.time()
+            if args.sync_dir is not None:
+                _write(args.sync_dir / f"done-{server_round}", json.dumps(entry))
             return out
 
     strategy = TimedFedAvg(
@@ -87,9 +116,7 @@ def serve(args: argparse.Namespace) -> int:
         "wall_seconds": time.time() - started,
         "cpu_seconds": time.process_time() - cpu0,
     }
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(args.out)
+    _write(args.out, json.dumps(result))
     return 0
 
 
@@ -112,7 +139,12 @@ def clients(args: argparse.Namespace) -> int:
 
     def one() -> None:
         try:
-            start_client(server_address=f"127.0.0.1:{args.port}", client=EchoClient().to_client(), max_retries=30, max_wait_time=120)
+            start_client(
+                server_address=f"127.0.0.1:{args.port}",
+                client=EchoClient().to_client(),
+                max_retries=30,
+                max_wait_time=120,
+            )
         except BaseException as exc:  # reported below
             errors.append(repr(exc))
 
@@ -124,7 +156,9 @@ def clients(args: argparse.Namespace) -> int:
         t.join(timeout=max(0.0, deadline - time.monotonic()))
     if args.out:
         # CPU of this process from its first fit() (connections made) to the end.
-        args.out.write_text(json.dumps({"cpu_seconds": time.process_time() - (first_fit[0] if first_fit else 0.0)}))
+        args.out.write_text(
+            json.dumps({"cpu_seconds": time.process_time() - (first_fit[0] if first_fit else 0.0)})
+        )
     if errors:
         print("client errors:", errors[:3], file=sys.stderr)
     return 1 if errors or any(t.is_alive() for t in threads) else 0
@@ -140,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--clients", type=int, required=True)
     s.add_argument("--round-timeout", type=float, default=600.0)
     s.add_argument("--out", type=Path, required=True)
+    s.add_argument(
+        "--sync-dir", type=Path, help="wait for go-R before round R, write done-R after it"
+    )
     c = sub.add_parser("clients")
     c.add_argument("--port", type=int, required=True)
     c.add_argument("--count", type=int, required=True)

@@ -165,7 +165,12 @@ def measure(port: int, *, mib: int, streams: int, repeats: int) -> dict[str, Any
     nbytes = mib * MIB
     single = RawClient(port)
     many = [RawClient(port) for _ in range(streams)]
-    out: dict[str, Any] = {"mib_per_measurement": mib, "streams": streams, "repeats": repeats, "chunk_bytes": CHUNK}
+    out: dict[str, Any] = {
+        "mib_per_measurement": mib,
+        "streams": streams,
+        "repeats": repeats,
+        "chunk_bytes": CHUNK,
+    }
     try:
         single.download(8 * MIB)  # warm up connections
         single.upload(8 * MIB)
@@ -202,7 +207,15 @@ def measure(port: int, *, mib: int, streams: int, repeats: int) -> dict[str, Any
 # orchestration) is the difference.
 
 
-def _round_client(port: int, sizes: list[int], repeats: int, work: Path, index: int, distinct: bool, train_seconds: float = 0.0) -> None:
+def _round_client(
+    port: int,
+    sizes: list[int],
+    repeats: int,
+    work: Path,
+    index: int,
+    distinct: bool,
+    train_seconds: float = 0.0,
+) -> None:
     """One client process of raw_rounds(): a thread per size; files in `work` sync the
     processes (ready-P-R -> go-R with the start time -> done-P-R with end times)."""
     retain_freed_memory()
@@ -213,12 +226,14 @@ def _round_client(port: int, sizes: list[int], repeats: int, work: Path, index: 
         for r in range(repeats):
             (work / f"ready-{index}-{r}").write_text("")
             go = work / f"go-{r}"
-            while not go.exists():
-                time.sleep(0.002)
+            while not go.exists():  # it names a start time 0.2 s ahead (see RawRun.run_round)
+                time.sleep(0.02)
             cpu = time.process_time()
             ends = _raw_round(clients, sizes, float(go.read_text()), train_seconds)
             cpu = time.process_time() - cpu
-            write_atomically(work / f"done-{index}-{r}", json.dumps({"ends": ends, "cpu_seconds": cpu}))
+            write_atomically(
+                work / f"done-{index}-{r}", json.dumps({"ends": ends, "cpu_seconds": cpu})
+            )
         # Connections stay up until no process is in a measured round.
         deadline = time.monotonic() + 600
         while not (work / "teardown").exists() and time.monotonic() < deadline:
@@ -228,7 +243,9 @@ def _round_client(port: int, sizes: list[int], repeats: int, work: Path, index: 
             c.close()
 
 
-def _raw_round(clients: list[RawClient], sizes: list[int], start: float, train_seconds: float = 0.0) -> list[float]:
+def _raw_round(
+    clients: list[RawClient], sizes: list[int], start: float, train_seconds: float = 0.0
+) -> list[float]:
     """At wall-clock `start`, every client pulls, sleeps `train_seconds` (simulated
     local training), then pushes its size; their end times."""
     ends: list[float] = []
@@ -244,7 +261,10 @@ def _raw_round(clients: list[RawClient], sizes: list[int], start: float, train_s
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=one, args=(c, n), daemon=True) for c, n in zip(clients, sizes, strict=True)]
+    threads = [
+        threading.Thread(target=one, args=(c, n), daemon=True)
+        for c, n in zip(clients, sizes, strict=True)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -278,7 +298,13 @@ class RawRun:
         distinct: bool = True,
         train_seconds: float = 0.0,
     ) -> None:
-        self.port, self.sizes, self.rounds, self.warmup, self.work = port, sizes, rounds, warmup, work
+        self.port, self.sizes, self.rounds, self.warmup, self.work = (
+            port,
+            sizes,
+            rounds,
+            warmup,
+            work,
+        )
         self.train_seconds = train_seconds
         self._start, self._server_cpu, self.distinct = start, server_cpu, distinct
         self.groups = [sizes[i::processes] for i in range(min(processes, len(sizes)))]
@@ -302,9 +328,24 @@ class RawRun:
         spec = work / "sizes.json"
         spec.write_text(json.dumps(self.groups))
         self.procs = [
-            self._start([sys.executable, "-m", "benchmarks.aggregation.loopback", "--round-client", str(i),
-                         "--port", str(self.port), "--spec", str(spec), "--repeats", str(self.rounds),
-                         "--train-seconds", repr(self.train_seconds), *(["--distinct"] if self.distinct else [])])
+            self._start(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.aggregation.loopback",
+                    "--round-client",
+                    str(i),
+                    "--port",
+                    str(self.port),
+                    "--spec",
+                    str(spec),
+                    "--repeats",
+                    str(self.rounds),
+                    "--train-seconds",
+                    repr(self.train_seconds),
+                    *(["--distinct"] if self.distinct else []),
+                ]
+            )
             for i in range(len(self.groups))
         ]
 
@@ -371,8 +412,17 @@ def raw_rounds(
     distinct: bool = True,
 ) -> dict[str, Any]:
     """`repeats` raw rounds on their own after one warm-up round (see :class:`RawRun`)."""
-    with RawRun(port, sizes, processes=processes, rounds=repeats + 1, warmup=1, work=work, start=start,
-                server_cpu=server_cpu, distinct=distinct) as run:
+    with RawRun(
+        port,
+        sizes,
+        processes=processes,
+        rounds=repeats + 1,
+        warmup=1,
+        work=work,
+        start=start,
+        server_cpu=server_cpu,
+        distinct=distinct,
+    ) as run:
         run.start()
         return run.finish()
 
@@ -384,28 +434,47 @@ def _wait_files(work: Path, names: list[str], procs: list[Any], timeout: float =
             raise RuntimeError("a raw round client exited with an error (see its log)")
         if time.monotonic() > deadline:
             raise RuntimeError(f"raw round: timed out waiting for {names}")
-        time.sleep(0.002)
+        time.sleep(0.01)  # the round's end is the clients' own timestamp, not when this sees it
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--serve", action="store_true", help="run the server")
     p.add_argument("--port-file", type=Path, help="--serve: write the bound port here")
-    p.add_argument("--round-client", type=int, metavar="INDEX", help="run client process INDEX of raw_rounds()")
+    p.add_argument(
+        "--round-client", type=int, metavar="INDEX", help="run client process INDEX of raw_rounds()"
+    )
     p.add_argument("--port", type=int)
     p.add_argument("--spec", type=Path, help="--round-client: JSON list of each process's sizes")
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--distinct", action="store_true", help="--round-client: send distinct memory (see Chunks)")
-    p.add_argument("--train-seconds", type=float, default=0.0, help="--round-client: sleep between pull and push")
+    p.add_argument(
+        "--distinct", action="store_true", help="--round-client: send distinct memory (see Chunks)"
+    )
+    p.add_argument(
+        "--train-seconds",
+        type=float,
+        default=0.0,
+        help="--round-client: sleep between pull and push",
+    )
     args = p.parse_args(argv)
     if args.serve and args.port_file:
         asyncio.run(_serve(args.port_file))
         return 0
     if args.round_client is not None and args.port and args.spec:
         sizes = json.loads(args.spec.read_text())[args.round_client]
-        _round_client(args.port, sizes, args.repeats, args.spec.parent, args.round_client, args.distinct, args.train_seconds)
+        _round_client(
+            args.port,
+            sizes,
+            args.repeats,
+            args.spec.parent,
+            args.round_client,
+            args.distinct,
+            args.train_seconds,
+        )
         return 0
-    p.error("use --serve --port-file FILE, or --round-client N --port P --spec FILE (the benchmark starts these)")
+    p.error(
+        "use --serve --port-file FILE, or --round-client N --port P --spec FILE (the benchmark starts these)"
+    )
     return 2
 
 

@@ -7,12 +7,19 @@ the benchmark gave round r, which every client waits for before it pulls). Round
 the warm-up (joins, first encodes); the job has one round more than the clients run, so
 the aggregator never reaches its last round and never evaluates (evaluateEveryRounds
 is set beyond the job's rounds): evaluation is excluded by construction.
+
+Checkpointing is on, as the product runs by default: the operator always gives the
+aggregator a checkpoint directory (an emptyDir at /var/lib/flextrain/checkpoints when
+the job names no claim) and a job without `checkpoint` writes one every round
+(`everyRounds` defaults to 1). Here the directory is on the run's work disk, and the
+write (torch.save, fsync, rename) happens while the round closes, inside its latency.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -57,10 +64,21 @@ class Case:
     tiers: tuple[tuple[str, int, int], ...]  # (name, depth, replicas)
     #: Extra `flextrain aggregator` flags (a setting measured against the default).
     aggregator_args: tuple[str, ...] = ()
+    #: Give the aggregator a checkpoint directory (the product's default); False
+    #: measures the rounds without the checkpoint writes, for comparison.
+    checkpoint: bool = True
 
     @property
     def num_clients(self) -> int:
         return sum(r for _, _, r in self.tiers)
+
+
+def table3_mix(clients: int) -> tuple[tuple[str, int, int], ...]:
+    """The Table 3 mix for `clients` devices (a multiple of 10): the same depths, each
+    tier's share of the devices kept (1/10 for each of k8 ... k25, 3/10 for k27)."""
+    if clients % 10 or clients <= 0:
+        raise ValueError(f"the Table 3 mix needs a positive multiple of 10 clients, got {clients}")
+    return tuple((name, depth, replicas * clients // 20) for name, depth, replicas in TABLE3_TIERS)
 
 
 def job_body(case: Case, rounds: int) -> dict[str, Any]:
@@ -82,7 +100,8 @@ def job_body(case: Case, rounds: int) -> dict[str, Any]:
                 "compression": "none",
             },
             "tiers": [
-                {"name": n, "deviceTierRef": "bench", "depth": d, "replicas": r} for n, d, r in case.tiers
+                {"name": n, "deviceTierRef": "bench", "depth": d, "replicas": r}
+                for n, d, r in case.tiers
             ],
         },
     }
@@ -156,7 +175,15 @@ class OursRun:
     """
 
     def __init__(
-        self, case: Case, tracker: Tracker, work: Path, *, warmup: int, measured: int, client_procs: int, train_seconds: float = 0.0
+        self,
+        case: Case,
+        tracker: Tracker,
+        work: Path,
+        *,
+        warmup: int,
+        measured: int,
+        client_procs: int,
+        train_seconds: float = 0.0,
     ) -> None:
         self.case, self.tracker, self.work = case, tracker, work
         self.train_seconds = train_seconds
@@ -167,6 +194,7 @@ class OursRun:
         self.per_round_budget = 60 + 40 * self.full_bytes * case.num_clients / 1e9 + train_seconds
         self.sync = work / "sync"
         self.agg_log = tracker.logs / f"ours-{case.key}-aggregator.log"
+        self.checkpoints = work / "checkpoints" if case.checkpoint else None
         self.aggregator: Any = None
         self.procs: list[Any] = []
         self.outs: list[Path] = []
@@ -197,17 +225,37 @@ class OursRun:
         port_file = work / "port"
         port_file.unlink(missing_ok=True)
         self.agg_log.unlink(missing_ok=True)
+        checkpoint_args: list[str] = []
+        if self.checkpoints is not None:
+            shutil.rmtree(self.checkpoints, ignore_errors=True)  # a fresh job, not a resumed one
+            checkpoint_args = ["--checkpoint-dir", str(self.checkpoints)]
         argv = [
-            *AGGREGATOR_COMMAND, "aggregator",
-            "--plan", str(plan_file), "--token-file", str(token_file),
-            "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-            "--log-format", "json", "--device", "cpu", *case.aggregator_args,
+            *AGGREGATOR_COMMAND,
+            "aggregator",
+            "--plan",
+            str(plan_file),
+            "--token-file",
+            str(token_file),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--log-format",
+            "json",
+            "--device",
+            "cpu",
+            *checkpoint_args,
+            *case.aggregator_args,
         ]
         aggregator = self.aggregator = tracker.start(f"ours-{case.key}-aggregator", argv, cwd=REPO)
 
         def listening() -> bool:
             if aggregator.poll() is not None:
-                raise RuntimeError(f"aggregator exited with {aggregator.returncode}; see {self.agg_log}")
+                raise RuntimeError(
+                    f"aggregator exited with {aggregator.returncode}; see {self.agg_log}"
+                )
             return port_file.exists()
 
         wait_for(listening, 120, "the aggregator to listen")
@@ -216,8 +264,10 @@ class OursRun:
         self.idle_rss = proc_status(aggregator.pid).get("VmRSS", 0)
         self.idle_cpu = cpu_seconds(aggregator.pid) or 0.0
 
-        clients = [{"tier": n, "depth": d, "replica": i} for n, d, r in case.tiers for i in range(r)]
-        groups = [clients[i::self.n_procs] for i in range(self.n_procs)]
+        clients = [
+            {"tier": n, "depth": d, "replica": i} for n, d, r in case.tiers for i in range(r)
+        ]
+        groups = [clients[i :: self.n_procs] for i in range(self.n_procs)]
         for i, group in enumerate(groups):
             spec = {
                 "address": f"127.0.0.1:{port}",
@@ -237,12 +287,22 @@ class OursRun:
             out = work / f"clients-{i}.out.json"
             out.unlink(missing_ok=True)
             self.outs.append(out)
-            self.procs.append(tracker.start(
-                f"ours-{case.key}-clients-{i}",
-                [sys.executable, "-m", "benchmarks.aggregation.ours_clients", "--spec", str(spec_file), "--out", str(out)],
-                cwd=REPO,
-                env=tracker.env({"OMP_NUM_THREADS": "1"}),
-            ))
+            self.procs.append(
+                tracker.start(
+                    f"ours-{case.key}-clients-{i}",
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.aggregation.ours_clients",
+                        "--spec",
+                        str(spec_file),
+                        "--out",
+                        str(out),
+                    ],
+                    cwd=REPO,
+                    env=tracker.env({"OMP_NUM_THREADS": "1"}),
+                )
+            )
 
     def _failed(self) -> str | None:
         if self.aggregator.poll() is not None:
@@ -284,7 +344,12 @@ class OursRun:
         peak = self.tracker.peak_of(self.aggregator.pid)
         server_cpu = (cpu_seconds(self.aggregator.pid) or self.idle_cpu) - self.idle_cpu
         (self.sync / "teardown").write_text("")
-        wait_for(lambda: all(p.poll() is not None for p in self.procs), 120, "our clients to exit", interval=0.05)
+        wait_for(
+            lambda: all(p.poll() is not None for p in self.procs),
+            120,
+            "our clients to exit",
+            interval=0.05,
+        )
         rows: list[dict[str, Any]] = []
         errors = []
         for out in self.outs:
@@ -294,7 +359,10 @@ class OursRun:
             for client in json.loads(out.read_text()):
                 if "error" in client:
                     errors.append(f"{client['tier']}-{client['replica']}: {client['error']}")
-                rows.extend(dict(r, tier=client["tier"], replica=client["replica"]) for r in client.get("rounds", []))
+                rows.extend(
+                    dict(r, tier=client["tier"], replica=client["replica"])
+                    for r in client.get("rounds", [])
+                )
         if errors:
             raise RuntimeError("client errors: " + "; ".join(errors[:5]))
         log_seconds = _round_log_seconds(self.agg_log)
@@ -304,23 +372,32 @@ class OursRun:
         for r in measured:
             these = [x for x in rows if x["round"] == r]
             if len(these) != case.num_clients:
-                raise RuntimeError(f"round {r}: {len(these)} of {case.num_clients} clients reported")
+                raise RuntimeError(
+                    f"round {r}: {len(these)} of {case.num_clients} clients reported"
+                )
             end = max(x["push_end"] for x in these)
             nbytes = sum(x["pulled_bytes"] + x["pushed_bytes"] for x in these)
             to_model = sorted(x["pulled"] - self._begins[r] for x in these)
-            per_round.append({
-                "round": r, "seconds": end - self._begins[r], "bytes": nbytes,
-                # From the round's start until a client holds its model: first, median, last client.
-                "time_to_model": [to_model[0], statistics.median(to_model), to_model[-1]],
-                "aggregator_log_seconds": log_seconds.get(r),
-                "server_cpu_seconds": self._server_cpu.get(r), "clients_cpu_seconds": self._clients_cpu[r],
-            })
+            per_round.append(
+                {
+                    "round": r,
+                    "seconds": end - self._begins[r],
+                    "bytes": nbytes,
+                    # From the round's start until a client holds its model: first, median, last client.
+                    "time_to_model": [to_model[0], statistics.median(to_model), to_model[-1]],
+                    "aggregator_log_seconds": log_seconds.get(r),
+                    "server_cpu_seconds": self._server_cpu.get(r),
+                    "clients_cpu_seconds": self._clients_cpu[r],
+                }
+            )
         seconds = [x["seconds"] for x in per_round]
         bytes_per_round = statistics.median(x["bytes"] for x in per_round)
         fedavg_bytes = self.full_bytes * case.num_clients * 2
         median = statistics.median(seconds)
         expected = sum(prefixes[d] * r * 2 for _, d, r in case.tiers)
-        server_round_cpu = [x["server_cpu_seconds"] for x in per_round if x["server_cpu_seconds"] is not None]
+        server_round_cpu = [
+            x["server_cpu_seconds"] for x in per_round if x["server_cpu_seconds"] is not None
+        ]
         return {
             "case": case.key,
             "label": case.label,
@@ -330,7 +407,9 @@ class OursRun:
             "round_seconds_median": median,
             "round_seconds_best": min(seconds),
             "round_seconds_mean": statistics.fmean(seconds),
-            "time_to_model_seconds": [statistics.median(x["time_to_model"][i] for x in per_round) for i in range(3)],
+            "time_to_model_seconds": [
+                statistics.median(x["time_to_model"][i] for x in per_round) for i in range(3)
+            ],
             "bytes_per_round": bytes_per_round,
             "bytes_per_round_expected": expected,
             "fedavg_bytes_per_round": fedavg_bytes,
@@ -340,12 +419,28 @@ class OursRun:
             "server_idle_rss_bytes": self.idle_rss,
             # CPU of the measured rounds, from each round's start to its last push (the
             # clients' includes their wait for the start time, as raw loopback's does).
-            "server_cpu_seconds_per_round": statistics.fmean(server_round_cpu) if server_round_cpu else None,
-            "clients_cpu_seconds_per_round": statistics.fmean(x["clients_cpu_seconds"] for x in per_round),
+            "server_cpu_seconds_per_round": statistics.fmean(server_round_cpu)
+            if server_round_cpu
+            else None,
+            "clients_cpu_seconds_per_round": statistics.fmean(
+                x["clients_cpu_seconds"] for x in per_round
+            ),
             # The whole run's, joins and warm-up included.
             "server_cpu_seconds_total": server_cpu,
             "client_processes": self.n_procs,
             "prefix_bytes": prefixes,
+            "checkpoint": self._checkpoints_written(),
+        }
+
+    def _checkpoints_written(self) -> dict[str, Any] | None:
+        """The checkpoint files left (the store keeps the newest two), or None when off."""
+        if self.checkpoints is None:
+            return None
+        files = sorted(self.checkpoints.glob("round-*.pt"))
+        return {
+            "dir": str(self.checkpoints),
+            "files": [f.name for f in files],
+            "bytes": files[-1].stat().st_size if files else 0,
         }
 
     def close(self) -> None:
@@ -357,9 +452,24 @@ class OursRun:
 
 
 def run_case(
-    case: Case, tracker: Tracker, work: Path, *, warmup: int, measured: int, client_procs: int, train_seconds: float = 0.0
+    case: Case,
+    tracker: Tracker,
+    work: Path,
+    *,
+    warmup: int,
+    measured: int,
+    client_procs: int,
+    train_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """Run one case end to end, on its own, and return its raw numbers."""
-    with OursRun(case, tracker, work, warmup=warmup, measured=measured, client_procs=client_procs, train_seconds=train_seconds) as run:
+    with OursRun(
+        case,
+        tracker,
+        work,
+        warmup=warmup,
+        measured=measured,
+        client_procs=client_procs,
+        train_seconds=train_seconds,
+    ) as run:
         run.start()
         return run.finish()

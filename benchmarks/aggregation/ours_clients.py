@@ -35,8 +35,11 @@ from flextrain.contract.credentials import tier_key
 from flextrain.trainer.client import AggregatorClient
 from flextrain.trainer.config import TrainerConfig
 
-#: How often the process looks for the benchmark's files.
-POLL_SECONDS = 0.002
+#: How often the process looks for the benchmark's files. A round's go file names a
+#: start time 0.2 s ahead, so this does not delay the round; it bounds the wake-ups of
+#: a process that waits while other systems' rounds run (benchmarks/aggregation/bench.py
+#: alternates them).
+POLL_SECONDS = 0.02
 
 
 def wait_file(path: Path, deadline: float, abort: threading.Event | None = None) -> None:
@@ -77,14 +80,22 @@ class Rounds:
 
     def _report(self) -> None:
         cpu = time.process_time() - self._cpu  # every thread of the process
-        write_atomically(self.sync / f"done-{self.index}-{self._round}", json.dumps({"cpu_seconds": cpu}))
+        write_atomically(
+            self.sync / f"done-{self.index}-{self._round}", json.dumps({"cpu_seconds": cpu})
+        )
 
     def fail(self) -> None:
         self.abort.set()
         self._all_pushed.abort()
 
 
-def run_client(spec: dict[str, Any], client: dict[str, Any], rounds: Rounds, out: dict[str, Any], keep: list[AggregatorClient]) -> None:
+def run_client(
+    spec: dict[str, Any],
+    client: dict[str, Any],
+    rounds: Rounds,
+    out: dict[str, Any],
+    keep: list[AggregatorClient],
+) -> None:
     config = TrainerConfig(
         aggregator=spec["address"],
         tier_key=tier_key(spec["token"], spec["job"], client["tier"]),
@@ -105,16 +116,32 @@ def run_client(spec: dict[str, Any], client: dict[str, Any], rounds: Rounds, out
             rounds.begin(r)
             t_pull = time.time()
             for _attempt in range(int(spec["max_pull_attempts"])):  # a long poll may time out
-                pulled = agg.pull(joined.client_id, min_round=r, wait_seconds=float(spec["wait_seconds"]), reuse_buffer=True)
+                pulled = agg.pull(
+                    joined.client_id,
+                    min_round=r,
+                    wait_seconds=float(spec["wait_seconds"]),
+                    reuse_buffer=True,
+                )
                 if pulled.ready or pulled.done:
                     break
             t_pulled = time.time()
             if not pulled.ready or pulled.round != r:
-                raise RuntimeError(f"pull of round {r} returned ready={pulled.ready} round={pulled.round} done={pulled.done}")
+                raise RuntimeError(
+                    f"pull of round {r} returned ready={pulled.ready} round={pulled.round} done={pulled.done}"
+                )
             time.sleep(float(spec.get("train_seconds", 0.0)))  # simulated local training (no CPU)
             pushed = agg.push(joined.client_id, r, pulled.tensors, 1, wire_dtype, 0.0, 0.0)
             t_pushed = time.time()
-            records.append({"round": r, "pull_start": t_pull, "pulled": t_pulled, "push_end": t_pushed, "pulled_bytes": pulled.nbytes, "pushed_bytes": pushed})
+            records.append(
+                {
+                    "round": r,
+                    "pull_start": t_pull,
+                    "pulled": t_pulled,
+                    "push_end": t_pushed,
+                    "pulled_bytes": pulled.nbytes,
+                    "pushed_bytes": pushed,
+                }
+            )
             del pulled
             rounds.pushed()
     except Exception as exc:  # reported in the output file
@@ -124,7 +151,12 @@ def run_client(spec: dict[str, Any], client: dict[str, Any], rounds: Rounds, out
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--spec", type=Path, required=True, help="JSON: address, token, job, rounds, wait_seconds, sync_dir, index, clients[]")
+    p.add_argument(
+        "--spec",
+        type=Path,
+        required=True,
+        help="JSON: address, token, job, rounds, wait_seconds, sync_dir, index, clients[]",
+    )
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     retain_freed_memory()  # as `flextrain trainer` does, before any thread starts
@@ -136,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     outs: list[dict[str, Any]] = [dict(c) for c in clients]
     keep: list[AggregatorClient] = []
     threads = [
-        threading.Thread(target=run_client, args=(spec, c, rounds, o, keep), name=f"client-{c['tier']}-{c['replica']}", daemon=True)
+        threading.Thread(
+            target=run_client,
+            args=(spec, c, rounds, o, keep),
+            name=f"client-{c['tier']}-{c['replica']}",
+            daemon=True,
+        )
         for c, o in zip(clients, outs, strict=True)
     ]
     for t in threads:

@@ -107,7 +107,9 @@ class Tracker:
 
     # -- starting --------------------------------------------------------------------
 
-    def env(self, extra: Mapping[str, str] | None = None, *, path_first: str | None = None) -> dict[str, str]:
+    def env(
+        self, extra: Mapping[str, str] | None = None, *, path_first: str | None = None
+    ) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXTRAIN_")}
         env.update({TAG_VAR: self.tag, "PYTHONUNBUFFERED": "1"})
         if path_first:
@@ -115,10 +117,23 @@ class Tracker:
         env.update(extra or {})
         return env
 
-    def start(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
         log = self.logs / f"{name}.log"
         with log.open("ab") as handle:
-            popen = subprocess.Popen(list(argv), cwd=cwd, env=dict(env or self.env()), stdout=handle, stderr=subprocess.STDOUT)
+            popen = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=dict(env or self.env()),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
         self.started.append(popen)
         with self._lock:
             self.peaks[popen.pid] = Peak(popen.pid, name)
@@ -162,7 +177,9 @@ class Tracker:
             with self._lock:
                 peak = self.peaks.get(pid)
                 if peak is None:
-                    peak = self.peaks[pid] = Peak(pid, self._name_of(pid), rss_first=status.get("VmRSS", 0))
+                    peak = self.peaks[pid] = Peak(
+                        pid, self._name_of(pid), rss_first=status.get("VmRSS", 0)
+                    )
                 if not peak.rss_first:
                     peak.rss_first = status.get("VmRSS", 0)
                 peak.hwm = max(peak.hwm, status.get("VmHWM", 0))
@@ -239,7 +256,9 @@ class Tracker:
     def stop_all(self) -> None:
         """Stop every tagged process still alive (by pid), e.g. between sections."""
         for _attempt in range(3):  # children may start grandchildren while we stop them
-            pids = sorted(set(self.tagged_pids()) | {p.pid for p in self.started if p.poll() is None})
+            pids = sorted(
+                set(self.tagged_pids()) | {p.pid for p in self.started if p.poll() is None}
+            )
             if not pids:
                 break
             self.stop_pids(pids)
