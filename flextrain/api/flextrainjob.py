@@ -36,6 +36,7 @@ from flextrain.api.common import (
     schema_extra,
 )
 from flextrain.api.conditions import JobPhase
+from flextrain.api.devicetier import MAX_NODE_SELECTOR, ResourceName, Resources, Toleration
 from flextrain.api.kubevalues import (
     ANNOTATIONS_MAX_BYTES,
     NO_BACKSTEPS_RULE,
@@ -47,6 +48,7 @@ from flextrain.api.kubevalues import (
     path_problems,
 )
 from flextrain.api.model import ModelSpec, blocks_cel
+from flextrain.api.quantity import ResourceQuantity
 from flextrain.contract import env as contract_env
 
 KIND: Final[str] = "FlexTrainJob"
@@ -509,6 +511,46 @@ class CheckpointSpec(ApiModel):
         return self
 
 
+class AggregatorResources(Resources):
+    """Container resources of the job's aggregator."""
+
+    requests: dict[ResourceName, ResourceQuantity] | None = Field(
+        default=None,
+        max_length=3,
+        description="requests: resources the scheduler reserves for the aggregator (default: "
+        "the operator's, 1 CPU and 2Gi); it holds a few copies of the model, so about 6x the "
+        "model plus the evaluation batch of memory. Not negative.",
+    )
+    limits: dict[ResourceName, ResourceQuantity] | None = Field(
+        default=None,
+        max_length=3,
+        description="limits: the most the aggregator may use (default: memory as requested); "
+        "memory over the limit kills it, and it resumes from its last checkpoint. Not negative.",
+    )
+
+
+class AggregatorSpec(ApiModel):
+    """Where the job's aggregator runs and what it may use."""
+
+    node_selector: dict[LabelKey, LabelValue] | None = Field(
+        default=None,
+        max_length=MAX_NODE_SELECTOR,
+        description="nodeSelector: node labels the aggregator's node must carry, e.g. "
+        "{flextrain.dev/pool: cpu}; kubernetes.io/os: linux is always added. At most "
+        f"{MAX_NODE_SELECTOR}.",
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None,
+        max_length=32,
+        description="tolerations: taints of the aggregator's nodes that its pod tolerates.",
+    )
+    resources: AggregatorResources | None = Field(
+        default=None,
+        description="resources: CPU, memory and ephemeral-storage requests and limits of the "
+        "aggregator container.",
+    )
+
+
 #: Environment variables the operator always sets itself: a pod template may not name them.
 RESERVED_ENV: Final[tuple[str, ...]] = contract_env.RESERVED
 #: Label prefix the operator selects its children by: a pod template may not use it.
@@ -710,6 +752,11 @@ class FlexTrainJobSpec(ApiModel):
                 ),
             ],
         ),
+    )
+    aggregator: AggregatorSpec | None = Field(
+        default=None,
+        description="aggregator: the aggregator's placement (nodeSelector, tolerations) and "
+        "resources; unset: any Linux node, the operator's default resources.",
     )
     checkpoint: CheckpointSpec | None = Field(
         default=None,

@@ -93,15 +93,20 @@ def _env(template: PodTemplate | None, ours: Sequence[JSON]) -> list[JSON]:
     return out
 
 
-def _pod_spec_defaults(template: PodTemplate | None, spec: JSON) -> JSON:
+def _pod_spec_defaults(template: PodTemplate | None, spec: JSON, settings: OperatorSettings) -> JSON:
+    """The pod template's account, priority class and pull secrets; the operator-wide
+    defaults where the job names none."""
     if template and template.service_account_name:
         spec["serviceAccountName"] = template.service_account_name
     else:
         spec["automountServiceAccountToken"] = False  # neither program talks to the API
-    if template and template.priority_class_name:
-        spec["priorityClassName"] = template.priority_class_name
+    priority = (template.priority_class_name if template else None) or settings.default_priority_class
+    if priority:
+        spec["priorityClassName"] = priority
     if template and template.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": s.name} for s in template.image_pull_secrets]
+    elif settings.default_image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": n} for n in settings.default_image_pull_secrets]
     return spec
 
 
@@ -302,6 +307,7 @@ def build_aggregator_deployment(
     template = job.spec.pod_template
     ckpt_dir, ckpt_volume, ckpt_mount = _checkpoint_volume(job, settings)
     data_dir, data_volumes, data_mounts = _data_volume(job.spec.dataset.source, settings)
+    placement = job.spec.aggregator
     tmp_volumes, tmp_mounts, tmp_env = _tmp(settings)
     pod_security, container_security = _security(settings)
 
@@ -339,10 +345,7 @@ def build_aggregator_deployment(
         "startupProbe": {**grpc_probe, "periodSeconds": 5, "failureThreshold": 60},
         "readinessProbe": {**grpc_probe, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {**grpc_probe, "periodSeconds": 10, "failureThreshold": 6},
-        "resources": {
-            "requests": {"cpu": settings.aggregator_cpu, "memory": settings.aggregator_memory},
-            "limits": {"memory": settings.aggregator_memory},
-        },
+        "resources": _aggregator_resources(job, settings),
         "volumeMounts": [ckpt_mount, *data_mounts, *tmp_mounts],
     }
     if container_security:
@@ -352,8 +355,10 @@ def build_aggregator_deployment(
         "volumes": [ckpt_volume, *data_volumes, *tmp_volumes],
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
-        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "nodeSelector": {**((placement.node_selector or {}) if placement else {}), "kubernetes.io/os": "linux"},
     }
+    if placement and placement.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in placement.tolerations]
     if pod_security:
         pod_spec["securityContext"] = pod_security
     labels = names.aggregator_labels(name)
@@ -379,8 +384,38 @@ def build_aggregator_deployment(
                         template, {"kubectl.kubernetes.io/default-container": AGGREGATOR_CONTAINER}
                     ),
                 },
-                "spec": _pod_spec_defaults(template, pod_spec),
+                "spec": _pod_spec_defaults(template, pod_spec, settings),
             },
+        },
+    }
+
+
+def _aggregator_resources(job: FlexTrainJob, settings: OperatorSettings) -> JSON:
+    """The job's aggregator resources over the operator's defaults (a memory request
+    without a limit gets it as its limit)."""
+    res = job.spec.aggregator.resources if job.spec.aggregator else None
+    requests: JSON = {"cpu": settings.aggregator_cpu, "memory": settings.aggregator_memory}
+    requests |= {str(k): v for k, v in ((res.requests if res else None) or {}).items()}
+    limits: JSON = {"memory": requests["memory"]}
+    limits |= {str(k): v for k, v in ((res.limits if res else None) or {}).items()}
+    return {"requests": requests, "limits": limits}
+
+
+def build_disruption_budget(job: FlexTrainJob, owner: JSON) -> JSON:
+    """The aggregator's PodDisruptionBudget: a voluntary eviction (a node drain) waits
+    while the aggregator runs. Training resumes from the last checkpoint after an
+    involuntary loss; a drain should not cause one."""
+    name, namespace = job.metadata.name, job.metadata.namespace or "default"
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(
+            names.aggregator_name(name), namespace, names.aggregator_labels(name), owner
+        ),
+        "spec": {
+            "minAvailable": 1,
+            "selector": {"matchLabels": names.aggregator_selector(name)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
 
@@ -505,7 +540,7 @@ def build_tier_job(
                         template, {"kubectl.kubernetes.io/default-container": TRAINER_CONTAINER}
                     ),
                 },
-                "spec": _pod_spec_defaults(template, pod_spec),
+                "spec": _pod_spec_defaults(template, pod_spec, settings),
             },
         },
     }

@@ -26,6 +26,9 @@ override the process-level ones).
 | FLEXTRAIN_OPERATOR_SELF_NAMESPACE | self_namespace | (empty) |
 | FLEXTRAIN_OPERATOR_SELF_LABELS | self_labels | (empty) `key=value,...` |
 | FLEXTRAIN_OPERATOR_METRICS_NAMESPACES | metrics_namespaces | (empty: no one) |
+| FLEXTRAIN_OPERATOR_DISRUPTION_BUDGET | disruption_budget | true |
+| FLEXTRAIN_OPERATOR_DEFAULT_PRIORITY_CLASS | default_priority_class | (empty) |
+| FLEXTRAIN_OPERATOR_DEFAULT_IMAGE_PULL_SECRETS | default_image_pull_secrets | (empty) |
 """
 
 from __future__ import annotations
@@ -145,6 +148,17 @@ class OperatorSettings:
     """Namespaces whose pods may scrape the aggregators' metrics port (e.g. Prometheus'),
     comma-separated in the variable; empty: none."""
 
+    disruption_budget: bool = True
+    """Give each job's aggregator a PodDisruptionBudget (minAvailable 1): a node drain
+    waits for it instead of evicting it mid-round."""
+
+    default_priority_class: str = ""
+    """PriorityClass of every pod a job creates whose podTemplate names none."""
+
+    default_image_pull_secrets: tuple[str, ...] = ()
+    """Pull secrets (names, comma-separated in the variable) of every pod a job creates
+    whose podTemplate names none; they must exist in the job's namespace."""
+
     @property
     def cluster_wide(self) -> bool:
         return not self.namespaces
@@ -214,7 +228,7 @@ def _parse(name: str, raw: str) -> Any:
                 raise SettingsError(f"{var}: {item!r} is not key=value")
             labels[key.strip()] = value.strip()
         return labels
-    if name in ("namespaces", "allowed_images", "host_path_prefixes", "metrics_namespaces"):
+    if name in ("namespaces", "allowed_images", "host_path_prefixes", "metrics_namespaces", "default_image_pull_secrets"):
         items = tuple(item.strip() for item in raw.split(",") if item.strip())
         if name == "host_path_prefixes" and (bad := [p for p in items if not p.startswith("/")]):
             raise SettingsError(f"{var}: {bad[0]!r} is not an absolute path")

@@ -82,6 +82,7 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         ("apps", "v1", "deployments"),
         ("", "v1", "services"),
         ("networking.k8s.io", "v1", "networkpolicies"),
+        ("policy", "v1", "poddisruptionbudgets"),
         ("", "v1", "pods"),
     ):
         settings.watching.label_selectors[resource] = names.JOB_LABEL
@@ -172,6 +173,13 @@ def network_policies(
     return {(namespace, labels[names.JOB_LABEL]): observed.child_state(body)}
 
 
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=HAS_JOB, registry=REGISTRY)
+def disruption_budgets(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace, labels[names.JOB_LABEL]): observed.child_state(body)}
+
+
 @kopf.index(
     "", "v1", "pods", labels={**HAS_JOB, names.COMPONENT_LABEL: names.TRAINER}, registry=REGISTRY
 )
@@ -188,6 +196,7 @@ def trainer_pods(
 @kopf.on.event("apps", "v1", "deployments", labels=HAS_JOB, registry=REGISTRY)
 @kopf.on.event("", "v1", "services", labels=HAS_JOB, registry=REGISTRY)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=HAS_JOB, registry=REGISTRY)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=HAS_JOB, registry=REGISTRY)
 @kopf.on.event(
     "", "v1", "pods", labels={**HAS_JOB, names.COMPONENT_LABEL: names.TRAINER}, registry=REGISTRY
 )
@@ -258,6 +267,7 @@ async def flextrainjob(
     aggregators: kopf.Index[Any, Any] = indices["aggregators"]
     services: kopf.Index[Any, Any] = indices["services"]
     network_policies: kopf.Index[Any, Any] = indices["network_policies"]
+    disruption_budgets: kopf.Index[Any, Any] = indices["disruption_budgets"]
     trainer_pods: kopf.Index[Any, Any] = indices["trainer_pods"]
     runtime = _runtime(memo)
     key = job_key(namespace or "", name)
@@ -275,6 +285,7 @@ async def flextrainjob(
                 aggregators=_values(aggregators, key),
                 services=_values(services, key),
                 network_policies=_values(network_policies, key),
+                disruption_budgets=_values(disruption_budgets, key),
                 pods=_values(trainer_pods, key),
             )
             try:

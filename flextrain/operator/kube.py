@@ -44,6 +44,7 @@ KINDS: Final[dict[tuple[str, str], tuple[str, bool]]] = {
     ("apps/v1", "Deployment"): ("deployments", True),
     ("batch/v1", "Job"): ("jobs", True),
     ("networking.k8s.io/v1", "NetworkPolicy"): ("networkpolicies", True),
+    ("policy/v1", "PodDisruptionBudget"): ("poddisruptionbudgets", True),
     (API_VERSION, "FlexTrainJob"): ("flextrainjobs", True),
     (API_VERSION, "DeviceTier"): ("devicetiers", False),
 }

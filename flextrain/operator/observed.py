@@ -188,6 +188,7 @@ class Observed:
     secret: ChildState | None = None
     service: ChildState | None = None
     network_policy: ChildState | None = None
+    disruption_budget: ChildState | None = None
     aggregator: AggregatorState | None = None
     tier_jobs: Mapping[str, TierJobState] = field(default_factory=dict)
     pods: Sequence[PodState] = ()

@@ -132,6 +132,13 @@ RULES: Final[tuple[Rule, ...]] = (
         "namespaced",
     ),
     Rule(
+        "policy",
+        ("poddisruptionbudgets",),
+        ("get", "list", "watch", "create"),
+        "the aggregator's PodDisruptionBudget",
+        "namespaced",
+    ),
+    Rule(
         "apps",
         ("deployments",),
         ("get", "list", "watch", "create", "patch"),

@@ -120,6 +120,7 @@ class Snapshot:
     aggregators: Sequence[observed.AggregatorState] = ()
     services: Sequence[observed.ChildState] = ()
     network_policies: Sequence[observed.ChildState] = ()
+    disruption_budgets: Sequence[observed.ChildState] = ()
     pods: Sequence[observed.PodState] = ()
 
 
@@ -406,6 +407,7 @@ class Runtime:
         aggregator = snapshot.aggregators[0] if snapshot.aggregators else None
         service = snapshot.services[0] if snapshot.services else None
         policy = snapshot.network_policies[0] if snapshot.network_policies else None
+        budget = snapshot.disruption_budgets[0] if snapshot.disruption_budgets else None
         # Children created moments ago may not have reached the caches yet.
         for (kind, child), state in list(memory.expected.items()):
             if kind == "Job" and isinstance(state, observed.TierJobState):
@@ -428,10 +430,16 @@ class Runtime:
                     del memory.expected[(kind, child)]
                 else:
                     policy = state
+            elif kind == "PodDisruptionBudget" and isinstance(state, observed.ChildState):
+                if budget is not None:
+                    del memory.expected[(kind, child)]
+                else:
+                    budget = state
         return observed.Observed(
             secret=memory.secret,
             service=service,
             network_policy=policy,
+            disruption_budget=budget,
             aggregator=aggregator,
             tier_jobs=tier_jobs,
             pods=tuple(snapshot.pods),
@@ -620,7 +628,7 @@ def _summary(kind: str, body: Mapping[str, Any]) -> Any:
         return observed.tier_job_state(body)
     if kind == "Deployment":
         return observed.aggregator_state(body)
-    if kind in ("Service", "NetworkPolicy"):
+    if kind in ("Service", "NetworkPolicy", "PodDisruptionBudget"):
         return observed.child_state(body)
     return None
 

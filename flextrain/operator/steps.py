@@ -258,6 +258,11 @@ def desired_children(
             create.append(builders.build_network_policy(clean, owner, settings))
         else:
             owned(observed.network_policy, "NetworkPolicy")
+    if settings.disruption_budget:
+        if observed.disruption_budget is None:
+            create.append(builders.build_disruption_budget(clean, owner))
+        else:
+            owned(observed.disruption_budget, "PodDisruptionBudget")
     replicas = builders.aggregator_replicas(job)
     if not secret_ours:
         # Nothing that reads a Secret the job does not own; what runs already is stopped.

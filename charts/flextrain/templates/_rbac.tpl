@@ -65,6 +65,10 @@ cluster-wide, else one Role per watched namespace. */}}
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create"]
+# Application: the aggregator's PodDisruptionBudget.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create"]
 # Application: the aggregator; patch: replicas (stop at the end, suspend with a
 # checkpoint claim).
 - apiGroups: ["apps"]

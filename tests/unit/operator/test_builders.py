@@ -383,3 +383,56 @@ def test_child_names_are_valid_dns_labels(job_name: str, tier_name: str) -> None
     assert len(names.label_value(job_name)) <= 63
     assert names.aggregator_name(job_name) == names.aggregator_name(job_name)  # stable
     assert names.tier_job_name("job", "deep") == "job-deep"
+
+
+def test_the_aggregator_goes_where_the_job_says_with_its_resources() -> None:
+    spec = {
+        "aggregator": {
+            "nodeSelector": {"flextrain.dev/pool": "cpu"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+            "resources": {"requests": {"cpu": "2", "memory": "6Gi"}, "limits": {"cpu": "4"}},
+        }
+    }
+    _, _, deployment, *_ = _children(spec)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"flextrain.dev/pool": "cpu", "kubernetes.io/os": "linux"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]
+    assert _container(deployment)["resources"] == {
+        "requests": {"cpu": "2", "memory": "6Gi"},
+        "limits": {"memory": "6Gi", "cpu": "4"},
+    }
+    # Unset: any Linux node, the operator's defaults.
+    _, _, plain, *_ = _children({})
+    assert plain["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert "tolerations" not in plain["spec"]["template"]["spec"]
+    assert _container(plain)["resources"] == {
+        "requests": {"cpu": SETTINGS.aggregator_cpu, "memory": SETTINGS.aggregator_memory},
+        "limits": {"memory": SETTINGS.aggregator_memory},
+    }
+
+
+def test_operator_defaults_fill_priority_and_pull_secrets_the_job_leaves_unset() -> None:
+    settings = dataclasses.replace(SETTINGS, default_priority_class="factory-batch", default_image_pull_secrets=("regcred",))
+    for obj in _children({}, settings)[2:]:
+        pod = obj["spec"]["template"]["spec"]
+        assert pod["priorityClassName"] == "factory-batch"
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    own = {"podTemplate": {"priorityClassName": "urgent", "imagePullSecrets": [{"name": "mine"}]}}
+    for obj in _children(own, settings)[2:]:
+        pod = obj["spec"]["template"]["spec"]
+        assert (pod["priorityClassName"], pod["imagePullSecrets"]) == ("urgent", [{"name": "mine"}])
+
+
+def test_the_aggregator_has_a_disruption_budget_and_a_network_policy() -> None:
+    j = job()
+    budget = builders.build_disruption_budget(j, OWNER)
+    kubernetes_validate.validate(budget, K8S, strict=True)
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == names.aggregator_selector("job")
+    settings = dataclasses.replace(SETTINGS, self_namespace="flextrain-system", self_labels={"app": "op"}, metrics_namespaces=("monitoring",))
+    policy = builders.build_network_policy(j, OWNER, settings)
+    kubernetes_validate.validate(policy, K8S, strict=True)
+    grpc_rule, metrics_rule = policy["spec"]["ingress"]
+    assert grpc_rule["from"][0] == {"podSelector": {"matchLabels": names.trainer_selector("job")}}
+    assert grpc_rule["from"][1]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "flextrain-system"}}
+    assert metrics_rule["ports"] == [{"protocol": "TCP", "port": SETTINGS.metrics_port}]

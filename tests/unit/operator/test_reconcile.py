@@ -54,6 +54,7 @@ def started(
         secret=ChildState("job-token", UID),
         service=ChildState("job-aggregator", UID),
         network_policy=ChildState("job-aggregator", UID),
+        disruption_budget=ChildState("job-aggregator", UID),
         aggregator=AggregatorState(
             "job-aggregator",
             UID,
@@ -133,11 +134,15 @@ def reading(
     ("observed", "created"),
     [
         # The aggregator and trainers read the Secret: they come once it is the job's.
-        (Observed(), ["Secret", "Service", "NetworkPolicy"]),
-        (Observed(secret=ChildState("job-token", UID)), ["Service", "NetworkPolicy", "Deployment", "Job", "Job"]),
+        (Observed(), ["Secret", "Service", "NetworkPolicy", "PodDisruptionBudget"]),
+        (
+            Observed(secret=ChildState("job-token", UID)),
+            ["Service", "NetworkPolicy", "PodDisruptionBudget", "Deployment", "Job", "Job"],
+        ),
         (dataclasses.replace(started(), tier_jobs={}), ["Job", "Job"]),
         (dataclasses.replace(started(), secret=None, service=None), ["Secret", "Service"]),
         (dataclasses.replace(started(), network_policy=None), ["NetworkPolicy"]),
+        (dataclasses.replace(started(), disruption_budget=None), ["PodDisruptionBudget"]),
         (dataclasses.replace(started(), aggregator=None), ["Deployment"]),
         (started(), []),
     ],
@@ -147,6 +152,7 @@ def reading(
         "no tier jobs",
         "no secret or service",
         "no network policy",
+        "no disruption budget",
         "no aggregator",
         "everything",
     ],
@@ -504,7 +510,7 @@ def test_an_invalid_device_tier_is_named_invalid_not_missing() -> None:
 def test_a_secret_of_someone_else_means_no_aggregator_and_no_trainers() -> None:
     foreign = Observed(secret=ChildState("job-token", "another-uid"))
     plan = run(observed=foreign)
-    assert [o["kind"] for o in plan.create] == ["Service", "NetworkPolicy"]  # nothing that reads the Secret
+    assert [o["kind"] for o in plan.create] == ["Service", "NetworkPolicy", "PodDisruptionBudget"]  # nothing that reads the Secret
     condition = next(c for c in plan.status.conditions or [] if c.type == "Progressing")
     assert (condition.status, condition.reason) == ("False", "ChildConflict")
     assert "Secret job-token" in condition.message
@@ -563,4 +569,4 @@ def test_a_refused_secret_says_the_workloads_wait_for_it() -> None:
     [c] = [c for c in plan.status.conditions or [] if c.type == "Progressing"]
     assert c.reason == "ChildForbidden"
     assert "the aggregator and the trainers are created once the Secret exists" in c.message
-    assert [o["kind"] for o in plan.create] == ["Secret", "Service", "NetworkPolicy"]
+    assert [o["kind"] for o in plan.create] == ["Secret", "Service", "NetworkPolicy", "PodDisruptionBudget"]
