@@ -16,11 +16,13 @@ from torch import Tensor
 
 from flextrain.aggregator.errors import RefusalLog, Rejected
 from flextrain.aggregator.evaluation import Evaluator
+from flextrain.aggregator.exports import export_models
 from flextrain.aggregator.flow import PushTicket
 from flextrain.aggregator.metrics import AggregatorMetrics
 from flextrain.aggregator.state import Aggregation, TierCounters
 from flextrain.aggregator.store import Checkpoint, CheckpointStore
 from flextrain.aggregator.worker import Worker
+from flextrain.contract.env import EXPORTS_DIR
 from flextrain.contract.refusals import Reason
 from flextrain.core.models import ModelSpec
 from flextrain.jobplan import JobPlan
@@ -209,7 +211,11 @@ class Rounds:
             self.evaluator.evaluate(agg.global_state, closed)
         every = spec.checkpoint.every_rounds if spec.checkpoint else 1
         if self.store and (last or closed % every == 0):
-            self.store.save(self.checkpoint())
+            checkpoint = self.checkpoint()
+            self.store.save(checkpoint)
+            if last:  # beside the checkpoints: what status.model.exports points to
+                exports = export_models(self.plan, checkpoint, model_spec_of(self.plan), self.store.directory / EXPORTS_DIR)
+                log.info("exported %d sub-models to %s", len(exports), self.store.directory / EXPORTS_DIR, extra={"round": closed})
         latest = self.evaluator.of_round(closed)
         log.info(
             "round %d closed: %d/%d updates merged in %.2fs%s",

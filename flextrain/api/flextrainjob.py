@@ -481,13 +481,35 @@ class CheckpointSpec(ApiModel):
         cel(
             "!(has(self.path) && has(self.persistentVolumeClaim))",
             "checkpoint takes path or persistentVolumeClaim, not both",
-        )
+        ),
+        cel(
+            "!(has(self.persistentVolumeClaim) && ((has(self.emptyDir) && self.emptyDir) || has(self.size)))",
+            "checkpoint.persistentVolumeClaim names your own claim: emptyDir and size do not apply",
+        ),
+        cel(
+            "!(has(self.emptyDir) && self.emptyDir && has(self.size))",
+            "checkpoint.size sizes the operator's claim, which emptyDir: true does without",
+        ),
     )
 
     persistent_volume_claim: PersistentVolumeClaimSource | None = Field(
         default=None,
-        description="persistentVolumeClaim: a claim mounted into the aggregator; checkpoints "
-        "survive pod restarts and the final model stays there.",
+        description="persistentVolumeClaim: your own claim mounted into the aggregator "
+        "instead of the one the operator creates; checkpoints survive pod restarts and the "
+        "final model stays there.",
+    )
+    empty_dir: bool = Field(
+        default=False,
+        description="emptyDir: true keeps checkpoints in the aggregator pod only (an "
+        "emptyDir volume): a rescheduled aggregator starts training again from nothing and "
+        "the final model is gone with the pod. Default false: the operator creates a claim "
+        "<job>-checkpoints for the job.",
+    )
+    size: ResourceQuantity | None = Field(
+        default=None,
+        description="size: storage requested by the claim the operator creates (default: "
+        "the operator's, 1Gi); two round checkpoints and one sub-model per tier, about 3x the "
+        "model plus the tiers' prefixes.",
     )
     path: str | None = Field(
         default=None,
@@ -508,7 +530,30 @@ class CheckpointSpec(ApiModel):
     def _one_location(self) -> CheckpointSpec:
         if self.path is not None and self.persistent_volume_claim is not None:
             raise ValueError("checkpoint takes path or persistentVolumeClaim, not both")
+        if self.persistent_volume_claim is not None and (self.empty_dir or self.size is not None):
+            raise ValueError("checkpoint.persistentVolumeClaim names your own claim: emptyDir and size do not apply")
+        if self.empty_dir and self.size is not None:
+            raise ValueError("checkpoint.size sizes the operator's claim, which emptyDir: true does without")
         return self
+
+
+class ModelLocation(ApiModel):
+    """Where a finished job's model lies."""
+
+    claim: str | None = Field(
+        default=None,
+        description="claim: the PersistentVolumeClaim holding it, in the job's namespace.",
+    )
+    checkpoint: str | None = Field(
+        default=None,
+        description="checkpoint: the final round's checkpoint (global model and history), "
+        "pvc://<claim>/<path>.",
+    )
+    exports: str | None = Field(
+        default=None,
+        description="exports: the directory of one sub-model per tier (<tier>.safetensors "
+        "and <tier>.json, loadable with flextrain.core.export.load_submodel).",
+    )
 
 
 class AggregatorResources(Resources):
@@ -912,6 +957,11 @@ class FlexTrainJobStatus(ApiModel):
     model_location: str | None = Field(
         default=None,
         description="modelLocation: where the final model is (checkpoint volume and path).",
+    )
+    model: ModelLocation | None = Field(
+        default=None,
+        description="model: where the trained model and the per-tier sub-models are, once "
+        "the job succeeded (docs/operator.md says how to fetch them).",
     )
     aggregator_endpoint: str | None = Field(
         default=None, description="aggregatorEndpoint: host:port of the aggregator's gRPC service."

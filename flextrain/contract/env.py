@@ -43,6 +43,9 @@ CHECKPOINT_DIR: Final = "FLEXTRAIN_CHECKPOINT_DIR"
 PUSH_IDLE_SECONDS: Final = "FLEXTRAIN_PUSH_IDLE_SECONDS"
 PUSH_GRACE_SECONDS: Final = "FLEXTRAIN_PUSH_GRACE_SECONDS"
 PUSH_MIN_BYTES_PER_SECOND: Final = "FLEXTRAIN_PUSH_MIN_BYTES_PER_SECOND"
+#: The directory under FLEXTRAIN_CHECKPOINT_DIR where the aggregator writes one sub-model
+#: per tier when training completes (the operator reports it in status.model.exports).
+EXPORTS_DIR: Final = "models"
 #: Set by Kubernetes in the pods of an Indexed Job: the trainer's replica by default.
 COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"
 #: Every variable of the contract starts with this (`flextrain run` clears them all

@@ -296,9 +296,10 @@ class LocalRun:
         return 130
 
     def _finish(self, progress: Progress, wall: float) -> int:
+        from flextrain.aggregator.exports import export_models
         from flextrain.aggregator.rounds import model_spec_of
         from flextrain.aggregator.store import CheckpointStore
-        from flextrain.local.report import export_models, plot_accuracy, write_report
+        from flextrain.local.report import plot_accuracy, write_report
 
         checkpoint = CheckpointStore(self.checkpoints).load_latest(self.plan.name)
         if checkpoint is None:

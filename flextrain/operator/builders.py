@@ -276,25 +276,63 @@ def build_network_policy(job: FlexTrainJob, owner: JSON, settings: OperatorSetti
     }
 
 
-def _checkpoint_volume(job: FlexTrainJob, settings: OperatorSettings) -> tuple[str, JSON, JSON]:
-    """(FLEXTRAIN_CHECKPOINT_DIR, volume, mount): the job's claim, else an emptyDir."""
+def operator_claim(job: FlexTrainJob) -> bool:
+    """True when the operator creates the job's checkpoint claim (the default: the job
+    names no claim of its own and did not ask for an emptyDir)."""
+    ckpt = job.spec.checkpoint
+    return not (ckpt and (ckpt.persistent_volume_claim or ckpt.empty_dir))
+
+
+def checkpoint_claim(job: FlexTrainJob) -> tuple[str, str | None] | None:
+    """(claim, subPath) holding the job's checkpoints; None for an emptyDir."""
     ckpt = job.spec.checkpoint
     if ckpt and ckpt.persistent_volume_claim:
         pvc = ckpt.persistent_volume_claim
-        mount: JSON = {"name": "checkpoints", "mountPath": settings.checkpoint_mount_path}
-        if pvc.sub_path:
-            mount["subPath"] = pvc.sub_path
-        volume = {"name": "checkpoints", "persistentVolumeClaim": {"claimName": pvc.claim_name}}
-        return settings.checkpoint_mount_path, volume, mount
+        return pvc.claim_name, pvc.sub_path
+    if operator_claim(job):
+        return names.checkpoint_claim_name(job.metadata.name), None
+    return None
+
+
+def build_checkpoint_claim(job: FlexTrainJob, owner: JSON, settings: OperatorSettings) -> JSON:
+    """The job's checkpoint claim: ReadWriteOnce, `spec.checkpoint.size` or the operator's
+    size, the operator's StorageClass (else the cluster default). Owned by the job: it
+    lives as long as the job object (the final model with it), and goes with it."""
+    name, namespace = job.metadata.name, job.metadata.namespace or "default"
+    size = (job.spec.checkpoint.size if job.spec.checkpoint else None) or settings.checkpoint_size
+    spec: JSON = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    if settings.checkpoint_storage_class:
+        spec["storageClassName"] = settings.checkpoint_storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _meta(
+            names.checkpoint_claim_name(name), namespace, names.aggregator_labels(name), owner
+        ),
+        "spec": spec,
+    }
+
+
+def _checkpoint_volume(job: FlexTrainJob, settings: OperatorSettings) -> tuple[str, JSON, JSON]:
+    """(FLEXTRAIN_CHECKPOINT_DIR, volume, mount): the job's own claim, the operator's
+    claim, or an emptyDir when the job asks for one."""
+    ckpt = job.spec.checkpoint
+    claim = checkpoint_claim(job)
+    if claim is not None:
+        path = ckpt.path if ckpt and ckpt.path else settings.checkpoint_mount_path
+        mount: JSON = {"name": "checkpoints", "mountPath": path}
+        if claim[1]:
+            mount["subPath"] = claim[1]
+        volume = {"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim[0]}}
+        return path, volume, mount
     path = ckpt.path if ckpt and ckpt.path else settings.checkpoint_mount_path
     return path, {"name": "checkpoints", "emptyDir": {}}, {"name": "checkpoints", "mountPath": path}
 
 
 def aggregator_replicas(job: FlexTrainJob) -> int:
     """1, or 0 while suspended when a checkpoint claim keeps the model (resuming reloads it);
-    without a claim the aggregator keeps running so the model is not lost."""
-    has_claim = bool(job.spec.checkpoint and job.spec.checkpoint.persistent_volume_claim)
-    return 0 if job.spec.suspend and has_claim else 1
+    with an emptyDir the aggregator keeps running so the model is not lost."""
+    return 0 if job.spec.suspend and checkpoint_claim(job) is not None else 1
 
 
 def build_aggregator_deployment(

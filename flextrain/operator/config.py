@@ -27,6 +27,8 @@ override the process-level ones).
 | FLEXTRAIN_OPERATOR_SELF_LABELS | self_labels | (empty) `key=value,...` |
 | FLEXTRAIN_OPERATOR_METRICS_NAMESPACES | metrics_namespaces | (empty: no one) |
 | FLEXTRAIN_OPERATOR_DISRUPTION_BUDGET | disruption_budget | true |
+| FLEXTRAIN_OPERATOR_CHECKPOINT_STORAGE_CLASS | checkpoint_storage_class | (empty: the cluster's default) |
+| FLEXTRAIN_OPERATOR_CHECKPOINT_SIZE | checkpoint_size | 1Gi |
 | FLEXTRAIN_OPERATOR_DEFAULT_PRIORITY_CLASS | default_priority_class | (empty) |
 | FLEXTRAIN_OPERATOR_DEFAULT_IMAGE_PULL_SECRETS | default_image_pull_secrets | (empty) |
 """
@@ -148,6 +150,13 @@ class OperatorSettings:
     """Namespaces whose pods may scrape the aggregators' metrics port (e.g. Prometheus'),
     comma-separated in the variable; empty: none."""
 
+    checkpoint_storage_class: str = ""
+    """StorageClass of the checkpoint claims the operator creates; empty: the cluster's
+    default StorageClass."""
+
+    checkpoint_size: str = "1Gi"
+    """Storage a checkpoint claim requests unless the job says (`spec.checkpoint.size`)."""
+
     disruption_budget: bool = True
     """Give each job's aggregator a PodDisruptionBudget (minAvailable 1): a node drain
     waits for it instead of evicting it mid-round."""
@@ -203,7 +212,7 @@ class OperatorSettings:
             raise SettingsError("the metrics port must differ from the aggregator port")
         if self.backoff_limit_per_index < 0:
             raise SettingsError(f"{PREFIX}BACKOFF_LIMIT_PER_INDEX must be >= 0")
-        for name in ("aggregator_cpu", "aggregator_memory"):
+        for name in ("aggregator_cpu", "aggregator_memory", "checkpoint_size"):
             try:
                 parse_quantity(getattr(self, name))
             except ValueError as exc:

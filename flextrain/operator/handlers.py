@@ -83,6 +83,7 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         ("", "v1", "services"),
         ("networking.k8s.io", "v1", "networkpolicies"),
         ("policy", "v1", "poddisruptionbudgets"),
+        ("", "v1", "persistentvolumeclaims"),
         ("", "v1", "pods"),
     ):
         settings.watching.label_selectors[resource] = names.JOB_LABEL
@@ -180,6 +181,13 @@ def disruption_budgets(
     return {(namespace, labels[names.JOB_LABEL]): observed.child_state(body)}
 
 
+@kopf.index("", "v1", "persistentvolumeclaims", labels=HAS_JOB, registry=REGISTRY)
+def checkpoint_claims(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace, labels[names.JOB_LABEL]): observed.child_state(body)}
+
+
 @kopf.index(
     "", "v1", "pods", labels={**HAS_JOB, names.COMPONENT_LABEL: names.TRAINER}, registry=REGISTRY
 )
@@ -197,6 +205,7 @@ def trainer_pods(
 @kopf.on.event("", "v1", "services", labels=HAS_JOB, registry=REGISTRY)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=HAS_JOB, registry=REGISTRY)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=HAS_JOB, registry=REGISTRY)
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels=HAS_JOB, registry=REGISTRY)
 @kopf.on.event(
     "", "v1", "pods", labels={**HAS_JOB, names.COMPONENT_LABEL: names.TRAINER}, registry=REGISTRY
 )
@@ -268,6 +277,7 @@ async def flextrainjob(
     services: kopf.Index[Any, Any] = indices["services"]
     network_policies: kopf.Index[Any, Any] = indices["network_policies"]
     disruption_budgets: kopf.Index[Any, Any] = indices["disruption_budgets"]
+    checkpoint_claims: kopf.Index[Any, Any] = indices["checkpoint_claims"]
     trainer_pods: kopf.Index[Any, Any] = indices["trainer_pods"]
     runtime = _runtime(memo)
     key = job_key(namespace or "", name)
@@ -286,6 +296,7 @@ async def flextrainjob(
                 services=_values(services, key),
                 network_policies=_values(network_policies, key),
                 disruption_budgets=_values(disruption_budgets, key),
+                checkpoint_claims=_values(checkpoint_claims, key),
                 pods=_values(trainer_pods, key),
             )
             try:

@@ -38,6 +38,7 @@ JSON = dict[str, Any]
 KINDS: Final[dict[tuple[str, str], tuple[str, bool]]] = {
     ("v1", "Secret"): ("secrets", True),
     ("v1", "Service"): ("services", True),
+    ("v1", "PersistentVolumeClaim"): ("persistentvolumeclaims", True),
     ("v1", "Event"): ("events", True),
     ("v1", "Pod"): ("pods", True),
     ("v1", "Node"): ("nodes", False),

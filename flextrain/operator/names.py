@@ -77,6 +77,11 @@ def secret_name(job: str) -> str:
     return _fit(f"{job}-token")
 
 
+def checkpoint_claim_name(job: str) -> str:
+    """Name of the PersistentVolumeClaim the operator creates for the job's checkpoints."""
+    return _fit(f"{job}-checkpoints")
+
+
 def aggregator_name(job: str) -> str:
     """Name of the aggregator Deployment and of its Service."""
     return _fit(f"{job}-aggregator")

@@ -189,6 +189,7 @@ class Observed:
     service: ChildState | None = None
     network_policy: ChildState | None = None
     disruption_budget: ChildState | None = None
+    checkpoint_claim: ChildState | None = None
     aggregator: AggregatorState | None = None
     tier_jobs: Mapping[str, TierJobState] = field(default_factory=dict)
     pods: Sequence[PodState] = ()

@@ -132,6 +132,13 @@ RULES: Final[tuple[Rule, ...]] = (
         "namespaced",
     ),
     Rule(
+        "",
+        ("persistentvolumeclaims",),
+        ("get", "list", "watch", "create"),
+        "the job's checkpoint claim (it goes with the job: ownerReference)",
+        "namespaced",
+    ),
+    Rule(
         "policy",
         ("poddisruptionbudgets",),
         ("get", "list", "watch", "create"),

@@ -185,13 +185,15 @@ def reconcile(
             phase, job, progress, children, observed, refused, tiers_edited=effective is not job
         )
     )
-    patches, completion_time, location = children.patches, prev.completion_time, prev.model_location
+    patches, completion_time = children.patches, prev.completion_time
+    location, model = prev.model_location, prev.model
     if phase in TERMINAL_PHASES:
         completion_time = now
         end = completion(job, phase, progress.round, failure, settings, requeue)
         conds.apply(*end.conditions)
         if phase == JobPhase.SUCCEEDED:
-            location = end.model_location
+            model = end.model_location
+            location = model.checkpoint if model else None
         requeue = end.requeue
         if phase == JobPhase.FAILED:
             patches = merge_patches(patches, stop_patches(job, observed, job_uid(job)))
@@ -210,6 +212,7 @@ def reconcile(
         start_time=progress.start_time,
         completion_time=completion_time,
         model_location=location,
+        model=model,
         **base,
     )
     return Plan(

@@ -121,6 +121,7 @@ class Snapshot:
     services: Sequence[observed.ChildState] = ()
     network_policies: Sequence[observed.ChildState] = ()
     disruption_budgets: Sequence[observed.ChildState] = ()
+    checkpoint_claims: Sequence[observed.ChildState] = ()
     pods: Sequence[observed.PodState] = ()
 
 
@@ -408,6 +409,7 @@ class Runtime:
         service = snapshot.services[0] if snapshot.services else None
         policy = snapshot.network_policies[0] if snapshot.network_policies else None
         budget = snapshot.disruption_budgets[0] if snapshot.disruption_budgets else None
+        claim = snapshot.checkpoint_claims[0] if snapshot.checkpoint_claims else None
         # Children created moments ago may not have reached the caches yet.
         for (kind, child), state in list(memory.expected.items()):
             if kind == "Job" and isinstance(state, observed.TierJobState):
@@ -435,11 +437,17 @@ class Runtime:
                     del memory.expected[(kind, child)]
                 else:
                     budget = state
+            elif kind == "PersistentVolumeClaim" and isinstance(state, observed.ChildState):
+                if claim is not None:
+                    del memory.expected[(kind, child)]
+                else:
+                    claim = state
         return observed.Observed(
             secret=memory.secret,
             service=service,
             network_policy=policy,
             disruption_budget=budget,
+            checkpoint_claim=claim,
             aggregator=aggregator,
             tier_jobs=tier_jobs,
             pods=tuple(snapshot.pods),
@@ -628,7 +636,7 @@ def _summary(kind: str, body: Mapping[str, Any]) -> Any:
         return observed.tier_job_state(body)
     if kind == "Deployment":
         return observed.aggregator_state(body)
-    if kind in ("Service", "NetworkPolicy", "PodDisruptionBudget"):
+    if kind in ("Service", "NetworkPolicy", "PodDisruptionBudget", "PersistentVolumeClaim"):
         return observed.child_state(body)
     return None
 

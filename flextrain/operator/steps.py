@@ -23,10 +23,12 @@ from flextrain.api.flextrainjob import (
     DepthAccuracy,
     FlexTrainJob,
     FlexTrainJobStatus,
+    ModelLocation,
     TierSpec,
     TierStatus,
     quorum_count,
 )
+from flextrain.contract.env import EXPORTS_DIR
 from flextrain.jobplan import JobPlan, plan_job, plan_with_depths
 from flextrain.operator import builders, names
 from flextrain.operator.config import OperatorSettings
@@ -107,14 +109,19 @@ def accuracy_line(accuracy: Sequence[DepthAccuracy] | None) -> str | None:
     return " ".join(f"d{a.depth}={a.accuracy:.3f}" for a in sorted(accuracy, key=lambda a: a.depth))
 
 
-def model_location(job: FlexTrainJob, rounds: int) -> str | None:
-    """Where the final checkpoint is: `pvc://<claim>/<subPath>/round-NNNNNN.pt`."""
-    ckpt = job.spec.checkpoint
-    if not ckpt or not ckpt.persistent_volume_claim:
+def model_location(job: FlexTrainJob, rounds: int) -> ModelLocation | None:
+    """Where the final checkpoint and the per-tier exports are:
+    `pvc://<claim>/<subPath>/round-NNNNNN.pt` and `pvc://<claim>/<subPath>/models/`."""
+    claim = builders.checkpoint_claim(job)
+    if claim is None:
         return None
-    pvc = ckpt.persistent_volume_claim
-    sub = f"{pvc.sub_path.strip('/')}/" if pvc.sub_path and pvc.sub_path.strip("/") else ""
-    return f"pvc://{pvc.claim_name}/{sub}round-{rounds:06d}.pt"
+    name, sub_path = claim
+    sub = f"{sub_path.strip('/')}/" if sub_path and sub_path.strip("/") else ""
+    return ModelLocation(
+        claim=name,
+        checkpoint=f"pvc://{name}/{sub}round-{rounds:06d}.pt",
+        exports=f"pvc://{name}/{sub}{EXPORTS_DIR}/",
+    )
 
 
 def stop_patches(job: FlexTrainJob, observed: Observed, uid: str) -> list[ObjectPatch]:
@@ -258,6 +265,11 @@ def desired_children(
             create.append(builders.build_network_policy(clean, owner, settings))
         else:
             owned(observed.network_policy, "NetworkPolicy")
+    if builders.operator_claim(clean):
+        if observed.checkpoint_claim is None:
+            create.append(builders.build_checkpoint_claim(clean, owner, settings))
+        else:
+            owned(observed.checkpoint_claim, "PersistentVolumeClaim")
     if settings.disruption_budget:
         if observed.disruption_budget is None:
             create.append(builders.build_disruption_budget(clean, owner))
@@ -570,7 +582,7 @@ class Completion:
     """How a job ends: its conditions, where the model is, when to look again."""
 
     conditions: list[Verdict]
-    model_location: str | None
+    model_location: ModelLocation | None
     requeue: float | None
 
 
@@ -586,14 +598,14 @@ def completion(
     "done"); a failed one stops everything. Both honour ttlSecondsAfterFinished.
     `requeue`: when the pass would look again otherwise."""
     total_rounds = job.spec.training.rounds
-    location: str | None = None
+    location: ModelLocation | None = None
     if phase == JobPhase.SUCCEEDED:
         location = model_location(job, round_ or total_rounds)
         kept = (
-            f"; the final model is at {location}"
+            f"; the final model is at {location.checkpoint}, one sub-model per tier in {location.exports}"
             if location
-            else "; the job has no checkpoint claim, so the final model is not kept after "
-            "the aggregator stops (set spec.checkpoint.persistentVolumeClaim)"
+            else "; the job keeps its checkpoints in an emptyDir, so the final model is not kept "
+            "after the aggregator stops (unset spec.checkpoint.emptyDir)"
         )
         conditions = [
             Verdict(

@@ -27,6 +27,13 @@ The mapping from a pod to a process on this machine (no container runtime here):
 | volumes | each mount's path is a directory under the agent's work dir (emptyDir, PVC: per pod / per claim; hostPath: the host path); env values and arguments that start with a mount path are rewritten to that directory |
 | working directory, logs | `<work>/pods/<ns>_<pod>/`, `stdout.log` there |
 
+The control plane has no storage provisioner: the agent plays a local-path one. Every
+PersistentVolumeClaim that is pending and names no volume gets a `hostPath` PersistentVolume
+of its size, class and access modes, reserved for it (`claimRef`); the real PV controller
+binds the two, and the kube-scheduler then places the pod that mounts the claim. The
+claim's directory is `<work>/claims/<ns>/<claim>` (as a PVC mount is mapped above), so
+it outlives the pods that use it.
+
 A pod deleted by a controller (suspend, scale-down, garbage collection) is stopped
 (SIGTERM, then SIGKILL after its grace period, at most 10 s), its status set terminal,
 and removed with grace period 0, as the kubelet confirms a deletion.
@@ -114,7 +121,7 @@ class NodeAgent:
 
     def start(self) -> NodeAgent:
         self.dns.start()
-        for target, name in ((self._leases, "leases"), (self._watch_pods, "pods")):
+        for target, name in ((self._leases, "leases"), (self._watch_pods, "pods"), (self._provision, "volumes")):
             thread = threading.Thread(target=target, name=f"node-agent-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -160,6 +167,42 @@ class NodeAgent:
                     nodes.renew_lease(self.api, node)
                 except Exception as exc:  # the API server may be stopping
                     log.debug("lease %s: %s", node, exc)
+
+    # -- volumes --------------------------------------------------------------------------
+
+    def _provision(self) -> None:
+        """A hostPath PersistentVolume for each pending claim that names none, every 0.5 s."""
+        made: set[str] = set()
+        while not self._stop.wait(0.5):
+            try:
+                claims = self.core.list_persistent_volume_claim_for_all_namespaces().items
+            except Exception as exc:  # the API server may be stopping
+                log.debug("claims: %s", exc)
+                continue
+            for claim in claims:
+                if claim.spec.volume_name or claim.metadata.uid in made or claim.status.phase != "Pending":
+                    continue
+                try:
+                    self.core.create_persistent_volume(self._volume_for(claim))
+                except ApiException as exc:
+                    if exc.status != 409:
+                        log.debug("volume for %s/%s: %s", claim.metadata.namespace, claim.metadata.name, exc)
+                        continue
+                made.add(claim.metadata.uid)
+
+    def _volume_for(self, claim: client.V1PersistentVolumeClaim) -> dict[str, Any]:
+        ns, name = claim.metadata.namespace, claim.metadata.name
+        path = self.workdir / "claims" / ns / name
+        path.mkdir(parents=True, exist_ok=True)
+        spec: dict[str, Any] = {
+            "capacity": {"storage": claim.spec.resources.requests["storage"]},
+            "accessModes": claim.spec.access_modes,
+            "persistentVolumeReclaimPolicy": "Retain",
+            "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
+            "claimRef": {"namespace": ns, "name": name, "uid": claim.metadata.uid},
+            "storageClassName": claim.spec.storage_class_name or "",
+        }
+        return {"metadata": {"name": f"pv-{claim.metadata.uid}"}, "spec": spec}
 
     # -- pods -----------------------------------------------------------------------------
 

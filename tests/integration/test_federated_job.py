@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from flextrain.core.export import load_submodel
 from flextrain.core.models import ModelSpec
 from flextrain.core.partition import prefix_keys
 from tests.integration.conftest import Status
@@ -42,6 +43,10 @@ def test_three_tiers_train_to_completion_and_accuracy_rises(cluster: Cluster) ->
         assert tiers[name].bytes_received == 3 * _prefix_bytes(depth), name
         assert tiers[name].last_round_pushed == 3
     assert tiers["shallow"].bytes_received < tiers["deep"].bytes_received
+    # Beside the checkpoints, one sub-model per tier at its depth (status.model.exports in a cluster).
+    for name, depth in (("shallow", 1), ("middle", 2), ("deep", 3)):
+        _model, meta = load_submodel(cluster.root / "checkpoints" / "models" / f"{name}.safetensors")
+        assert meta["depth"] == depth and meta["round"] == 3 and meta["accuracy"] == accuracy[depth], meta
 
 
 def test_trainer_exits_with_a_reason_on_a_wrong_token(cluster: Cluster) -> None:

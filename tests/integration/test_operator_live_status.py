@@ -195,4 +195,4 @@ async def test_round_and_accuracy_come_from_the_real_aggregator(
     progressing = cluster.condition("live", "Progressing")
     assert progressing is not None and progressing["reason"] == "TrainingComplete"
     complete = cluster.condition("live", "Complete")
-    assert complete is not None and "no checkpoint claim" in complete["message"]
+    assert complete is not None and "pvc://live-checkpoints/models/" in complete["message"]

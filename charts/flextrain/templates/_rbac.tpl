@@ -65,6 +65,10 @@ cluster-wide, else one Role per watched namespace. */}}
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create"]
+# Application: the job's checkpoint claim (it goes with the job: ownerReference).
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "create"]
 # Application: the aggregator's PodDisruptionBudget.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]

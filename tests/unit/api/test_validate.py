@@ -456,6 +456,15 @@ BAD: list[tuple[str, str, Callable[[Body], None], str, bool]] = [
         "spec.tiers[0].dataSource.hostPath.path",
         True,
     ),
+    (
+        "own-claim-and-empty-dir",
+        "job",
+        _set("spec.checkpoint", {"persistentVolumeClaim": {"claimName": "c"}, "emptyDir": True}),
+        "spec.checkpoint",
+        True,
+    ),
+    ("empty-dir-with-size", "job", _set("spec.checkpoint", {"emptyDir": True, "size": "5Gi"}), "spec.checkpoint", True),
+    ("negative-checkpoint-size", "job", _set("spec.checkpoint", {"size": "-1Gi"}), "spec.checkpoint.size", True),
 ]
 
 

@@ -289,21 +289,44 @@ def test_aggregator_deployment_is_one_recreated_replica_probed_over_grpc() -> No
     )
 
 
+CLAIM = {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "job-checkpoints"}}
+EMPTY = {"name": "checkpoints", "emptyDir": {}}
+
+
 @pytest.mark.parametrize(
     ("checkpoint", "volume"),
     [
-        (None, {"name": "checkpoints", "emptyDir": {}}),
-        ({"path": "/work/ckpt"}, {"name": "checkpoints", "emptyDir": {}}),
+        (None, CLAIM),  # the default: the operator's claim
+        ({"path": "/work/ckpt"}, CLAIM),
+        ({"size": "20Gi"}, CLAIM),
+        ({"emptyDir": True}, EMPTY),  # only when the job asks for it
+        ({"emptyDir": True, "path": "/work/ckpt"}, EMPTY),
+        ({"persistentVolumeClaim": {"claimName": "mine"}}, {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "mine"}}),
     ],
 )
-def test_without_a_claim_checkpoints_live_in_an_empty_dir(
+def test_checkpoints_live_on_a_claim_unless_the_job_asks_for_an_empty_dir(
     checkpoint: dict[str, Any] | None, volume: dict[str, Any]
 ) -> None:
     spec = {"checkpoint": checkpoint} if checkpoint else {}
     _, _, deployment, *_ = _children(spec)
     assert volume in deployment["spec"]["template"]["spec"]["volumes"]
-    expected = checkpoint["path"] if checkpoint else SETTINGS.checkpoint_mount_path
+    expected = (checkpoint or {}).get("path") or SETTINGS.checkpoint_mount_path
     assert _env(deployment)["FLEXTRAIN_CHECKPOINT_DIR"] == expected
+
+
+def test_the_operators_checkpoint_claim() -> None:
+    j = job(checkpoint={"size": "20Gi"})
+    claim = builders.build_checkpoint_claim(j, OWNER, dataclasses.replace(SETTINGS, checkpoint_storage_class="fast"))
+    kubernetes_validate.validate(claim, K8S, strict=True)
+    assert claim["metadata"]["name"] == "job-checkpoints" and claim["metadata"]["ownerReferences"] == [OWNER]
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "20Gi"}},
+        "storageClassName": "fast",
+    }
+    default = builders.build_checkpoint_claim(job(), OWNER, SETTINGS)
+    assert default["spec"]["resources"]["requests"]["storage"] == "1Gi" and "storageClassName" not in default["spec"]
+    assert builders.operator_claim(job()) and not builders.operator_claim(job(checkpoint={"emptyDir": True}))
 
 
 def test_secret_holds_the_token_and_each_tiers_key() -> None:

@@ -55,6 +55,7 @@ def started(
         service=ChildState("job-aggregator", UID),
         network_policy=ChildState("job-aggregator", UID),
         disruption_budget=ChildState("job-aggregator", UID),
+        checkpoint_claim=ChildState("job-checkpoints", UID),
         aggregator=AggregatorState(
             "job-aggregator",
             UID,
@@ -134,15 +135,16 @@ def reading(
     ("observed", "created"),
     [
         # The aggregator and trainers read the Secret: they come once it is the job's.
-        (Observed(), ["Secret", "Service", "NetworkPolicy", "PodDisruptionBudget"]),
+        (Observed(), ["Secret", "Service", "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget"]),
         (
             Observed(secret=ChildState("job-token", UID)),
-            ["Service", "NetworkPolicy", "PodDisruptionBudget", "Deployment", "Job", "Job"],
+            ["Service", "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget", "Deployment", "Job", "Job"],
         ),
         (dataclasses.replace(started(), tier_jobs={}), ["Job", "Job"]),
         (dataclasses.replace(started(), secret=None, service=None), ["Secret", "Service"]),
         (dataclasses.replace(started(), network_policy=None), ["NetworkPolicy"]),
         (dataclasses.replace(started(), disruption_budget=None), ["PodDisruptionBudget"]),
+        (dataclasses.replace(started(), checkpoint_claim=None), ["PersistentVolumeClaim"]),
         (dataclasses.replace(started(), aggregator=None), ["Deployment"]),
         (started(), []),
     ],
@@ -153,6 +155,7 @@ def reading(
         "no secret or service",
         "no network policy",
         "no disruption budget",
+        "no checkpoint claim",
         "no aggregator",
         "everything",
     ],
@@ -375,16 +378,31 @@ def test_model_location_is_the_final_checkpoint_on_the_claim() -> None:
     )
     plan = run(j, observed=started(), reading=reading(8, done=True))
     assert plan.status.model_location == "pvc://ckpt/a/b/round-000008.pt"
+    assert plan.status.model is not None
+    assert (plan.status.model.claim, plan.status.model.exports) == ("ckpt", "pvc://ckpt/a/b/models/")
     assert "the final model is at pvc://ckpt/a/b/round-000008.pt" in next(
         c.message for c in plan.status.conditions or [] if c.type == "Complete"
     )
+    # By default the operator's claim holds it; with an emptyDir nothing is kept.
+    default = run(job(training={"rounds": 8}), observed=started(), reading=reading(8, done=True))
+    assert default.status.model is not None and default.status.model.claim == "job-checkpoints"
+    assert default.status.model.checkpoint == "pvc://job-checkpoints/round-000008.pt"
+    empty = run(job(training={"rounds": 8}, checkpoint={"emptyDir": True}), observed=started(), reading=reading(8, done=True))
+    assert empty.status.model is None and empty.status.model_location is None
 
 
-@pytest.mark.parametrize("has_claim", [True, False])
-def test_suspend_suspends_every_tier_and_keeps_the_checkpoint(has_claim: bool) -> None:
+@pytest.mark.parametrize(
+    ("checkpoint", "has_claim"),
+    [
+        ({"persistentVolumeClaim": {"claimName": "ckpt"}}, True),
+        (None, True),  # the operator's claim
+        ({"emptyDir": True}, False),
+    ],
+)
+def test_suspend_suspends_every_tier_and_keeps_the_checkpoint(checkpoint: dict[str, Any] | None, has_claim: bool) -> None:
     spec: dict[str, Any] = {"suspend": True}
-    if has_claim:
-        spec["checkpoint"] = {"persistentVolumeClaim": {"claimName": "ckpt"}}
+    if checkpoint:
+        spec["checkpoint"] = checkpoint
     plan = run(job(**spec), status=running_status(), observed=started())
     patches = {(p.kind, p.name): p.body for p in plan.patch}
     assert patches[("Job", "job-strong")] == {"spec": {"suspend": True}}
@@ -510,7 +528,7 @@ def test_an_invalid_device_tier_is_named_invalid_not_missing() -> None:
 def test_a_secret_of_someone_else_means_no_aggregator_and_no_trainers() -> None:
     foreign = Observed(secret=ChildState("job-token", "another-uid"))
     plan = run(observed=foreign)
-    assert [o["kind"] for o in plan.create] == ["Service", "NetworkPolicy", "PodDisruptionBudget"]  # nothing that reads the Secret
+    assert [o["kind"] for o in plan.create] == ["Service", "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget"]  # nothing that reads the Secret
     condition = next(c for c in plan.status.conditions or [] if c.type == "Progressing")
     assert (condition.status, condition.reason) == ("False", "ChildConflict")
     assert "Secret job-token" in condition.message
@@ -569,4 +587,4 @@ def test_a_refused_secret_says_the_workloads_wait_for_it() -> None:
     [c] = [c for c in plan.status.conditions or [] if c.type == "Progressing"]
     assert c.reason == "ChildForbidden"
     assert "the aggregator and the trainers are created once the Secret exists" in c.message
-    assert [o["kind"] for o in plan.create] == ["Secret", "Service", "NetworkPolicy", "PodDisruptionBudget"]
+    assert [o["kind"] for o in plan.create] == ["Secret", "Service", "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget"]
