@@ -9,7 +9,7 @@ Emulator setup per scenario: the Kubernetes emulator of the test suite
 (tests/integration/kube_emulator.py) serves HTTP on 127.0.0.1 in this process; the
 operator runs as a separate process, `python -m flextrain operator -A` with its default
 settings (status every 10 s), logged in through a kubeconfig. Two DeviceTiers with one
-Ready node each; every job has two tiers (1 + 2 replicas), i.e. 5 children.
+Ready node each; every job has two tiers (1 + 2 replicas), i.e. 8 children (Secret, Service, NetworkPolicy, checkpoint claim, PodDisruptionBudget, Deployment, 2 Jobs).
 
 Measured:
 1. creation: N FlexTrainJobs created at once; per job, the time from its creation to its
@@ -61,6 +61,9 @@ REPO = Path(__file__).resolve().parents[2]
 RESOURCES = {
     "Secret": "v1/secrets",
     "Service": "v1/services",
+    "NetworkPolicy": "networking.k8s.io/v1/networkpolicies",
+    "PersistentVolumeClaim": "v1/persistentvolumeclaims",
+    "PodDisruptionBudget": "policy/v1/poddisruptionbudgets",
     "Deployment": DEPLOYMENTS,
     "Job": JOBS,
 }
@@ -318,7 +321,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
     rows = [
         ("backend", _f("", "backend")),
         ("jobs created at once", _f("", "jobs")),
-        ("creation -> all 5 children, p50 (s)", _f(".3f", "children_seconds", "p50")),
+        ("creation -> all 8 children, p50 (s)", _f(".3f", "children_seconds", "p50")),
         ("  p95 (s)", _f(".3f", "children_seconds", "p95")),
         ("  max (s)", _f(".3f", "children_seconds", "max")),
         ("every job's children exist after (s)", _f(".3f", "all_children_seconds")),

@@ -22,6 +22,9 @@ TIERS: tuple[dict[str, Any], ...] = (
 CHILD_KINDS = {
     "Secret": f"/api/v1/namespaces/{NS}/secrets",
     "Service": f"/api/v1/namespaces/{NS}/services",
+    "NetworkPolicy": f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies",
+    "PersistentVolumeClaim": f"/api/v1/namespaces/{NS}/persistentvolumeclaims",
+    "PodDisruptionBudget": f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets",
     "Deployment": f"/apis/apps/v1/namespaces/{NS}/deployments",
     "Job": f"/apis/batch/v1/namespaces/{NS}/jobs",
 }
@@ -36,10 +39,14 @@ def job_body(i: int) -> dict[str, Any]:
 
 
 def children_of(job: str) -> list[tuple[str, str]]:
-    """(kind, name) of the 5 children a job gets: Secret, Service, Deployment, 2 Jobs."""
+    """(kind, name) of the 8 children a job gets: Secret, Service, NetworkPolicy, checkpoint
+    claim, PodDisruptionBudget, Deployment, 2 Jobs."""
     return [
         ("Secret", names.secret_name(job)),
         ("Service", names.aggregator_name(job)),
+        ("NetworkPolicy", names.aggregator_name(job)),
+        ("PersistentVolumeClaim", names.checkpoint_claim_name(job)),
+        ("PodDisruptionBudget", names.aggregator_name(job)),
         ("Deployment", names.aggregator_name(job)),
         *(("Job", names.tier_job_name(job, t["name"])) for t in TIERS),
     ]

@@ -18,7 +18,7 @@ Setup per scenario, in a temporary directory:
 
 Measured, from watches in this process (monotonic clock, each object's first event):
 - creation -> all children: from the FlexTrainJob create call returning until its
-  Secret, Service, Deployment and both tier Jobs exist;
+  8 children exist (benchmarks/operator/common.py children_of);
 - creation -> all pods scheduled: until each of its 3 trainer pods has spec.nodeName
   (kube-controller-manager's Job controller creates them, kube-scheduler binds them);
 - creation -> all pods Ready (the node agent makes bound pods Running and Ready) and

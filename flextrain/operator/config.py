@@ -27,6 +27,7 @@ override the process-level ones).
 | FLEXTRAIN_OPERATOR_SELF_LABELS | self_labels | (empty) `key=value,...` |
 | FLEXTRAIN_OPERATOR_METRICS_NAMESPACES | metrics_namespaces | (empty: no one) |
 | FLEXTRAIN_OPERATOR_DISRUPTION_BUDGET | disruption_budget | true |
+| FLEXTRAIN_OPERATOR_SELF_METRICS_PORT | self_metrics_port | 0 (off) |
 | FLEXTRAIN_OPERATOR_CHECKPOINT_STORAGE_CLASS | checkpoint_storage_class | (empty: the cluster's default) |
 | FLEXTRAIN_OPERATOR_CHECKPOINT_SIZE | checkpoint_size | 1Gi |
 | FLEXTRAIN_OPERATOR_DEFAULT_PRIORITY_CLASS | default_priority_class | (empty) |
@@ -150,6 +151,9 @@ class OperatorSettings:
     """Namespaces whose pods may scrape the aggregators' metrics port (e.g. Prometheus'),
     comma-separated in the variable; empty: none."""
 
+    self_metrics_port: int = 0
+    """Port of the operator's own Prometheus metrics (flextrain.operator.metrics); 0: off."""
+
     checkpoint_storage_class: str = ""
     """StorageClass of the checkpoint claims the operator creates; empty: the cluster's
     default StorageClass."""
@@ -208,6 +212,8 @@ class OperatorSettings:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be > 0 seconds")
         if not 0 < self.aggregator_port < 65536 or not 0 <= self.metrics_port < 65536:
             raise SettingsError("aggregator and metrics ports must be 1..65535 (metrics: 0 = off)")
+        if not 0 <= self.self_metrics_port < 65536:
+            raise SettingsError(f"{PREFIX}SELF_METRICS_PORT must be 0..65535 (0 = off)")
         if self.metrics_port == self.aggregator_port:
             raise SettingsError("the metrics port must differ from the aggregator port")
         if self.backoff_limit_per_index < 0:

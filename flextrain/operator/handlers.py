@@ -29,7 +29,7 @@ import kopf
 
 from flextrain.api.common import GROUP, VERSION
 from flextrain.api.devicetier import DeviceTier
-from flextrain.operator import kube, names, observed
+from flextrain.operator import kube, metrics, names, observed
 from flextrain.operator.config import OperatorSettings
 from flextrain.operator.runtime import (
     InvalidDeviceTier,
@@ -304,6 +304,7 @@ async def flextrainjob(
                 errors = 0
             except kube.KubeError as exc:
                 errors += 1
+                runtime.stats["reconcile_errors"] += 1
                 delay = backoff_delay(errors)
                 logger.warning("reconcile failed (retry in %.1fs): %s", delay, exc)
             waiter = asyncio.ensure_future(wakeup.wait())
@@ -333,6 +334,9 @@ async def run_operator(
 ) -> None:
     """Run the operator in the current event loop until `stop_flag` (or a signal)."""
     namespaces: Collection[str] = settings.namespaces
+    runtime = runtime or Runtime(settings)
+    if settings.self_metrics_port:
+        metrics.serve(runtime, settings.self_metrics_port)
     await kopf.operator(
         registry=REGISTRY,
         clusterwide=settings.cluster_wide,
@@ -341,5 +345,5 @@ async def run_operator(
         stop_flag=stop_flag,
         ready_flag=ready_flag,
         standalone=True,
-        memo=kopf.Memo(runtime=runtime or Runtime(settings)),
+        memo=kopf.Memo(runtime=runtime),
     )

@@ -160,6 +160,8 @@ class KubeClient:
         self._session: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
         self.requests: Counter[str] = Counter()
+        #: (method, HTTP status; 0: no answer) -> requests, for the operator's metrics.
+        self.responses: Counter[tuple[str, int]] = Counter()
         self._closing: set[asyncio.Task[None]] = set()
 
     def set_credentials(self, credentials: Credentials) -> None:
@@ -217,10 +219,12 @@ class KubeClient:
                 headers={"Content-Type": content_type} if data is not None else None,
             ) as resp:
                 text = await resp.text()
+                self.responses[(method, resp.status)] += 1
                 if resp.status >= 400:
                     raise _error(resp.status, text)
                 return json.loads(text) if text else {}
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self.responses[(method, 0)] += 1
             raise KubeError(0, f"{method} {path}: {exc.__class__.__name__}: {exc}") from None
 
     # -- verbs ---------------------------------------------------------------------------

@@ -155,6 +155,8 @@ class _JobMemory:
     replaced: dict[str, Any] | None = None
     #: Children the API server refused to create, by (kind, name), until created.
     refused: dict[tuple[str, str], _Refusal] = field(default_factory=dict)
+    #: The phase last written (the operator's jobs-by-phase metric).
+    phase: str | None = None
 
     def base_status(self, visible: dict[str, Any]) -> dict[str, Any]:
         if not self.pending:
@@ -248,6 +250,10 @@ class Runtime:
     @property
     def jobs(self) -> int:
         return len(self._wakeups)
+
+    def phases(self) -> Counter[str]:
+        """Jobs served now, by the phase last written ("Unknown" before the first)."""
+        return Counter(m.phase or "Unknown" for m in self._jobs.values())
 
     def node_changed(self, name: str, info: NodeInfo | None) -> bool:
         """Record a node's summary; True when it differs from the last one seen."""
@@ -589,6 +595,7 @@ class Runtime:
         visible: dict[str, Any],
     ) -> None:
         after = status.to_wire()
+        memory.phase = str(status.phase) if status.phase else memory.phase
         patch = status_patch(before, after)
         if not patch:
             return

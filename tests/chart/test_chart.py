@@ -192,7 +192,9 @@ def test_service_monitor_scrapes_the_aggregator_services_the_operator_creates(
     render: Render, values: str, namespaces: list[str] | None
 ) -> None:
     docs = documents(render(CI[values]))
-    monitor = one(docs, "ServiceMonitor")
+    monitors = {d["metadata"]["name"].rsplit("-", 1)[1]: d for d in docs if d["kind"] == "ServiceMonitor"}
+    assert set(monitors) == {"aggregators", "operator"}
+    monitor = monitors["aggregators"]
     selector = monitor["spec"]["selector"]["matchLabels"]
     service_labels = names.aggregator_labels("some-job")
     assert selector.items() <= service_labels.items()
@@ -203,6 +205,12 @@ def test_service_monitor_scrapes_the_aggregator_services_the_operator_creates(
         assert monitor["spec"]["namespaceSelector"] == {"any": True}
     else:
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": namespaces}
+    # The operator's own: its metrics Service, which selects the operator pod.
+    operator = monitors["operator"]["spec"]["selector"]["matchLabels"]
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-metrics"))
+    assert operator.items() <= service["metadata"]["labels"].items()
+    pod = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod.items()
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)

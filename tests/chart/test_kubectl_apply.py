@@ -48,6 +48,7 @@ spec:
 #: kind -> the emulator's resource name (group/version/plural).
 RESOURCES = {
     "ServiceAccount": "v1/serviceaccounts",
+    "Service": "v1/services",
     "ClusterRole": "rbac.authorization.k8s.io/v1/clusterroles",
     "ClusterRoleBinding": "rbac.authorization.k8s.io/v1/clusterrolebindings",
     "Role": "rbac.authorization.k8s.io/v1/roles",

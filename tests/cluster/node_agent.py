@@ -171,24 +171,32 @@ class NodeAgent:
     # -- volumes --------------------------------------------------------------------------
 
     def _provision(self) -> None:
-        """A hostPath PersistentVolume for each pending claim that names none, every 0.5 s."""
+        """A hostPath PersistentVolume for each pending claim that names none (a watch)."""
         made: set[str] = set()
-        while not self._stop.wait(0.5):
+        while not self._stop.is_set():
             try:
-                claims = self.core.list_persistent_volume_claim_for_all_namespaces().items
+                stream = watch.Watch().stream(
+                    self.core.list_persistent_volume_claim_for_all_namespaces, timeout_seconds=30
+                )
+                for event in stream:
+                    if self._stop.is_set():
+                        return
+                    claim = event["object"]
+                    pending = not claim.spec.volume_name and claim.status.phase == "Pending"
+                    if event["type"] in ("ADDED", "MODIFIED") and pending and claim.metadata.uid not in made:
+                        self._provide(claim)
+                        made.add(claim.metadata.uid)
             except Exception as exc:  # the API server may be stopping
-                log.debug("claims: %s", exc)
-                continue
-            for claim in claims:
-                if claim.spec.volume_name or claim.metadata.uid in made or claim.status.phase != "Pending":
-                    continue
-                try:
-                    self.core.create_persistent_volume(self._volume_for(claim))
-                except ApiException as exc:
-                    if exc.status != 409:
-                        log.debug("volume for %s/%s: %s", claim.metadata.namespace, claim.metadata.name, exc)
-                        continue
-                made.add(claim.metadata.uid)
+                if not self._stop.is_set():
+                    log.debug("claim watch: %s", exc)
+                    time.sleep(0.5)
+
+    def _provide(self, claim: client.V1PersistentVolumeClaim) -> None:
+        try:
+            self.core.create_persistent_volume(self._volume_for(claim))
+        except ApiException as exc:
+            if exc.status != 409:
+                log.debug("volume for %s/%s: %s", claim.metadata.namespace, claim.metadata.name, exc)
 
     def _volume_for(self, claim: client.V1PersistentVolumeClaim) -> dict[str, Any]:
         ns, name = claim.metadata.namespace, claim.metadata.name
