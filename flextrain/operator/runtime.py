@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from pydantic import ValidationError
 
@@ -411,50 +411,30 @@ class Runtime:
         self, memory: _JobMemory, snapshot: Snapshot, job: FlexTrainJob
     ) -> observed.Observed:
         tier_jobs = {s.tier: s for s in snapshot.tier_jobs}
-        aggregator = snapshot.aggregators[0] if snapshot.aggregators else None
-        service = snapshot.services[0] if snapshot.services else None
-        policy = snapshot.network_policies[0] if snapshot.network_policies else None
-        budget = snapshot.disruption_budgets[0] if snapshot.disruption_budgets else None
-        claim = snapshot.checkpoint_claims[0] if snapshot.checkpoint_claims else None
-        # Children created moments ago may not have reached the caches yet.
+        # One of each per job: the cached one, else one this operator created moments
+        # ago that the caches do not show yet (dropped from memory once they do).
+        single: dict[str, Any] = {
+            "Deployment": snapshot.aggregators[0] if snapshot.aggregators else None,
+            **{kind: (states[0] if states else None) for kind, states in _simple_children(snapshot).items()},
+        }
         for (kind, child), state in list(memory.expected.items()):
             if kind == "Job" and isinstance(state, observed.TierJobState):
                 if state.tier in tier_jobs:
                     del memory.expected[(kind, child)]
                 else:
                     tier_jobs[state.tier] = state
-            elif kind == "Deployment" and isinstance(state, observed.AggregatorState):
-                if aggregator is not None:
+            elif kind in single:
+                if single[kind] is not None:
                     del memory.expected[(kind, child)]
                 else:
-                    aggregator = state
-            elif kind == "Service" and isinstance(state, observed.ChildState):
-                if service is not None:
-                    del memory.expected[(kind, child)]
-                else:
-                    service = state
-            elif kind == "NetworkPolicy" and isinstance(state, observed.ChildState):
-                if policy is not None:
-                    del memory.expected[(kind, child)]
-                else:
-                    policy = state
-            elif kind == "PodDisruptionBudget" and isinstance(state, observed.ChildState):
-                if budget is not None:
-                    del memory.expected[(kind, child)]
-                else:
-                    budget = state
-            elif kind == "PersistentVolumeClaim" and isinstance(state, observed.ChildState):
-                if claim is not None:
-                    del memory.expected[(kind, child)]
-                else:
-                    claim = state
+                    single[kind] = state
         return observed.Observed(
             secret=memory.secret,
-            service=service,
-            network_policy=policy,
-            disruption_budget=budget,
-            checkpoint_claim=claim,
-            aggregator=aggregator,
+            service=single["Service"],
+            network_policy=single["NetworkPolicy"],
+            disruption_budget=single["PodDisruptionBudget"],
+            checkpoint_claim=single["PersistentVolumeClaim"],
+            aggregator=single["Deployment"],
             tier_jobs=tier_jobs,
             pods=tuple(snapshot.pods),
         )
@@ -638,12 +618,25 @@ def backoff_delay(attempts: int) -> float:
     return backoff.backoff_delay(attempts, base=BACKOFF_BASE, cap=BACKOFF_MAX)
 
 
+#: The children of which a job has one and only needs to know who controls it.
+SIMPLE_CHILDREN: Final[tuple[str, ...]] = ("Service", "NetworkPolicy", "PodDisruptionBudget", "PersistentVolumeClaim")
+
+
+def _simple_children(snapshot: Snapshot) -> dict[str, Sequence[observed.ChildState]]:
+    return {
+        "Service": snapshot.services,
+        "NetworkPolicy": snapshot.network_policies,
+        "PodDisruptionBudget": snapshot.disruption_budgets,
+        "PersistentVolumeClaim": snapshot.checkpoint_claims,
+    }
+
+
 def _summary(kind: str, body: Mapping[str, Any]) -> Any:
     if kind == "Job":
         return observed.tier_job_state(body)
     if kind == "Deployment":
         return observed.aggregator_state(body)
-    if kind in ("Service", "NetworkPolicy", "PodDisruptionBudget", "PersistentVolumeClaim"):
+    if kind in SIMPLE_CHILDREN:
         return observed.child_state(body)
     return None
 

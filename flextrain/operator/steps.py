@@ -6,7 +6,7 @@ condition, a small dataclass for more); reconcile() applies them in order."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -256,25 +256,23 @@ def desired_children(
         create.append(builders.build_secret(clean, token, owner))
     else:
         owned(observed.secret, "Secret")
-    if observed.service is None:
-        create.append(builders.build_aggregator_service(clean, owner, settings))
-    else:
-        owned(observed.service, "Service")
-    if settings.network_policy:
-        if observed.network_policy is None:
-            create.append(builders.build_network_policy(clean, owner, settings))
+    # The children that read no token: (wanted, what exists, how to build it).
+    simple: tuple[tuple[str, bool, Any, Callable[[], JSON]], ...] = (
+        ("Service", True, observed.service, lambda: builders.build_aggregator_service(clean, owner, settings)),
+        ("NetworkPolicy", settings.network_policy, observed.network_policy,
+         lambda: builders.build_network_policy(clean, owner, settings)),
+        ("PersistentVolumeClaim", builders.operator_claim(clean), observed.checkpoint_claim,
+         lambda: builders.build_checkpoint_claim(clean, owner, settings)),
+        ("PodDisruptionBudget", settings.disruption_budget, observed.disruption_budget,
+         lambda: builders.build_disruption_budget(clean, owner)),
+    )
+    for kind, wanted, state, build in simple:
+        if not wanted:
+            continue
+        if state is None:
+            create.append(build())
         else:
-            owned(observed.network_policy, "NetworkPolicy")
-    if builders.operator_claim(clean):
-        if observed.checkpoint_claim is None:
-            create.append(builders.build_checkpoint_claim(clean, owner, settings))
-        else:
-            owned(observed.checkpoint_claim, "PersistentVolumeClaim")
-    if settings.disruption_budget:
-        if observed.disruption_budget is None:
-            create.append(builders.build_disruption_budget(clean, owner))
-        else:
-            owned(observed.disruption_budget, "PodDisruptionBudget")
+            owned(state, kind)
     replicas = builders.aggregator_replicas(job)
     if not secret_ours:
         # Nothing that reads a Secret the job does not own; what runs already is stopped.
