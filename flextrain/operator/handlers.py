@@ -335,15 +335,18 @@ async def run_operator(
     """Run the operator in the current event loop until `stop_flag` (or a signal)."""
     namespaces: Collection[str] = settings.namespaces
     runtime = runtime or Runtime(settings)
-    if settings.self_metrics_port:
-        metrics.serve(runtime, settings.self_metrics_port)
-    await kopf.operator(
-        registry=REGISTRY,
-        clusterwide=settings.cluster_wide,
-        namespaces=list(namespaces),
-        liveness_endpoint=liveness_endpoint,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-        standalone=True,
-        memo=kopf.Memo(runtime=runtime),
-    )
+    stop_metrics = metrics.serve(runtime, settings.self_metrics_port) if settings.self_metrics_port else None
+    try:
+        await kopf.operator(
+            registry=REGISTRY,
+            clusterwide=settings.cluster_wide,
+            namespaces=list(namespaces),
+            liveness_endpoint=liveness_endpoint,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            standalone=True,
+            memo=kopf.Memo(runtime=runtime),
+        )
+    finally:
+        if stop_metrics:
+            stop_metrics()

@@ -13,7 +13,7 @@ runtime's counters at scrape time, so the hot path pays nothing:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -56,15 +56,21 @@ class OperatorCollector(Collector):
         yield jobs
 
 
-def serve(runtime: Runtime, port: int) -> CollectorRegistry | None:
-    """Serve the runtime's metrics on `port` (all interfaces) from a thread. A port that
-    cannot be bound is logged, not fatal: reconciling matters more than its metrics."""
+def serve(runtime: Runtime, port: int) -> Callable[[], None]:
+    """Serve the runtime's metrics on `port` (all interfaces) from a thread; returns what
+    stops it. A port that cannot be bound is logged, not fatal: reconciling matters more
+    than its metrics."""
     registry = CollectorRegistry()
     registry.register(OperatorCollector(runtime))
     try:
-        start_http_server(port, registry=registry)
+        server, _ = start_http_server(port, registry=registry)
     except OSError as exc:
         log.error("cannot serve the operator's metrics on port %d: %s", port, exc)
-        return None
+        return lambda: None
     log.info("operator metrics on port %d", port)
-    return registry
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return stop

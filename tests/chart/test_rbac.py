@@ -174,7 +174,7 @@ async def test_the_operator_runs_a_job_to_its_end_within_the_charts_rbac(
     settings = dataclasses.replace(
         settings, namespaces=watched, status_interval=FAST.status_interval,
         status_timeout=FAST.status_timeout, tier_debounce=FAST.tier_debounce,
-        finish_grace=FAST.finish_grace)
+        finish_grace=FAST.finish_grace, self_metrics_port=0)
 
     async with enforcing_cluster(tmp_path, Grants.of(docs, *service_account(docs))) as cluster:
         api = cluster.api

@@ -168,6 +168,8 @@ def operator(
     kubeconfig = install.token_kubeconfig(api, control_plane, account, install.NAMESPACE, work / "sa.kubeconfig")
     env = {
         **install.chart_operator_env(api),
+        # Not the chart's fixed port: this machine may have it taken.
+        "FLEXTRAIN_OPERATOR_SELF_METRICS_PORT": str(install.free_port()),
         **FAST_OPERATOR_ENV,
         "FLEXTRAIN_OPERATOR_AGGREGATOR_ADDRESS": f"dns://{agent.dns.authority}/{{service}}.{{namespace}}.svc:{{port}}",
     }

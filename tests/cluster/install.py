@@ -166,7 +166,7 @@ def chart_operator_env(api: client.ApiClient, release: str = RELEASE, namespace:
     return {e.name: e.value for e in container.env or [] if e.value is not None}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -186,7 +186,7 @@ class OperatorProcess:
     starts: int = 0
 
     def start(self) -> OperatorProcess:
-        self.liveness_port = _free_port()
+        self.liveness_port = free_port()
         env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)}
         self.starts += 1
         with self.log.open("ab") as out:
