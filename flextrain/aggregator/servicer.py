@@ -135,15 +135,13 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
 
     def _as_client(self, identity: ReplicaIdentity | None, client_id: str) -> None:
         """As `_as_replica`, for a call that names its client id."""
-        if identity is not None and client_id == client_id_for(identity.tier, identity.index):
-            return
-        if identity is None:
-            self._as_replica(None, "", 0)
-        assert identity is not None
-        raise self.service.refusal(
-            Reason.WRONG_IDENTITY,
-            f"the credential is client {client_id_for(identity.tier, identity.index)!r}; the call names client {client_id!r}",
-        )
+        own = None if identity is None else client_id_for(identity.tier, identity.index)
+        if own is None:
+            self._as_replica(None, "", 0)  # raises: the job token does not train
+        elif client_id != own:
+            raise self.service.refusal(
+                Reason.WRONG_IDENTITY, f"the credential is client {own!r}; the call names client {client_id!r}"
+            )
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: Rejected) -> None:
         context.set_trailing_metadata(((REASON_KEY, exc.reason.value),))
