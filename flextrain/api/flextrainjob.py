@@ -587,7 +587,8 @@ class AggregatorSpec(ApiModel):
     tolerations: list[Toleration] | None = Field(
         default=None,
         max_length=32,
-        description="tolerations: taints of the aggregator's nodes that its pod tolerates.",
+        description="tolerations: taints of the aggregator's nodes that its pod tolerates; "
+        "only taint keys the operator's tenancy policy allows (by default none).",
     )
     resources: AggregatorResources | None = Field(
         default=None,

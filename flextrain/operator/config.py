@@ -22,6 +22,7 @@ override the process-level ones).
 | FLEXTRAIN_OPERATOR_ALLOWED_IMAGES | allowed_images | (empty: the default image's repository) |
 | FLEXTRAIN_OPERATOR_ALLOW_SERVICE_ACCOUNT | allow_service_account | false |
 | FLEXTRAIN_OPERATOR_HOST_PATH_PREFIXES | host_path_prefixes | (empty: no hostPath data) |
+| FLEXTRAIN_OPERATOR_AGGREGATOR_TOLERATION_KEYS | aggregator_toleration_keys | (empty: none) |
 | FLEXTRAIN_OPERATOR_NETWORK_POLICY | network_policy | true |
 | FLEXTRAIN_OPERATOR_SELF_NAMESPACE | self_namespace | (empty) |
 | FLEXTRAIN_OPERATOR_SELF_LABELS | self_labels | (empty) `key=value,...` |
@@ -136,6 +137,13 @@ class OperatorSettings:
     """Tenancy policy: node directories a job's hostPath data source may lie under,
     comma-separated in the variable. Empty: hostPath data is refused."""
 
+    aggregator_toleration_keys: tuple[str, ...] = ()
+    """Tenancy policy: taint keys a job's `spec.aggregator.tolerations` may tolerate,
+    comma-separated in the variable; `*` allows any toleration, the key-less one that
+    tolerates every taint included. Empty: a job may not give its aggregator
+    tolerations (taints keep tenants off the nodes they guard: GPU servers, the control
+    plane). DeviceTiers' tolerations are set by cluster admins and not checked."""
+
     network_policy: bool = True
     """Give each job a NetworkPolicy: only its trainer pods and the operator reach its
     aggregator's gRPC port, only `metrics_namespaces` its metrics port."""
@@ -243,7 +251,14 @@ def _parse(name: str, raw: str) -> Any:
                 raise SettingsError(f"{var}: {item!r} is not key=value")
             labels[key.strip()] = value.strip()
         return labels
-    if name in ("namespaces", "allowed_images", "host_path_prefixes", "metrics_namespaces", "default_image_pull_secrets"):
+    if name in (
+        "namespaces",
+        "allowed_images",
+        "host_path_prefixes",
+        "aggregator_toleration_keys",
+        "metrics_namespaces",
+        "default_image_pull_secrets",
+    ):
         items = tuple(item.strip() for item in raw.split(",") if item.strip())
         if name == "host_path_prefixes" and (bad := [p for p in items if not p.startswith("/")]):
             raise SettingsError(f"{var}: {bad[0]!r} is not an absolute path")

@@ -7,7 +7,10 @@ make the operator run. Operator-wide (Helm values -> FLEXTRAIN_OPERATOR_* variab
   (default no: the job's pods run as the namespace's default account with no API token
   mounted);
 - `host_path_prefixes`: node directories a `hostPath` data source may lie under
-  (default none: hostPath data is refused).
+  (default none: hostPath data is refused);
+- `aggregator_toleration_keys`: taint keys `spec.aggregator.tolerations` may tolerate
+  (default none: a tenant's aggregator stays off tainted nodes, e.g. GPU servers or the
+  control plane; `*` allows any).
 
 The operator refuses a job that breaks it (`violations`, a condition and an Event,
 nothing created); the chart's ValidatingAdmissionPolicy holds the same rules, so the
@@ -91,4 +94,16 @@ def violations(job: FlexTrainJob, settings: OperatorSettings) -> list[Violation]
                     else "hostPath data sources are not allowed (use a persistentVolumeClaim)"
                 )
                 found.append(Violation(f"{where}.hostPath.path", path, allowed))
+    keys = settings.aggregator_toleration_keys
+    tolerations = spec.aggregator.tolerations if spec.aggregator else None
+    for i, toleration in enumerate(tolerations or ()):
+        if "*" in keys or (toleration.key and toleration.key in keys):
+            continue
+        allowed = (
+            "aggregator tolerations may name only the taint keys " + ", ".join(keys)
+            if keys
+            else "jobs may not give the aggregator tolerations (it runs on untainted nodes)"
+        )
+        what = toleration.key or "(empty key: every taint)"
+        found.append(Violation(f"spec.aggregator.tolerations[{i}].key", what, allowed))
     return found

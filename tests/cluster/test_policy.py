@@ -1,5 +1,6 @@
 """The tenancy policy on the real API server: the chart's ValidatingAdmissionPolicy
-refuses a job that asks for a foreign image, a ServiceAccount or a hostPath at create
+refuses a job that asks for a foreign image, a ServiceAccount, a hostPath or an
+aggregator toleration at create
 time, and the operator refuses the same job (condition, Warning Event, nothing created)
 where that policy is not installed."""
 
@@ -24,6 +25,10 @@ BROKEN: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "image": ({"image": "docker.io/library/busybox:1"}, ("spec.image", "ghcr.io/flextrain/flextrain:")),
     "service account": ({"podTemplate": {"serviceAccountName": "builder"}}, ("serviceAccountName", "no API token")),
     "host path": ({"dataset": HOST_DATA}, ("hostPath", "not allowed")),
+    "aggregator toleration": (
+        {"aggregator": {"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]}},
+        ("spec.aggregator.tolerations", "node-role.kubernetes.io/control-plane", "may not give the aggregator"),
+    ),
 }
 
 

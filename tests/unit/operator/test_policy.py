@@ -81,6 +81,29 @@ def test_host_path_data_only_under_the_allowed_prefixes(prefixes: tuple[str, ...
         assert broken[0].field == "spec.tiers[1].dataSource.hostPath.path"
 
 
+@pytest.mark.parametrize(
+    ("keys", "tolerations", "allowed"),
+    [
+        ((), [], True),
+        ((), [{"key": "factory.local/line", "operator": "Exists"}], False),
+        ((), [{"operator": "Exists"}], False),  # no key: tolerates every taint
+        (("factory.local/line",), [{"key": "factory.local/line", "operator": "Exists"}], True),
+        (("factory.local/line",), [{"key": "nvidia.com/gpu", "operator": "Exists"}], False),
+        (("factory.local/line",), [{"operator": "Exists"}], False),
+        (("*",), [{"operator": "Exists"}], True),
+    ],
+)
+def test_aggregator_tolerations_only_for_the_allowed_taint_keys(
+    keys: tuple[str, ...], tolerations: list[dict[str, Any]], allowed: bool
+) -> None:
+    settings = dataclasses.replace(SETTINGS, aggregator_toleration_keys=keys)
+    broken = policy.violations(job(aggregator={"tolerations": tolerations}), settings)
+    assert (not broken) is allowed, broken
+    if not allowed:
+        assert broken[0].field == "spec.aggregator.tolerations[0].key"
+        assert ("may not give the aggregator tolerations" if not keys else "only the taint keys") in str(broken[0])
+
+
 def test_a_refused_job_gets_a_condition_and_an_event_and_nothing_is_created() -> None:
     plan = run(job(image="docker.io/library/busybox", dataset=HOST_DATA), settings=SETTINGS)
     assert plan.create == []
@@ -108,8 +131,10 @@ def test_policy_settings_read_from_the_environment() -> None:
             "FLEXTRAIN_OPERATOR_ALLOWED_IMAGES": "a.example/x:, b.example/",
             "FLEXTRAIN_OPERATOR_ALLOW_SERVICE_ACCOUNT": "true",
             "FLEXTRAIN_OPERATOR_HOST_PATH_PREFIXES": "/srv/data,/mnt/line",
+            "FLEXTRAIN_OPERATOR_AGGREGATOR_TOLERATION_KEYS": "factory.local/line, nvidia.com/gpu",
         }
     )
+    assert settings.aggregator_toleration_keys == ("factory.local/line", "nvidia.com/gpu")
     assert settings.allowed_images == ("a.example/x:", "b.example/")
     assert settings.allow_service_account
     assert settings.host_path_prefixes == ("/srv/data", "/mnt/line")
