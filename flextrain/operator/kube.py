@@ -16,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
+import heapq
+import itertools
 import json
 import os
 import ssl
@@ -25,6 +28,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import IntEnum
 from typing import Any, Final
 
 import aiohttp
@@ -54,6 +58,56 @@ COMPONENT: Final[str] = "flextrain-operator"
 #: a burst of job creations queues behind 16 (a request takes milliseconds) instead of
 #: opening one per pass in flight.
 CONNECTIONS: Final[int] = 16
+
+
+class Lane(IntEnum):
+    """Which requests go first when all connections are busy (a burst of new jobs): what
+    a job needs to run before what reports on it. Measured with 50 jobs created at once:
+    in arrival order, a job's second round of creates (its workloads, after its Secret)
+    queued behind every other job's first one and their status writes and Events."""
+
+    CREATE = 0  # a child, or the lookup a create needs
+    CHANGE = 1  # patches and deletes of children and jobs
+    STATUS = 2  # status subresources
+    EVENT = 3
+
+
+#: The order of the job a request is for (the runtime sets it per pass, so a child task
+#: inherits it): within a lane, earlier jobs first, so a burst completes job after job
+#: instead of every job a little.
+ORDER: contextvars.ContextVar[int] = contextvars.ContextVar("flextrain_request_order", default=0)
+
+
+class _Gate:
+    """At most `slots` requests in flight; the others wait and are let in by (lane, job
+    order, arrival)."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiting: list[tuple[int, int, int, asyncio.Future[None]]] = []
+        self._arrival = itertools.count()
+
+    async def acquire(self, lane: Lane) -> None:
+        # A free slot means no one waits: release() hands a slot to a waiter first.
+        if self._free > 0:
+            self._free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (int(lane), ORDER.get(), next(self._arrival), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # let in, but cancelled before it could use the slot
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            *_, fut = heapq.heappop(self._waiting)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._free += 1
 
 
 class KubeError(Exception):
@@ -163,6 +217,7 @@ class KubeClient:
         #: (method, HTTP status; 0: no answer) -> requests, for the operator's metrics.
         self.responses: Counter[tuple[str, int]] = Counter()
         self._closing: set[asyncio.Task[None]] = set()
+        self._gate = _Gate(CONNECTIONS)
 
     def set_credentials(self, credentials: Credentials) -> None:
         """New credentials (kopf re-logged in); the next request uses them."""
@@ -205,11 +260,13 @@ class KubeClient:
         body: Any = None,
         content_type: str = "application/json",
         params: Mapping[str, str] | None = None,
+        lane: Lane = Lane.CHANGE,
     ) -> JSON:
         session, creds = await self._get_session()
         self.requests[method] += 1
         url = creds.server.rstrip("/") + path
         data = None if body is None else json.dumps(body)
+        await self._gate.acquire(lane)
         try:
             async with session.request(
                 method,
@@ -226,19 +283,21 @@ class KubeClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.responses[(method, 0)] += 1
             raise KubeError(0, f"{method} {path}: {exc.__class__.__name__}: {exc}") from None
+        finally:
+            self._gate.release()
 
     # -- verbs ---------------------------------------------------------------------------
 
     async def create(self, obj: Mapping[str, Any]) -> JSON:
         meta = obj.get("metadata") or {}
         path = url_of(obj["apiVersion"], obj["kind"], meta.get("namespace"))
-        return await self.request("POST", path, body=obj)
+        return await self.request("POST", path, body=obj, lane=Lane.CREATE)
 
     async def get(
         self, api_version: str, kind: str, name: str, namespace: str | None
     ) -> JSON | None:
         try:
-            return await self.request("GET", url_of(api_version, kind, namespace, name))
+            return await self.request("GET", url_of(api_version, kind, namespace, name), lane=Lane.CREATE)
         except NotFound:
             return None
 
@@ -255,7 +314,11 @@ class KubeClient:
         """A JSON merge patch (RFC 7386): maps merge, lists and scalars replace, null deletes."""
         path = url_of(api_version, kind, namespace, name, subresource)
         return await self.request(
-            "PATCH", path, body=body, content_type="application/merge-patch+json"
+            "PATCH",
+            path,
+            body=body,
+            content_type="application/merge-patch+json",
+            lane=Lane.STATUS if subresource == "status" else Lane.CHANGE,
         )
 
     async def delete(
@@ -306,7 +369,7 @@ class KubeClient:
             "lastTimestamp": now,
             "count": 1,
         }
-        await self.request("POST", url_of("v1", "Event", ns), body=event)
+        await self.request("POST", url_of("v1", "Event", ns), body=event, lane=Lane.EVENT)
 
 
 def _error(status: int, text: str) -> KubeError:

@@ -25,6 +25,7 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -46,7 +47,7 @@ from flextrain.api.flextrainjob import KIND, FlexTrainJob, FlexTrainJobStatus
 from flextrain.api.validation import object_problems
 from flextrain.operator import builders, names, observed
 from flextrain.operator.config import OperatorSettings
-from flextrain.operator.kube import Conflict, KubeClient, KubeError, status_patch
+from flextrain.operator.kube import ORDER, Conflict, KubeClient, KubeError, status_patch
 from flextrain.operator.plan import AggregatorReading, CreateFailure, Event, Plan
 from flextrain.operator.reconcile import invalid_spec_status, reconcile
 from flextrain.operator.tiers import NodeInfo, device_tier_status
@@ -157,6 +158,9 @@ class _JobMemory:
     refused: dict[tuple[str, str], _Refusal] = field(default_factory=dict)
     #: The phase last written (the operator's jobs-by-phase metric).
     phase: str | None = None
+    #: When this operator first saw the job, as a rank (kube.ORDER): in a burst of new
+    #: jobs, the API requests of earlier ones go first.
+    order: int = 0
 
     def base_status(self, visible: dict[str, Any]) -> dict[str, Any]:
         if not self.pending:
@@ -222,6 +226,7 @@ class Runtime:
         self._node_digest: dict[str, NodeInfo] = {}
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="getstatus")
         self._passes = asyncio.Semaphore(PASSES_AT_ONCE)
+        self._order = itertools.count(1)
         self.tiers = TierRefresher(self)
 
     # -- wake-ups --------------------------------------------------------------------
@@ -279,7 +284,10 @@ class Runtime:
         meta = dict(body.get("metadata") or {})
         name, namespace = str(meta.get("name")), str(meta.get("namespace") or "default")
         key = job_key(namespace, name)
-        memory = self._jobs.setdefault(key, _JobMemory())
+        memory = self._jobs.get(key)
+        if memory is None:
+            memory = self._jobs[key] = _JobMemory(order=next(self._order))
+        ORDER.set(memory.order)  # this pass's requests (its task's context only)
         now = datetime.now(UTC)
         visible = dict(body.get("status") or {})
         status_before = memory.base_status(visible)

@@ -81,3 +81,66 @@ async def test_event_names_are_valid_for_any_object_name(name: str) -> None:
     assert posted[0][1] == "/api/v1/namespaces/ns/events"
     if len(name) <= 236:
         assert names[0].startswith(name + ".")  # short names stay readable as they are
+
+
+async def test_busy_connections_are_handed_out_by_lane_then_job_then_arrival() -> None:
+    import asyncio
+
+    from flextrain.operator.kube import ORDER, Lane, _Gate
+
+    gate = _Gate(1)
+    await gate.acquire(Lane.CREATE)  # the one connection is busy
+    let_in: list[str] = []
+
+    async def wait(what: str, lane: Lane, order: int) -> None:
+        ORDER.set(order)
+        await gate.acquire(lane)
+        let_in.append(what)
+        gate.release()
+
+    waiters = [
+        asyncio.create_task(wait(*w))
+        for w in [
+            ("event job 1", Lane.EVENT, 1),
+            ("status job 1", Lane.STATUS, 1),
+            ("create job 2", Lane.CREATE, 2),
+            ("create job 1", Lane.CREATE, 1),
+            ("create job 1 again", Lane.CREATE, 1),
+            ("patch job 3", Lane.CHANGE, 3),
+        ]
+    ]
+    await asyncio.sleep(0)
+    gate.release()
+    await asyncio.gather(*waiters)
+    assert let_in == [
+        "create job 1",
+        "create job 1 again",
+        "create job 2",
+        "patch job 3",
+        "status job 1",
+        "event job 1",
+    ]
+
+
+async def test_a_cancelled_waiter_does_not_keep_a_connection() -> None:
+    import asyncio
+
+    from flextrain.operator.kube import Lane, _Gate
+
+    gate = _Gate(1)
+    await gate.acquire(Lane.CREATE)
+    gone = asyncio.create_task(gate.acquire(Lane.CREATE))
+    await asyncio.sleep(0)
+    gone.cancel()  # cancelled while waiting
+    handed = asyncio.create_task(gate.acquire(Lane.EVENT))
+    await asyncio.sleep(0)
+    gate.release()  # skips the cancelled waiter
+    await asyncio.wait_for(handed, 1)
+    # Let in, then cancelled before it ran: the slot comes back.
+    late = asyncio.create_task(gate.acquire(Lane.CREATE))
+    await asyncio.sleep(0)
+    gate.release()  # hands the slot to `late`...
+    late.cancel()  # ...which is cancelled before it resumes
+    with pytest.raises(asyncio.CancelledError):
+        await late
+    await asyncio.wait_for(gate.acquire(Lane.CREATE), 1)  # the slot was given back
