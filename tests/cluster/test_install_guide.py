@@ -141,6 +141,25 @@ class Shell:
         return guide.table_mismatch(command.table, done.stdout)
 
 
+def start_operator(cluster: Cluster, release: str, namespace: str) -> install.OperatorProcess:
+    """`flextrain operator` as a local process with the release's ServiceAccount and the
+    environment of its Deployment (the cluster tests' way; docs/development.md)."""
+    api = cluster.api
+    account = release if "flextrain" in release else f"{release}-flextrain"  # the chart's fullname
+    install.wait_owner_kind_known(api, cluster.plane, timeout=90, account=account, namespace=namespace)
+    kubeconfig = install.token_kubeconfig(api, cluster.plane, account, namespace, cluster.work / f"{release}.kubeconfig")
+    env = {
+        **install.chart_operator_env(api, release, namespace),
+        "FLEXTRAIN_OPERATOR_SELF_METRICS_PORT": str(install.free_port()),
+        **FAST_OPERATOR_ENV,
+        "FLEXTRAIN_OPERATOR_AGGREGATOR_ADDRESS":
+            f"dns://{cluster.agent.dns.authority}/{{service}}.{{namespace}}.svc:{{port}}",
+    }
+    proc = install.OperatorProcess(kubeconfig, env, cluster.work / f"{release}-operator.log").start()
+    proc.wait_live()
+    return proc
+
+
 def crds_present(api: client.ApiClient) -> set[str]:
     ext = client.ApiextensionsV1Api(api)
     return {c.metadata.name for c in ext.list_custom_resource_definition().items} & set(CRDS)
@@ -195,20 +214,6 @@ def test_every_command_of_the_install_guide_runs_as_written(cluster: Cluster) ->
     steps = [b.step for b in blocks if b.step is not None]
     assert steps == STEPS, f"the guide's tested steps changed: {steps}"
 
-    def start_operator() -> install.OperatorProcess:
-        install.wait_owner_kind_known(api, cluster.plane, timeout=90, account=RELEASE, namespace=SYSTEM)
-        kubeconfig = install.token_kubeconfig(api, cluster.plane, RELEASE, SYSTEM, cluster.work / "sa.kubeconfig")
-        env = {
-            **install.chart_operator_env(api, RELEASE, SYSTEM),
-            "FLEXTRAIN_OPERATOR_SELF_METRICS_PORT": str(install.free_port()),
-            **FAST_OPERATOR_ENV,
-            "FLEXTRAIN_OPERATOR_AGGREGATOR_ADDRESS":
-                f"dns://{cluster.agent.dns.authority}/{{service}}.{{namespace}}.svc:{{port}}",
-        }
-        proc = install.OperatorProcess(kubeconfig, env, cluster.work / "operator.log").start()
-        proc.wait_live()
-        return proc
-
     def after(step: str) -> None:
         nonlocal operator
         apps, rbac = client.AppsV1Api(api), client.RbacAuthorizationV1Api(api)
@@ -222,7 +227,7 @@ def test_every_command_of_the_install_guide_runs_as_written(cluster: Cluster) ->
             assert deployment.status.available_replicas == 1
             image = deployment.spec.template.spec.containers[0].image
             assert image.startswith("registry.factory.example:5000/ml/flextrain-operator:"), image
-            operator = start_operator()
+            operator = start_operator(cluster, RELEASE, SYSTEM)
         elif step == "upgrade":
             history = shell.run(f"helm history {RELEASE} -n {SYSTEM} -o yaml")
             revisions = yaml.safe_load(history.stdout)
@@ -282,3 +287,47 @@ def _exists(read: Callable[[], object]) -> bool:
         read()
         return True
     return False
+
+
+@pytest.mark.timeout(300)
+def test_a_chart_tier_on_the_factorys_own_label_selects_exactly_those_nodes(cluster: Cluster, tmp_path: Path) -> None:
+    """The reported case on the real cluster: the default `cpu-x86` tier moved to the
+    factory's label `factory.local/pool: cpu`, which only cpu-01 carries (it lost the
+    default pool label). The DeviceTier `helm install` creates selects on that label
+    alone, and the operator finds one node for it; merged with the default's
+    `flextrain.dev/pool: cpu` it would have found none."""
+    release, namespace = "plant", "plant-system"
+    core, custom = client.CoreV1Api(cluster.api), client.CustomObjectsApi(cluster.api)
+    values = tmp_path / "plant-values.yaml"
+    spec = {"architecture": "amd64", "nodeSelector": {"factory.local/pool": "cpu"},
+            "resources": {"requests": {"cpu": "2", "memory": "4Gi"}}}
+    values.write_text(yaml.safe_dump({"deviceTiers": {"enabled": True, "tiers": [{"name": "cpu-x86", "spec": spec}]}}))
+    before = {n.metadata.name: dict(n.metadata.labels) for n in core.list_node().items}
+    core.patch_node("cpu-01", {"metadata": {"labels": {"factory.local/pool": "cpu", "flextrain.dev/pool": None}}})
+    core.patch_node("cpu-02", {"metadata": {"labels": {"flextrain.dev/pool": "cpu"}}})
+    shell = Shell(cluster.plane, tmp_path)
+    operator: install.OperatorProcess | None = None
+    try:
+        done = shell.run(f"helm install {release} charts/flextrain -n {namespace} --create-namespace -f {values} "
+                         "--wait --timeout 120s")
+        assert done.returncode == 0, done.stderr
+        operator = start_operator(cluster, release, namespace)
+        tier = custom.get_cluster_custom_object("flextrain.dev", "v1alpha1", "devicetiers", "cpu-x86")
+        assert tier["spec"] == spec, tier["spec"]
+
+        def ready_nodes() -> object:
+            status = custom.get_cluster_custom_object("flextrain.dev", "v1alpha1", "devicetiers", "cpu-x86").get("status")
+            return status if status and "readyNodes" in status else None
+
+        status = wait_for(ready_nodes, timeout=60, what="the operator's count of the tier's nodes")
+        assert status["readyNodes"] == 1, status
+        assert not operator.forbidden(), operator.forbidden()
+    finally:
+        if operator is not None:
+            operator.stop()
+        shell.run(f"helm uninstall {release} -n {namespace} --wait")
+        shell.run("kubectl delete devicetiers cpu-x86 --ignore-not-found")
+        shell.run(f"kubectl delete crd {' '.join(CRDS)} --ignore-not-found")
+        for name in ("cpu-01", "cpu-02"):
+            labels = {k: before[name].get(k) for k in ("factory.local/pool", "flextrain.dev/pool")}
+            core.patch_node(name, {"metadata": {"labels": labels}})
