@@ -154,7 +154,7 @@ def test_default_values_create_no_device_tiers_and_no_service_monitor(render: Re
 
 def test_device_tiers_from_values_satisfy_the_crd_schema_and_cel_rules(render: Render) -> None:
     tiers = of_kind(documents(render(CI["tiers-values"])), "DeviceTier")
-    assert sorted(t["metadata"]["name"] for t in tiers) == ["arm-edge", "cpu-x86", "gpu", "gpu-a100"]
+    assert sorted(t["metadata"]["name"] for t in tiers) == ["arm-edge", "cpu-x86", "gpu-a100"]
     for tier in tiers:
         assert crd_violations(tier, "DeviceTier") == [], tier["metadata"]["name"]
         DeviceTier.model_validate(tier)
@@ -166,7 +166,7 @@ def test_gpu_tiers_get_the_cuda_image_and_cpu_tiers_the_multi_arch_default(rende
     tiers = {t["metadata"]["name"]: t["spec"] for t in
              of_kind(documents(render(CI["tiers-values"])), "DeviceTier")}
     cuda = f"ghcr.io/flextrain/flextrain:{__version__}-cuda"
-    assert tiers["gpu"]["image"] == tiers["gpu-a100"]["image"] == cuda
+    assert tiers["gpu-a100"]["image"] == cuda
     assert "image" not in tiers["cpu-x86"] and "image" not in tiers["arm-edge"]
     assert tiers["arm-edge"]["architecture"] == "arm64"
 
@@ -211,17 +211,3 @@ def test_service_monitor_scrapes_the_aggregator_services_the_operator_creates(
     assert operator.items() <= service["metadata"]["labels"].items()
     pod = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod.items()
-
-
-@pytest.mark.parametrize("values", VALUE_SETS)
-def test_notes_tell_the_next_commands(tools: Tools, values: tuple[Path, ...]) -> None:
-    proc = run([tools.helm, "install", "ft", CHART, "--dry-run=client", "--namespace", NAMESPACE,
-                *value_args(values)])
-    assert proc.returncode == 0, proc.stderr
-    notes = proc.stdout.split("NOTES:", 1)[1]
-    for command in ("kubectl -n flextrain-system rollout status deployment/ft-flextrain",
-                    "kubectl get devicetiers", "-f examples/quickstart.yaml",
-                    "kubectl get flextrainjobs -A -w", "kubectl describe flextrainjob"):
-        assert command in notes, notes
-    tiers_enabled = merged_values(*values)["deviceTiers"]["enabled"]
-    assert ("kubectl apply -f examples/devicetiers.yaml" in notes) is not tiers_enabled

@@ -63,7 +63,9 @@ def test_rendered_rules_are_the_operators_rules(
     render: Render, values: tuple[Path, ...], namespaces: list[str] | None
 ) -> None:
     docs = documents(render(*values))
-    [cluster_role] = of_kind(docs, "ClusterRole")
+    # The operator's (the users' roles, component user-role, are tests/chart/test_user_roles.py's).
+    [cluster_role] = [r for r in of_kind(docs, "ClusterRole")
+                      if r["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
     name = cluster_role["metadata"]["name"]
     expected = rbac.cluster_role(name, cluster_wide=namespaces is None)
     assert permissions(cluster_role["rules"]) == permissions(expected["rules"])

@@ -21,7 +21,9 @@ SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 PASS_THROUGH = (
     "resources", "podSecurityContext", "securityContext", "nodeSelector", "podAnnotations",
     "podLabels", "affinity", "crds.annotations", "serviceAccount.annotations",
-    "metrics.serviceMonitor.labels", re.compile(r"^deviceTiers\.tiers\.[^.]+\.spec$"),
+    "metrics.serviceMonitor.labels",
+    # A list of DeviceTier {name, spec} (docs/api.md), documented as a whole.
+    "deviceTiers.tiers",
 )
 _KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.\-/\"]+):(?: |$)")
 
@@ -86,12 +88,32 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("interval without unit", {"metrics": {"serviceMonitor": {"interval": "30"}}},
      "/metrics/serviceMonitor/interval"),
     ("unknown tier architecture",
-     {"deviceTiers": {"tiers": {"gpu": {"spec": {"architecture": "riscv64"}}}}},
-     "/deviceTiers/tiers/gpu/spec/architecture"),
-    ("misspelt tier field", {"deviceTiers": {"tiers": {"gpu": {"spec": {"nodeSelectr": {}}}}}},
-     "'nodeSelectr'"),
-    ("tier without spec", {"deviceTiers": {"tiers": {"big": {"enabled": True}}}},
-     "/deviceTiers/tiers/big"),
+     {"deviceTiers": {"tiers": [{"name": "gpu", "spec": {"architecture": "riscv64"}}]}},
+     "/deviceTiers/tiers/0/spec/architecture"),
+    ("misspelt tier field",
+     {"deviceTiers": {"tiers": [{"name": "gpu", "spec": {"nodeSelectr": {}}}]}}, "'nodeSelectr'"),
+    ("tier without spec", {"deviceTiers": {"tiers": [{"name": "big"}]}}, "/deviceTiers/tiers/0"),
+    ("tier without name", {"deviceTiers": {"tiers": [{"spec": {}}]}}, "/deviceTiers/tiers/0"),
+    ("tier name not a DNS name", {"deviceTiers": {"tiers": [{"name": "GPU_A100", "spec": {}}]}},
+     "/deviceTiers/tiers/0/name"),
+    ("tier with the old enabled key",
+     {"deviceTiers": {"tiers": [{"name": "gpu", "enabled": False, "spec": {}}]}}, "'enabled'"),
+    ("tiers neither list nor map", {"deviceTiers": {"tiers": "gpu"}}, "/deviceTiers/tiers"),
+    # The free-form Kubernetes objects: their fields and types.
+    ("misspelt container security field", {"securityContext": {"readOnlyRootFileSystem": True}},
+     "'readOnlyRootFileSystem'"),
+    ("string for runAsUser", {"podSecurityContext": {"runAsUser": "65532"}}, "/podSecurityContext/runAsUser"),
+    ("negative runAsUser", {"securityContext": {"runAsUser": -1}}, "/securityContext/runAsUser"),
+    ("unknown seccomp type", {"podSecurityContext": {"seccompProfile": {"type": "Default"}}},
+     "/podSecurityContext/seccompProfile/type"),
+    ("capability list as a string", {"securityContext": {"capabilities": {"drop": "ALL"}}},
+     "/securityContext/capabilities/drop"),
+    ("misspelt affinity kind", {"affinity": {"nodeAfinity": {}}}, "'nodeAfinity'"),
+    ("node affinity without terms",
+     {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}},
+     "/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution"),
+    ("unknown toleration operator", {"tolerations": [{"key": "a", "operator": "In"}]}, "/tolerations/0/operator"),
+    ("user roles flag as a string", {"userRoles": {"create": "yes"}}, "/userRoles/create"),
     ("env var without name", {"operator": {"extraEnv": [{"value": "1"}]}}, "/operator/extraEnv/0"),
 ]
 

@@ -85,7 +85,14 @@ def service_account_client(
     return client.ApiClient(configuration)
 
 
-def wait_owner_kind_known(api: client.ApiClient, plane: ControlPlane, *, timeout: float = 60) -> None:
+def wait_owner_kind_known(
+    api: client.ApiClient,
+    plane: ControlPlane,
+    *,
+    timeout: float = 60,
+    account: str = f"{RELEASE}-flextrain",
+    namespace: str = NAMESPACE,
+) -> None:
     """Wait until the API server can check blockOwnerDeletion on a FlexTrainJob owner
     for the operator's ServiceAccount.
 
@@ -111,12 +118,12 @@ def wait_owner_kind_known(api: client.ApiClient, plane: ControlPlane, *, timeout
             ],
         }
     }
-    with service_account_client(api, plane) as operator:
+    with service_account_client(api, plane, account, namespace) as operator:
         core = client.CoreV1Api(operator)
         deadline = time.monotonic() + timeout
         while True:
             try:
-                core.create_namespaced_secret(NAMESPACE, probe, dry_run="All")
+                core.create_namespaced_secret(namespace, probe, dry_run="All")
                 return
             except client.ApiException as exc:
                 if exc.status != 403 or "RESTMapping" not in str(exc.body):
