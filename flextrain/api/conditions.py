@@ -63,6 +63,7 @@ class JobReason(StrEnum):
     AGGREGATOR_STARTING = "AggregatorStarting"
     AGGREGATOR_READY = "AggregatorReady"
     AGGREGATOR_UNAVAILABLE = "AggregatorUnavailable"
+    CHECKPOINT_CLAIM_PENDING = "CheckpointClaimPending"
     ROUND_COMPLETED = "RoundCompleted"
     TIER_JOB_FAILED = "TierJobFailed"
     PODS_UNSCHEDULABLE = "PodsUnschedulable"

@@ -18,6 +18,7 @@ override the process-level ones).
 | FLEXTRAIN_OPERATOR_RESTRICTED_PODS | restricted_pods | true |
 | FLEXTRAIN_OPERATOR_EVENTS | events | true |
 | FLEXTRAIN_OPERATOR_FINISH_GRACE | finish_grace | 60 (seconds) |
+| FLEXTRAIN_OPERATOR_CLAIM_PENDING_AFTER | claim_pending_after | 60 (seconds) |
 | FLEXTRAIN_OPERATOR_TIER_DEBOUNCE | tier_debounce | 1 (seconds) |
 | FLEXTRAIN_OPERATOR_ALLOWED_IMAGES | allowed_images | (empty: the default image's repository) |
 | FLEXTRAIN_OPERATOR_ALLOW_SERVICE_ACCOUNT | allow_service_account | false |
@@ -113,6 +114,11 @@ class OperatorSettings:
     finish_grace: float = 60.0
     """Seconds after training completes that trainers get to see it and exit 0 on their own;
     then any tier Job still running is suspended and the aggregator is scaled to 0."""
+
+    claim_pending_after: float = 60.0
+    """Seconds a job's checkpoint claim may stay unbound before the job says so
+    (AggregatorReady=False, reason CheckpointClaimPending, and a Warning Event):
+    provisioners take seconds; a cluster with no default StorageClass never binds it."""
 
     tier_debounce: float = 1.0
     """Seconds the DeviceTier status refresh waits after a node change, so a burst of node
@@ -213,8 +219,8 @@ class OperatorSettings:
                 f"{PREFIX}IMAGE_PULL_POLICY={self.image_pull_policy!r}: use Always, "
                 "IfNotPresent or Never"
             )
-        if self.finish_grace < 0 or self.tier_debounce < 0:
-            raise SettingsError("finish_grace and tier_debounce must be >= 0 seconds")
+        if self.finish_grace < 0 or self.tier_debounce < 0 or self.claim_pending_after < 0:
+            raise SettingsError("finish_grace, tier_debounce and claim_pending_after must be >= 0 seconds")
         for name in ("status_interval", "status_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be > 0 seconds")

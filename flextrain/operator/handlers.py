@@ -200,7 +200,7 @@ async def disruption_budgets(
 async def checkpoint_claims(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
-    return {(namespace, labels[names.JOB_LABEL]): observed.child_state(body)}
+    return {(namespace, labels[names.JOB_LABEL]): observed.claim_state(body)}
 
 
 @kopf.index(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from flextrain.operator import names
@@ -182,6 +183,32 @@ def child_state(body: Mapping[str, Any]) -> ChildState:
 
 
 @dataclass(frozen=True)
+class ClaimState(ChildState):
+    """The checkpoint claim: also whether a volume is bound to it, and since when not."""
+
+    phase: str = ""
+    storage_class: str | None = None
+    created: datetime | None = None
+
+
+def claim_state(body: Mapping[str, Any]) -> ClaimState:
+    meta = body.get("metadata") or {}
+    created = None
+    if isinstance(stamp := meta.get("creationTimestamp"), str):
+        try:
+            created = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        except ValueError:
+            created = None
+    return ClaimState(
+        name=str(meta.get("name", "")),
+        controller_uid=controller_uid(body),
+        phase=str((body.get("status") or {}).get("phase") or "Pending"),
+        storage_class=(body.get("spec") or {}).get("storageClassName") or None,
+        created=created,
+    )
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything observed about one FlexTrainJob's children."""
 
@@ -189,7 +216,7 @@ class Observed:
     service: ChildState | None = None
     network_policy: ChildState | None = None
     disruption_budget: ChildState | None = None
-    checkpoint_claim: ChildState | None = None
+    checkpoint_claim: ClaimState | None = None
     aggregator: AggregatorState | None = None
     tier_jobs: Mapping[str, TierJobState] = field(default_factory=dict)
     pods: Sequence[PodState] = ()

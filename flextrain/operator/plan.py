@@ -191,7 +191,10 @@ def _event_for(type_: str, before: Condition | None, after: Condition) -> Event 
         return None
     bad = (
         (type_, after.status) in _BAD
-        or (type_ == C.AGGREGATOR_READY and after.reason == R.AGGREGATOR_UNAVAILABLE)
+        or (
+            type_ == C.AGGREGATOR_READY
+            and after.reason in (R.AGGREGATOR_UNAVAILABLE, R.CHECKPOINT_CLAIM_PENDING)
+        )
         or (type_ == C.PROGRESSING and after.reason in _PROGRESSING_PROBLEMS)
     )
     if bad:

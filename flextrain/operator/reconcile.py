@@ -162,7 +162,7 @@ def reconcile(
     was_ready = conds.status_of(C.AGGREGATOR_READY) == T
     endpoint = str(base["aggregator_endpoint"])
     available, verdict = aggregator_condition(
-        observed, reading, job, children.replicas, was_ready, endpoint
+        observed, reading, job, children.replicas, was_ready, endpoint, now, settings.claim_pending_after
     )
     conds.apply(verdict)
     lost_aggregator = not available and was_ready and not job.spec.suspend

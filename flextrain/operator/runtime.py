@@ -122,7 +122,7 @@ class Snapshot:
     services: Sequence[observed.ChildState] = ()
     network_policies: Sequence[observed.ChildState] = ()
     disruption_budgets: Sequence[observed.ChildState] = ()
-    checkpoint_claims: Sequence[observed.ChildState] = ()
+    checkpoint_claims: Sequence[observed.ClaimState] = ()
     pods: Sequence[observed.PodState] = ()
 
 
@@ -644,6 +644,8 @@ def _summary(kind: str, body: Mapping[str, Any]) -> Any:
         return observed.tier_job_state(body)
     if kind == "Deployment":
         return observed.aggregator_state(body)
+    if kind == "PersistentVolumeClaim":
+        return observed.claim_state(body)
     if kind in SIMPLE_CHILDREN:
         return observed.child_state(body)
     return None

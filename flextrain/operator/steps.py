@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from flextrain.api.conditions import (
@@ -360,6 +360,8 @@ def aggregator_condition(
     replicas: int,
     was_ready: bool,
     endpoint: str,
+    now: datetime,
+    claim_pending_after: float,
 ) -> tuple[bool, Verdict]:
     """(the aggregator is available, condition AggregatorReady)."""
     service = names.aggregator_name(job.metadata.name)
@@ -375,6 +377,24 @@ def aggregator_condition(
         why = (agg.failure if agg else None) or reading.error or "no available replica"
         message = f"the aggregator {service} is not available: {why}"
         return False, Verdict(C.AGGREGATOR_READY, F, R.AGGREGATOR_UNAVAILABLE, message)
+    claim = observed.checkpoint_claim
+    waited = now - claim.created if claim and claim.created else None
+    if claim and claim.phase == "Pending" and waited and waited >= timedelta(seconds=claim_pending_after):
+        # Said once it lasts (a provisioner takes seconds); the message does not move.
+        assert claim.created is not None
+        where = (
+            f"StorageClass {claim.storage_class}: is its provisioner running? With "
+            "volumeBindingMode WaitForFirstConsumer it waits for the aggregator pod to be scheduled"
+            if claim.storage_class
+            else "it names no StorageClass and the cluster has no default one: set the chart's "
+            "checkpoints.storageClassName, give the cluster a default StorageClass, or keep "
+            "checkpoints on the node with spec.checkpoint.emptyDir"
+        )
+        message = (
+            f"the aggregator waits for its checkpoint claim {claim.name}: no volume bound to it "
+            f"since {claim.created.strftime('%Y-%m-%dT%H:%M:%SZ')} ({where})"
+        )
+        return False, Verdict(C.AGGREGATOR_READY, F, R.CHECKPOINT_CLAIM_PENDING, message)
     message = f"waiting for Deployment {service} to have an available replica" + (
         f" ({agg.failure})" if agg and agg.failure else ""
     )

@@ -28,7 +28,8 @@ The mapping from a pod to a process on this machine (no container runtime here):
 | working directory, logs | `<work>/pods/<ns>_<pod>/`, `stdout.log` there |
 
 The control plane has no storage provisioner: the agent plays a local-path one. Every
-PersistentVolumeClaim that is pending and names no volume gets a `hostPath` PersistentVolume
+PersistentVolumeClaim that is pending and names no volume (outside the namespaces a test
+put in `unprovisioned`) gets a `hostPath` PersistentVolume
 of its size, class and access modes, reserved for it (`claimRef`); the real PV controller
 binds the two, and the kube-scheduler then places the pod that mounts the claim. The
 claim's directory is `<work>/claims/<ns>/<claim>` (as a PVC mount is mapped above), so
@@ -116,6 +117,8 @@ class NodeAgent:
         self._threads: list[threading.Thread] = []
         self.dns = DnsServer(self._lookup)
         self._paused_nodes: set[str] = set()
+        #: Namespaces whose claims get no volume (as on a cluster without a provisioner).
+        self.unprovisioned: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -183,6 +186,8 @@ class NodeAgent:
                         return
                     claim = event["object"]
                     pending = not claim.spec.volume_name and claim.status.phase == "Pending"
+                    if claim.metadata.namespace in self.unprovisioned:
+                        continue
                     if event["type"] in ("ADDED", "MODIFIED") and pending and claim.metadata.uid not in made:
                         self._provide(claim)
                         made.add(claim.metadata.uid)

@@ -223,6 +223,33 @@ def test_a_tier_no_node_can_take_shows_the_schedulers_reason(
         assert tiers is not None and tiers["reason"] == "NoMatchingNodes", tiers
 
 
+def test_a_checkpoint_claim_no_volume_binds_is_reported_on_the_job(
+    api: client.ApiClient, operator: install.OperatorProcess, agent: NodeAgent, namespace: str
+) -> None:
+    """No provisioner serves the namespace (as on a cluster without a default
+    StorageClass): the job says why its aggregator cannot start, instead of waiting in
+    silence. The test operator reports after 3 s (FLEXTRAIN_OPERATOR_CLAIM_PENDING_AFTER;
+    60 by default)."""
+    agent.unprovisioned.add(namespace)
+    try:
+        jobs = Jobs(api, namespace)
+        jobs.create(factory_job("unbound", namespace))
+
+        def pending() -> Body | None:
+            cond = jobs.condition("unbound", "AggregatorReady")
+            return cond if cond and cond["reason"] == "CheckpointClaimPending" else None
+
+        cond = wait_for(pending, timeout=60, what="AggregatorReady=False CheckpointClaimPending")
+        assert cond["status"] == "False"
+        assert "unbound-checkpoints" in cond["message"] and "no StorageClass" in cond["message"], cond["message"]
+        warning = wait_for(lambda: _warning(jobs, "unbound", "CheckpointClaimPending"), timeout=30, what="its Warning")
+        assert "checkpoints.storageClass" in (warning.message or "")
+        claim = client.CoreV1Api(api).read_namespaced_persistent_volume_claim("unbound-checkpoints", namespace)
+        assert claim.status.phase == "Pending"
+    finally:
+        agent.unprovisioned.discard(namespace)
+
+
 def _warning(jobs: Jobs, job: str, reason_part: str) -> client.CoreV1Event | None:
     return next((e for e in jobs.events(job) if e.type == "Warning" and reason_part in (e.reason or "") + (e.message or "")), None)
 

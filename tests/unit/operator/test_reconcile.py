@@ -14,6 +14,7 @@ from flextrain.operator.config import OperatorSettings
 from flextrain.operator.observed import (
     AggregatorState,
     ChildState,
+    ClaimState,
     Observed,
     PodState,
     TierJobState,
@@ -55,7 +56,7 @@ def started(
         service=ChildState("job-aggregator", UID),
         network_policy=ChildState("job-aggregator", UID),
         disruption_budget=ChildState("job-aggregator", UID),
-        checkpoint_claim=ChildState("job-checkpoints", UID),
+        checkpoint_claim=ClaimState("job-checkpoints", UID, phase="Bound"),
         aggregator=AggregatorState(
             "job-aggregator",
             UID,
@@ -588,3 +589,29 @@ def test_a_refused_secret_says_the_workloads_wait_for_it() -> None:
     assert c.reason == "ChildForbidden"
     assert "the aggregator and the trainers are created once the Secret exists" in c.message
     assert [o["kind"] for o in plan.create] == ["Secret", "Service", "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget"]
+
+
+def test_a_checkpoint_claim_no_volume_binds_is_said_on_the_job_once_it_lasts() -> None:
+    def pending(seconds: float, storage_class: str | None = None) -> Observed:
+        claim = ClaimState("job-checkpoints", UID, phase="Pending", storage_class=storage_class,
+                           created=NOW - timedelta(seconds=seconds))
+        return dataclasses.replace(started(available=0), checkpoint_claim=claim)
+
+    # A provisioner takes seconds: nothing to say yet.
+    assert cond(run(observed=pending(5)), "AggregatorReady") == ("False", "AggregatorStarting")
+    # A minute later: the condition says why the aggregator cannot start, and a Warning.
+    plan = run(observed=pending(61))
+    assert cond(plan, "AggregatorReady") == ("False", "CheckpointClaimPending")
+    [warning] = [e for e in plan.events if e.reason == "CheckpointClaimPending"]
+    assert warning.type == "Warning"
+    assert "job-checkpoints" in warning.message and "no StorageClass" in warning.message
+    assert "checkpoints.storageClass" in warning.message
+    # Steady: the next pass changes nothing and posts nothing.
+    again = run(observed=pending(61), status=plan.status, now=NOW + timedelta(seconds=14))
+    assert again.status == plan.status and not again.events
+    # With a class, the message names it.
+    classed = run(observed=pending(61, "fast-ssd"))
+    assert "StorageClass fast-ssd" in next(c.message for c in classed.status.conditions or [] if c.type == "AggregatorReady")
+    # Bound: nothing said.
+    bound = dataclasses.replace(pending(600), checkpoint_claim=ClaimState("job-checkpoints", UID, phase="Bound"))
+    assert cond(run(observed=bound), "AggregatorReady") == ("False", "AggregatorStarting")
