@@ -8,7 +8,7 @@ labels, environment and pod settings fill in what the user did not set.
 | child | name | what |
 |---|---|---|
 | Secret | `<job>-token` | the per-job token trainers and aggregator authenticate with |
-| Service | `<job>-aggregator` | ClusterIP: gRPC (and metrics) of the aggregator |
+| Service | `<job>-aggregator` | headless: gRPC (and metrics) of the aggregator |
 | Deployment | `<job>-aggregator` | 1 replica, Recreate, gRPC health probes, checkpoint volume |
 | Job (batch/v1) | `<job>-<tier>` | Indexed, one completion index per replica = data shard |
 """
@@ -204,7 +204,12 @@ def build_secret(job: FlexTrainJob, token: str, owner: JSON) -> JSON:
 
 
 def build_aggregator_service(job: FlexTrainJob, owner: JSON, settings: OperatorSettings) -> JSON:
-    """ClusterIP Service in front of the aggregator (gRPC, plus metrics when enabled)."""
+    """The aggregator's Service (gRPC, plus metrics when enabled), headless: its name
+    resolves to the ready aggregator pod itself. A virtual IP would add nothing for one
+    pod whose clients re-resolve (FLEXTRAIN's gRPC channels re-resolve within a second),
+    and allocating one is the API server's slowest create: measured with 50 jobs created
+    at once, 0.50 s p50 for a ClusterIP Service (allocations take turns) against 0.02 s
+    for the other children."""
     name, namespace = job.metadata.name, job.metadata.namespace or "default"
     ports: list[JSON] = [
         {
@@ -232,6 +237,7 @@ def build_aggregator_service(job: FlexTrainJob, owner: JSON, settings: OperatorS
         ),
         "spec": {
             "type": "ClusterIP",
+            "clusterIP": "None",
             "selector": names.aggregator_selector(name),
             "ports": ports,
         },

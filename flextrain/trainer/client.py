@@ -45,6 +45,10 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
+    # The aggregator's Service is headless: a rescheduled aggregator has a new address,
+    # looked up again at most a second after the old one stops answering (gRPC's
+    # default waits 30 s between lookups).
+    ("grpc.dns_min_time_between_resolutions_ms", 1_000),
 ]
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}

@@ -94,8 +94,13 @@ class StatusUnavailable(Exception):
 
 class StatusClient:
     def __init__(self, address: str, token: str, *, credentials: grpc.ChannelCredentials | None = None) -> None:
+        # The aggregator's Service is headless: look its address up again soon after a
+        # reschedule (gRPC's default waits 30 s between lookups).
+        options = [("grpc.dns_min_time_between_resolutions_ms", 1_000)]
         self.channel = (
-            grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+            grpc.secure_channel(address, credentials, options=options)
+            if credentials
+            else grpc.insecure_channel(address, options=options)
         )
         self.stub = pb_grpc.AggregatorStub(self.channel)  # type: ignore[no-untyped-call]
         self._metadata = metadata(token)

@@ -459,3 +459,13 @@ def test_the_aggregator_has_a_disruption_budget_and_a_network_policy() -> None:
     assert grpc_rule["from"][0] == {"podSelector": {"matchLabels": names.trainer_selector("job")}}
     assert grpc_rule["from"][1]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "flextrain-system"}}
     assert metrics_rule["ports"] == [{"protocol": "TCP", "port": SETTINGS.metrics_port}]
+
+
+def test_the_aggregator_service_is_headless() -> None:
+    """No virtual IP to allocate (the API server's slowest create in a burst of jobs): the
+    name resolves to the ready aggregator pod, and clients re-resolve within a second."""
+    from flextrain.trainer.client import CHANNEL_OPTIONS
+
+    svc = builders.build_aggregator_service(job(), OWNER, SETTINGS)
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"]
+    assert dict(CHANNEL_OPTIONS)["grpc.dns_min_time_between_resolutions_ms"] <= 1_000
