@@ -34,11 +34,18 @@ override the process-level ones).
 | FLEXTRAIN_OPERATOR_CHECKPOINT_SIZE | checkpoint_size | 1Gi |
 | FLEXTRAIN_OPERATOR_DEFAULT_PRIORITY_CLASS | default_priority_class | (empty) |
 | FLEXTRAIN_OPERATOR_DEFAULT_IMAGE_PULL_SECRETS | default_image_pull_secrets | (empty) |
+| FLEXTRAIN_OPERATOR_LEADER_ELECTION | leader_election | false (the chart: true) |
+| FLEXTRAIN_OPERATOR_LEADER_ELECTION_LEASE | leader_election_lease | flextrain-operator |
+| FLEXTRAIN_OPERATOR_LEADER_ELECTION_NAMESPACE | leader_election_namespace | (empty: self_namespace) |
+| FLEXTRAIN_OPERATOR_LEASE_DURATION | lease_duration | 15 (seconds) |
+| FLEXTRAIN_OPERATOR_RENEW_DEADLINE | renew_deadline | 10 (seconds) |
+| FLEXTRAIN_OPERATOR_RETRY_PERIOD | retry_period | 2 (seconds) |
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal
@@ -47,6 +54,9 @@ from flextrain import __version__
 from flextrain.api.quantity import parse_quantity
 
 PREFIX: Final[str] = "FLEXTRAIN_OPERATOR_"
+DNS_SUBDOMAIN: Final = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+)
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 
 
@@ -186,6 +196,32 @@ class OperatorSettings:
     """Pull secrets (names, comma-separated in the variable) of every pod a job creates
     whose podTemplate names none; they must exist in the job's namespace."""
 
+    leader_election: bool = False
+    """Run as one of several replicas (flextrain.operator.leader): only the holder of the
+    Lease `leader_election_lease` reconciles; the others wait, send no writes, and take
+    over when the Lease expires or is released. Off: this process reconciles at once
+    (one replica only)."""
+
+    leader_election_lease: str = "flextrain-operator"
+    """Name of the coordination.k8s.io/v1 Lease the replicas compete for (a DNS
+    subdomain); the chart names it after the release."""
+
+    leader_election_namespace: str = ""
+    """Namespace of the Lease; empty: `self_namespace`, else the namespace of the pod's
+    service account."""
+
+    lease_duration: int = 15
+    """Seconds a standby waits after it last saw the Lease change before it takes over
+    (whole seconds: the Lease's `leaseDurationSeconds`). The failover time after a crash
+    of the leader is about this plus `retry_period`."""
+
+    renew_deadline: float = 10.0
+    """Seconds the leader keeps trying to renew before it gives up leading and exits;
+    less than `lease_duration`, so it stops before a standby can take over."""
+
+    retry_period: float = 2.0
+    """Seconds between two attempts to acquire (standby) or renew (leader) the Lease."""
+
     @property
     def cluster_wide(self) -> bool:
         return not self.namespaces
@@ -237,6 +273,23 @@ class OperatorSettings:
                 parse_quantity(getattr(self, name))
             except ValueError as exc:
                 raise SettingsError(f"{PREFIX}{name.upper()}: {exc}") from None
+        if self.lease_duration < 1:
+            raise SettingsError(f"{PREFIX}LEASE_DURATION must be >= 1 second")
+        if not 0 < self.renew_deadline < self.lease_duration:
+            raise SettingsError(
+                f"{PREFIX}RENEW_DEADLINE={self.renew_deadline:g} must be > 0 and less than "
+                f"{PREFIX}LEASE_DURATION={self.lease_duration}"
+            )
+        if not 0 < self.retry_period < self.renew_deadline:
+            raise SettingsError(
+                f"{PREFIX}RETRY_PERIOD={self.retry_period:g} must be > 0 and less than "
+                f"{PREFIX}RENEW_DEADLINE={self.renew_deadline:g}"
+            )
+        if not DNS_SUBDOMAIN.fullmatch(self.leader_election_lease):
+            raise SettingsError(
+                f"{PREFIX}LEADER_ELECTION_LEASE={self.leader_election_lease!r} is not a valid "
+                "object name: lower-case letters, digits, '-' and '.', at most 253 characters"
+            )
         try:
             self.address_of("ns", "job", "svc")
         except (KeyError, IndexError, ValueError) as exc:

@@ -8,8 +8,11 @@
   every `status_interval` seconds (aggregator status, deadline). Passes of one job never
   overlap, so its status is written by one writer.
 - DeviceTier statuses are refreshed after node and tier changes (debounced).
-- Liveness: kopf's `/healthz` (main.py passes `--liveness`), with a probe reporting the
-  number of jobs served.
+- Liveness: kopf's `/healthz` (main.py passes `--liveness`), with probes reporting the
+  number of jobs served and leadership.
+- Several replicas (`leader_election`): kopf runs only in the replica holding the Lease
+  (flextrain.operator.leader); a standby runs no kopf at all, so it sends no write (kopf
+  would add finalizers), and serves liveness itself (run_operator).
 
 Run it with `flextrain operator` (main.py). The handlers live in their own registry
 (REGISTRY, handed to kopf.operator), not kopf's default one: kopf's default registry
@@ -22,15 +25,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Collection, Mapping
+import signal
+import threading
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, TypeVar
 
 import kopf
 
 from flextrain.api.common import GROUP, VERSION
 from flextrain.api.devicetier import DeviceTier
-from flextrain.operator import kube, metrics, names, observed
-from flextrain.operator.config import OperatorSettings
+from flextrain.operator import kube, leader, metrics, names, observed
+from flextrain.operator.config import OperatorSettings, SettingsError
 from flextrain.operator.runtime import (
     InvalidDeviceTier,
     Runtime,
@@ -88,7 +94,9 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         prefix=ANNOTATIONS_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # our own Events say what happened
-    settings.peering.standalone = True  # one replica (Deployment strategy Recreate)
+    # No kopf peering: with several replicas, only the holder of the Lease runs kopf at
+    # all (run_operator, flextrain.operator.leader).
+    settings.peering.standalone = True
     settings.networking.request_timeout = 60
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660
@@ -104,6 +112,35 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         settings.watching.label_selectors[resource] = names.JOB_LABEL
 
 
+def _credentials(info: kopf.ConnectionInfo) -> kube.Credentials:
+    def text(value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    return kube.Credentials(
+        server=info.server,
+        ca_path=text(info.ca_path),
+        ca_data=info.ca_data,
+        insecure=bool(info.insecure),
+        scheme=info.scheme,
+        token=info.token,
+        certificate_path=text(info.certificate_path),
+        certificate_data=info.certificate_data,
+        private_key_path=text(info.private_key_path),
+        private_key_data=info.private_key_data,
+    )
+
+
+def _connection_info(
+    settings: kopf.OperatorSettings, logger: logging.Logger | logging.LoggerAdapter[Any], **kwargs: Any
+) -> kopf.ConnectionInfo:
+    """In a pod: its service account; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    info = kopf.login_with_service_account(settings=settings, logger=logger, **kwargs)
+    info = info or kopf.login_with_kubeconfig(settings=settings, logger=logger, **kwargs)
+    if info is None:
+        raise kopf.LoginError("no service account and no kubeconfig to log in with")
+    return info
+
+
 @kopf.on.login(registry=REGISTRY)
 async def login(
     memo: Any,
@@ -112,28 +149,8 @@ async def login(
     **kwargs: Any,
 ) -> kopf.ConnectionInfo:
     """In a pod: its service account; elsewhere: $KUBECONFIG or ~/.kube/config."""
-    info = kopf.login_with_service_account(settings=settings, logger=logger, **kwargs)
-    info = info or kopf.login_with_kubeconfig(settings=settings, logger=logger, **kwargs)
-    if info is None:
-        raise kopf.LoginError("no service account and no kubeconfig to log in with")
-
-    def text(value: Any) -> str | None:
-        return None if value is None else str(value)
-
-    _runtime(memo).kube.set_credentials(
-        kube.Credentials(
-            server=info.server,
-            ca_path=text(info.ca_path),
-            ca_data=info.ca_data,
-            insecure=bool(info.insecure),
-            scheme=info.scheme,
-            token=info.token,
-            certificate_path=text(info.certificate_path),
-            certificate_data=info.certificate_data,
-            private_key_path=text(info.private_key_path),
-            private_key_data=info.private_key_data,
-        )
-    )
+    info = _connection_info(settings, logger, **kwargs)
+    _runtime(memo).kube.set_credentials(_credentials(info))
     return info
 
 
@@ -145,6 +162,11 @@ async def cleanup(memo: Any, **_: Any) -> None:
 @kopf.on.probe(id="jobs", registry=REGISTRY)
 async def probe_jobs(memo: Any, **_: Any) -> int:
     return _runtime(memo).jobs
+
+
+@kopf.on.probe(id="leader", registry=REGISTRY)
+async def probe_leader(memo: Any, **_: Any) -> bool:
+    return _runtime(memo).leader
 
 
 # -- indices (in-memory caches kept by kopf's watches) -----------------------------------
@@ -347,21 +369,167 @@ async def run_operator(
     ready_flag: asyncio.Event | None = None,
     runtime: Runtime | None = None,
 ) -> None:
-    """Run the operator in the current event loop until `stop_flag` (or a signal)."""
-    namespaces: Collection[str] = settings.namespaces
+    """Run the operator in the current event loop until `stop_flag` (or a signal).
+
+    With `settings.leader_election`, first wait as a standby until this replica holds the
+    Lease (serving liveness and metrics, sending no write), then run kopf while renewing
+    it. Raises `LeadershipLost` when the Lease is lost: the handlers' client is fenced
+    (no more writes) and kopf stopped before it returns; the caller exits non-zero and
+    the restarted process stands by. A stop (signal or `stop_flag`) releases the Lease
+    so that a standby takes over at once."""
     runtime = runtime or Runtime(settings)
     stop_metrics = metrics.serve(runtime, settings.self_metrics_port) if settings.self_metrics_port else None
     try:
-        await kopf.operator(
-            registry=REGISTRY,
-            clusterwide=settings.cluster_wide,
-            namespaces=list(namespaces),
-            liveness_endpoint=liveness_endpoint,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-            standalone=True,
-            memo=kopf.Memo(runtime=runtime),
-        )
+        if not settings.leader_election:
+            runtime.leader = True
+            await _kopf(settings, runtime, liveness_endpoint, stop_flag, ready_flag)
+        else:
+            await _lead(settings, runtime, liveness_endpoint, stop_flag, ready_flag)
     finally:
+        runtime.leader = False
         if stop_metrics:
             stop_metrics()
+
+
+async def _kopf(
+    settings: OperatorSettings,
+    runtime: Runtime,
+    liveness_endpoint: str | None,
+    stop_flag: asyncio.Event | None,
+    ready_flag: asyncio.Event | None,
+) -> None:
+    await kopf.operator(
+        registry=REGISTRY,
+        clusterwide=settings.cluster_wide,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=liveness_endpoint,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+        standalone=True,
+        memo=kopf.Memo(runtime=runtime),
+    )
+
+
+#: Seconds a leader that lost its Lease gives kopf to stop before cancelling it (the
+#: handlers' client is fenced at once; lease_duration - renew_deadline is the margin).
+STOP_AFTER_LOSS = 2.0
+
+
+def lease_namespace(settings: OperatorSettings) -> str:
+    """The Lease's namespace: the setting, else the operator's own namespace, else the
+    namespace of the pod's service account."""
+    if settings.leader_election_namespace or settings.self_namespace:
+        return settings.leader_election_namespace or settings.self_namespace
+    with (
+        contextlib.suppress(OSError),
+        open("/var/run/secrets/kubernetes.io/serviceaccount/namespace", encoding="utf-8") as f,
+    ):
+        if namespace := f.read().strip():
+            return namespace
+    raise SettingsError(
+        "leader election needs the Lease's namespace: set FLEXTRAIN_OPERATOR_LEADER_ELECTION_NAMESPACE "
+        "or FLEXTRAIN_OPERATOR_SELF_NAMESPACE (the chart sets the latter)"
+    )
+
+
+async def _lead(
+    settings: OperatorSettings,
+    runtime: Runtime,
+    liveness_endpoint: str | None,
+    stop_flag: asyncio.Event | None,
+    ready_flag: asyncio.Event | None,
+) -> None:
+    kopf_settings = kopf.OperatorSettings()
+    lease_client = kube.KubeClient(_credentials(_connection_info(kopf_settings, log)))
+
+    async def relogin() -> None:
+        lease_client.set_credentials(_credentials(_connection_info(kopf_settings, log)))
+
+    elector = leader.LeaderElector(
+        lease_client,
+        namespace=lease_namespace(settings),
+        name=settings.leader_election_lease,
+        identity=leader.identity(),
+        lease_duration=settings.lease_duration,
+        renew_deadline=settings.renew_deadline,
+        retry_period=settings.retry_period,
+        relogin=relogin,
+    )
+    runtime.elector = elector
+    stop = asyncio.Event()
+    relay = asyncio.ensure_future(stop_flag.wait()) if stop_flag is not None else None
+    if relay is not None:
+        relay.add_done_callback(lambda _: stop.set())
+    try:
+        log.info("standing by for Lease %s/%s as %s", elector.namespace, elector.name, elector.identity)
+        with _signals_set(stop):
+            async with _standby_liveness(liveness_endpoint, elector):
+                if not await elector.acquire(stop):
+                    return  # stopped while standing by
+        runtime.leader = True
+        kopf_task = asyncio.ensure_future(_kopf(settings, runtime, liveness_endpoint, stop, ready_flag))
+        hold = asyncio.ensure_future(elector.hold())
+        await asyncio.wait({kopf_task, hold}, return_when=asyncio.FIRST_COMPLETED)
+        if hold.done() and isinstance(hold.exception(), leader.LeadershipLost):
+            lost = hold.exception()
+            runtime.leader = False
+            runtime.kube.fence(f"leadership lost: {lost}")
+            log.error("leadership lost (%s): stopping without another write", lost)
+            stop.set()
+            await asyncio.wait({kopf_task}, timeout=STOP_AFTER_LOSS)
+            kopf_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await kopf_task
+            raise leader.LeadershipLost(str(lost))
+        hold.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hold
+        runtime.leader = False
+        await elector.release()
+        kopf_task.result()
+    finally:
+        if relay is not None:
+            relay.cancel()
+        await lease_client.close()
+
+
+@contextlib.contextmanager
+def _signals_set(flag: asyncio.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set `flag` (while standing by; kopf handles them once it runs)."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, flag.set)
+                installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+@contextlib.asynccontextmanager
+async def _standby_liveness(endpoint: str | None, elector: leader.LeaderElector) -> AsyncIterator[None]:
+    """The liveness endpoint while standing by (kopf serves it once this replica leads):
+    200 with `{"leader": false, "holder": ...}` while the event loop runs."""
+    if not endpoint:
+        yield
+        return
+    from aiohttp import web
+
+    url = urllib.parse.urlsplit(endpoint)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"leader": False, "holder": elector.holder})
+
+    app = web.Application()
+    app.router.add_get(url.path or "/", healthz)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, url.hostname, url.port or 80, reuse_address=True).start()
+        yield
+    finally:
+        await runner.cleanup()

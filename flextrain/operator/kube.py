@@ -52,6 +52,7 @@ KINDS: Final[dict[tuple[str, str], tuple[str, bool]]] = {
     ("policy/v1", "PodDisruptionBudget"): ("poddisruptionbudgets", True),
     (API_VERSION, "FlexTrainJob"): ("flextrainjobs", True),
     (API_VERSION, "DeviceTier"): ("devicetiers", False),
+    ("coordination.k8s.io/v1", "Lease"): ("leases", True),
 }
 COMPONENT: Final[str] = "flextrain-operator"
 #: Connections kept to the API server. Each TLS connection holds a 256 KiB receive buffer;
@@ -218,6 +219,13 @@ class KubeClient:
         self.responses: Counter[tuple[str, int]] = Counter()
         self._closing: set[asyncio.Task[None]] = set()
         self._gate = _Gate(CONNECTIONS)
+        #: Why this client may no longer write (leadership lost); None: it may.
+        self.fenced: str | None = None
+
+    def fence(self, reason: str) -> None:
+        """Refuse every request but GET from now on (a leader that lost its Lease must not
+        write, even from a pass that is half-way through)."""
+        self.fenced = reason
 
     def set_credentials(self, credentials: Credentials) -> None:
         """New credentials (kopf re-logged in); the next request uses them."""
@@ -262,6 +270,8 @@ class KubeClient:
         params: Mapping[str, str] | None = None,
         lane: Lane = Lane.CHANGE,
     ) -> JSON:
+        if self.fenced is not None and method != "GET":
+            raise KubeError(0, f"{method} {path} not sent: {self.fenced}")
         session, creds = await self._get_session()
         self.requests[method] += 1
         url = creds.server.rstrip("/") + path
@@ -320,6 +330,13 @@ class KubeClient:
             content_type="application/merge-patch+json",
             lane=Lane.STATUS if subresource == "status" else Lane.CHANGE,
         )
+
+    async def replace(self, obj: Mapping[str, Any]) -> JSON:
+        """PUT the whole object. With `metadata.resourceVersion` set, the API server refuses
+        it (409, `Conflict`) when the object changed since that version was read."""
+        meta = obj.get("metadata") or {}
+        path = url_of(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        return await self.request("PUT", path, body=obj)
 
     async def delete(
         self,

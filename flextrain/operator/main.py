@@ -72,9 +72,17 @@ def run(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, namespaces=())
 
     from flextrain.operator.handlers import run_operator
+    from flextrain.operator.leader import LeadershipLost
 
     try:
         asyncio.run(run_operator(settings, liveness_endpoint=args.liveness or None))
     except KeyboardInterrupt:
         return 130
+    except LeadershipLost as exc:
+        # Exit non-zero so that the pod's container restarts, as a standby.
+        print(f"flextrain operator: leadership lost, exiting: {exc}", file=sys.stderr)
+        return 1
+    except SettingsError as exc:
+        print(f"flextrain operator: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -8,6 +8,7 @@ runtime's counters at scrape time, so the hot path pays nothing:
 | `flextrain_operator_reconcile_errors_total` | | passes that failed (an API error; retried with backoff) |
 | `flextrain_operator_api_requests_total` | `verb`, `code` | requests of the operator's handlers to the API server by HTTP method and status (0: no answer); kopf's own watches are not counted |
 | `flextrain_operator_jobs` | `phase` | FlexTrainJobs served now, by the phase last written |
+| `flextrain_operator_leader` | | 1 while this replica reconciles (holds the Lease, or runs without leader election), 0 while it stands by |
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ class OperatorCollector(Collector):
         for phase in [*(p.value for p in JobPhase), "Unknown"]:
             jobs.add_metric([phase], phases.get(phase, 0))
         yield jobs
+        yield GaugeMetricFamily(
+            "flextrain_operator_leader",
+            "1 while this replica reconciles (holds the Lease, or runs without leader election), 0 on standby.",
+            value=1 if self.runtime.leader else 0,
+        )
 
 
 def serve(runtime: Runtime, port: int) -> Callable[[], None]:

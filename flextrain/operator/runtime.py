@@ -228,6 +228,10 @@ class Runtime:
         self._passes = asyncio.Semaphore(PASSES_AT_ONCE)
         self._order = itertools.count(1)
         self.tiers = TierRefresher(self)
+        #: Whether this replica reconciles now (always, without leader election).
+        self.leader = False
+        #: The leader election of this replica (flextrain.operator.leader), if any.
+        self.elector: Any = None
 
     # -- wake-ups --------------------------------------------------------------------
 

@@ -144,3 +144,23 @@ async def test_a_cancelled_waiter_does_not_keep_a_connection() -> None:
     with pytest.raises(asyncio.CancelledError):
         await late
     await asyncio.wait_for(gate.acquire(Lane.CREATE), 1)  # the slot was given back
+
+
+async def test_a_fenced_client_sends_no_write() -> None:
+    """After leadership is lost, a pass half-way through cannot write: every verb but GET
+    is refused before anything is sent (no credentials are even needed to show it)."""
+    from flextrain.operator.kube import KubeError
+
+    client = KubeClient()
+    client.fence("leadership lost: test")
+    for call in (
+        client.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "ns"}}),
+        client.patch("batch/v1", "Job", "j", "ns", {"spec": {"suspend": True}}),
+        client.replace({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l", "namespace": "ns"}}),
+        client.delete("v1", "Secret", "s", "ns"),
+    ):
+        with pytest.raises(KubeError, match="not sent: leadership lost: test"):
+            await call
+    assert client.requests == {}
+    with pytest.raises(KubeError, match="no credentials"):  # reads still go (and fail here for want of a server)
+        await client.get("v1", "Secret", "s", "ns")

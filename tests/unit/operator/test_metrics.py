@@ -25,3 +25,12 @@ def test_metrics_count_reconciles_errors_requests_and_jobs_by_phase() -> None:
     assert 'flextrain_operator_jobs{phase="Running"} 2.0' in text
     assert 'flextrain_operator_jobs{phase="Unknown"} 1.0' in text
     assert 'flextrain_operator_jobs{phase="Succeeded"} 0.0' in text
+
+
+def test_the_leader_gauge_says_whether_this_replica_reconciles() -> None:
+    runtime = Runtime(OperatorSettings())
+    registry = CollectorRegistry()
+    registry.register(OperatorCollector(runtime))
+    assert "flextrain_operator_leader 0.0" in generate_latest(registry).decode()  # standing by
+    runtime.leader = True
+    assert "flextrain_operator_leader 1.0" in generate_latest(registry).decode()
