@@ -6,7 +6,8 @@ them.
 Each rule says why the operator needs it. Notably absent: list/watch on Secrets (the
 operator only creates its own and reads them by name), any verb on ConfigMaps, Roles or
 PodExecs, delete on children (ownerReferences let the garbage collector remove them),
-and kopf's peering resources (the operator runs as one replica in standalone mode).
+and kopf's peering resources (several replicas elect a leader with a Lease of their own,
+flextrain.operator.leader, instead of kopf's peering).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ class Rule:
     why: str
     #: cluster: cluster-scoped resources (always a ClusterRole); namespaced: FlexTrainJobs
     #: and their children (a ClusterRole when watching cluster-wide, else one Role per
-    #: watched namespace).
-    scope: Literal["cluster", "namespaced"]
+    #: watched namespace); own-namespace: the operator's own namespace only (a Role there:
+    #: the leader election's Lease).
+    scope: Literal["cluster", "namespaced", "own-namespace"]
     #: always, or only when the operator watches named namespaces (-n) instead of all.
     when: Literal["always", "namespaced-mode"] = "always"
     #: Who needs it: kopf itself, FlexTrain's handlers, or both.
@@ -174,18 +176,31 @@ RULES: Final[tuple[Rule, ...]] = (
         "namespaced",
         needed_by="Framework and application",
     ),
+    # The operator's own namespace.
+    Rule(
+        "coordination.k8s.io",
+        ("leases",),
+        ("get", "create", "update"),
+        "leader election between the operator's replicas: the Lease is read, created once "
+        "and renewed with optimistic concurrency (update carries the resourceVersion read); "
+        "never listed, watched or deleted",
+        "own-namespace",
+    ),
 )
 
 
 def rules(
-    scope: Literal["cluster", "namespaced"] | None = None, *, cluster_wide: bool = True
+    scope: Literal["cluster", "namespaced", "own-namespace"] | None = None, *, cluster_wide: bool = True
 ) -> list[dict[str, Any]]:
     """The rules as RBAC PolicyRule dicts, optionally only one scope, for an operator that
-    watches all namespaces (cluster_wide) or named ones."""
+    watches all namespaces (cluster_wide) or named ones. No scope: the cluster and
+    namespaced ones (what the ClusterRole of a cluster-wide operator holds); the
+    own-namespace rules only when asked for."""
     return [
         r.to_dict()
         for r in RULES
-        if (scope is None or r.scope == scope) and (r.when == "always" or not cluster_wide)
+        if (r.scope == scope if scope is not None else r.scope != "own-namespace")
+        and (r.when == "always" or not cluster_wide)
     ]
 
 
@@ -220,6 +235,19 @@ def role(name: str, namespace: str, *, labels: dict[str, str] | None = None) -> 
         "kind": "Role",
         "metadata": meta,
         "rules": rules("namespaced"),
+    }
+
+
+def leader_election_role(name: str, namespace: str, *, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """The Role in the operator's own namespace for its leader election (the Lease)."""
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if labels:
+        meta["labels"] = labels
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": meta,
+        "rules": rules("own-namespace"),
     }
 
 
@@ -264,7 +292,7 @@ def chart_template() -> str:
         "The operator's RBAC rules, each with why it is needed. Not granted on purpose:",
         "delete on children (their ownerReferences let the garbage collector remove them),",
         "list/watch on Secrets (the operator reads its own token Secret by name), kopf's",
-        "peering resources (one replica, standalone mode).",
+        "peering resources (replicas elect a leader with a Lease of their own).",
         "*/}}",
         "",
         "{{/* Rules on cluster-scoped resources: always in a ClusterRole. */}}",
@@ -282,6 +310,11 @@ def chart_template() -> str:
         "{{/* Events: the operator's own on FlexTrainJobs and kopf's. */}}",
         '{{- define "flextrain.eventRules" -}}',
         *(line for rule in events for line in _template_rule(rule)),
+        "{{- end }}",
+        "",
+        "{{/* The operator's own namespace: a Role there (leader election). */}}",
+        '{{- define "flextrain.ownNamespaceRules" -}}',
+        *(line for rule in RULES if rule.scope == "own-namespace" for line in _template_rule(rule)),
         "{{- end }}",
     ]
     return "\n".join(lines) + "\n"

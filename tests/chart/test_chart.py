@@ -89,13 +89,11 @@ def test_rendered_objects_pass_kubernetes_validate_strict(render: Render, values
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
-def test_operator_runs_once_non_root_read_only_with_a_liveness_probe(
+def test_operator_runs_non_root_read_only_with_a_liveness_probe(
     render: Render, values: tuple[Path, ...]
 ) -> None:
     deployment = one(documents(render(*values)), "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 65532  # the images' user
@@ -144,6 +142,13 @@ def test_operator_args_and_env_are_what_flextrain_operator_reads(
     assert settings.image_pull_policy == image["pullPolicy"]
     metrics = values_doc["metrics"]
     assert settings.metrics_port == (metrics["port"] if metrics["enabled"] else 0)
+    election = values_doc["operator"]["leaderElection"]
+    assert settings.leader_election is election["enabled"]
+    assert (settings.lease_duration, settings.renew_deadline, settings.retry_period) == (
+        election["leaseDuration"], election["renewDeadline"], election["retryPeriod"])
+    assert settings.self_namespace == NAMESPACE  # the Lease's namespace
+    [pod_name] = [e for e in container["env"] if e["name"] == "POD_NAME"]
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}  # the holder identity
 
 
 def test_default_values_create_no_device_tiers_and_no_service_monitor(render: Render) -> None:

@@ -69,15 +69,20 @@ def test_rendered_rules_are_the_operators_rules(
     name = cluster_role["metadata"]["name"]
     expected = rbac.cluster_role(name, cluster_wide=namespaces is None)
     assert permissions(cluster_role["rules"]) == permissions(expected["rules"])
-    roles = {r["metadata"]["namespace"]: r for r in of_kind(docs, "Role")}
+    roles = {r["metadata"]["namespace"]: r for r in of_kind(docs, "Role") if r["metadata"]["name"] == name}
     assert sorted(roles) == sorted(namespaces or [])
     for namespace, role in roles.items():
         assert permissions(role["rules"]) == permissions(rbac.role(name, namespace)["rules"])
+    # The leader election's Role, in the operator's own namespace.
+    [lease_role] = [r for r in of_kind(docs, "Role") if r["metadata"]["name"] != name]
+    release_ns = lease_role["metadata"]["namespace"]
+    assert permissions(lease_role["rules"]) == permissions(rbac.leader_election_role("x", release_ns)["rules"])
     # ... and every role is bound to the operator's ServiceAccount.
     grants = Grants.of(docs, *service_account(docs))
     assert grants.cluster == permissions(expected["rules"])
-    assert {ns: perms for ns, perms in grants.namespaced.items()} == {
-        ns: permissions(rbac.rules("namespaced")) for ns in namespaces or []}
+    expected_namespaced = {ns: permissions(rbac.rules("namespaced")) for ns in namespaces or []}
+    expected_namespaced.setdefault(release_ns, set()).update(permissions(rbac.rules("own-namespace")))
+    assert grants.namespaced == expected_namespaced
 
 
 def test_framework_and_application_rules_are_commented_apart(render: Render) -> None:
@@ -85,7 +90,8 @@ def test_framework_and_application_rules_are_commented_apart(render: Render) -> 
     start = text.index("kind: ClusterRole\n")
     rules = text[text.index("rules:", start):text.index("---", start)]
     blocks = re.findall(r"((?:\s*#[^\n]*\n)+)\s*- apiGroups: \[([^\]]*)\]\n\s*resources: \[([^\]]*)\]", rules)
-    assert len(blocks) == len([r for r in rbac.RULES if r.when == "always"])  # default: cluster-wide
+    # default: cluster-wide (the Lease's rule is in a Role of its own)
+    assert len(blocks) == len([r for r in rbac.RULES if r.when == "always" and r.scope != "own-namespace"])
     for comment, _group, resources in blocks:
         kind = comment.strip().splitlines()[0]
         if "customresourcedefinitions" in resources:

@@ -112,3 +112,17 @@ def test_the_chart_s_rbac_template_is_generated_from_the_rules() -> None:
     assert text == rbac.chart_template(), f"{rbac.CHART_TEMPLATE} is stale: run `flextrain crds`"
     for rule in rbac.RULES:
         assert f"resources: [\"{rule.resources[0]}\"]" in text
+
+
+def test_leases_are_granted_only_in_the_operators_own_namespace() -> None:
+    """The leader election's Lease: get, create, update in a Role of the operator's
+    namespace; never in the ClusterRole, never list, watch or delete."""
+    role = rbac.leader_election_role("ft-flextrain-leader-election", "flextrain-system")
+    kubernetes_validate.validate(role, "1.37", strict=True)
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ]
+    for cluster_wide in (True, False):
+        rules = rbac.cluster_role("x", cluster_wide=cluster_wide)["rules"]
+        assert not any("leases" in r["resources"] for r in rules)
+    assert not any("leases" in r["resources"] for r in rbac.role("x", "team-a")["rules"])
