@@ -28,7 +28,7 @@ import logging
 import signal
 import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
 import kopf
@@ -460,16 +460,29 @@ async def _lead(
     relay = asyncio.ensure_future(stop_flag.wait()) if stop_flag is not None else None
     if relay is not None:
         relay.add_done_callback(lambda _: stop.set())
+    signals = _Signals(stop)
     try:
         log.info("standing by for Lease %s/%s as %s", elector.namespace, elector.name, elector.identity)
-        with _signals_set(stop):
-            async with _standby_liveness(liveness_endpoint, elector):
-                if not await elector.acquire(stop):
-                    return  # stopped while standing by
+        signals.install()
+        async with _standby_liveness(liveness_endpoint, elector):
+            if not await elector.acquire(stop):
+                return  # stopped while standing by
         runtime.leader = True
-        kopf_task = asyncio.ensure_future(_kopf(settings, runtime, liveness_endpoint, stop, ready_flag))
+        kopf_ready = asyncio.Event()
+
+        async def when_ready() -> None:
+            await kopf_ready.wait()
+            # kopf replaced the signal handlers when it started; a signal must set its
+            # stop flag instead, or kopf waits 5 s for its own stop-flag waiter to end.
+            signals.install()
+            if ready_flag is not None:
+                ready_flag.set()
+
+        kopf_task = asyncio.ensure_future(_kopf(settings, runtime, liveness_endpoint, stop, kopf_ready))
         hold = asyncio.ensure_future(elector.hold())
+        ready = asyncio.ensure_future(when_ready())
         await asyncio.wait({kopf_task, hold}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
         if hold.done() and isinstance(hold.exception(), leader.LeadershipLost):
             lost = hold.exception()
             runtime.leader = False
@@ -488,26 +501,34 @@ async def _lead(
         await elector.release()
         kopf_task.result()
     finally:
+        signals.remove()
         if relay is not None:
             relay.cancel()
         await lease_client.close()
 
 
-@contextlib.contextmanager
-def _signals_set(flag: asyncio.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set `flag` (while standing by; kopf handles them once it runs)."""
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    if threading.current_thread() is threading.main_thread():
+class _Signals:
+    """SIGTERM and SIGINT set `flag` (in the main thread; elsewhere nothing is installed)."""
+
+    def __init__(self, flag: asyncio.Event) -> None:
+        self.flag = flag
+        self.installed: list[signal.Signals] = []
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, flag.set)
-                installed.append(sig)
-    try:
-        yield
-    finally:
-        for sig in installed:
+                loop.add_signal_handler(sig, self.flag.set)
+                if sig not in self.installed:
+                    self.installed.append(sig)
+
+    def remove(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self.installed:
             loop.remove_signal_handler(sig)
+        self.installed.clear()
 
 
 @contextlib.asynccontextmanager

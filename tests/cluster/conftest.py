@@ -34,9 +34,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
+#: The session's audit log: every write of a ServiceAccount of the chart's namespace (the
+#: operator's), at level Metadata (who, with which token, what, when). Tests tell two
+#: operator processes apart by their tokens' ids (audit.writes_by).
+AUDIT_POLICY = f"""apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  userGroups: ["system:serviceaccounts:{install.NAMESPACE}"]
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+"""
+
+
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    plane = ControlPlane.start(tmp_path_factory.mktemp("controlplane"))
+    work = tmp_path_factory.mktemp("controlplane")
+    (work / "audit-policy.yaml").write_text(AUDIT_POLICY)
+    plane = ControlPlane.start(work, audit_log=work / "audit.log", audit_policy=work / "audit-policy.yaml")
     print(f"\ncontrol plane ready in {plane.start_seconds:.1f} s at {plane.server}")
     try:
         yield plane
@@ -176,6 +192,7 @@ def operator(
     }
     proc = install.OperatorProcess(kubeconfig, env, work / "operator.log").start()
     proc.wait_live()
+    proc.wait_leader()  # the chart elects a leader: this one, alone, within a retry period
     try:
         yield proc
     finally:

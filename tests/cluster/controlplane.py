@@ -61,6 +61,8 @@ class ControlPlane:
     log: Path
     #: Seconds from process start to a ready API server, controller manager and scheduler.
     start_seconds: float
+    #: The API server's audit log (JSON lines), when started with one.
+    audit_log: Path | None = None
 
     @property
     def ca_file(self) -> Path:
@@ -120,6 +122,7 @@ class ControlPlane:
             server=ready["server"],
             log=log,
             start_seconds=time.monotonic() - began,
+            audit_log=audit_log,
         )
         plane.wait_readyz(timeout=30)
         return plane

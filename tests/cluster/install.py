@@ -161,6 +161,37 @@ def token_kubeconfig(api: client.ApiClient, plane: ControlPlane, account: str, n
     return path
 
 
+def token_id(kubeconfig: Path) -> str:
+    """The id (JWT `jti`) of the ServiceAccount token in a kubeconfig of token_kubeconfig:
+    the API server's audit log names it in `user.extra` (`authentication.kubernetes.io/
+    credential-id: JTI=<id>`), so two processes of one ServiceAccount can be told apart."""
+    import base64
+    import json
+
+    token = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"]
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return str(claims["jti"])
+
+
+def audit_writes(plane: ControlPlane, token: str | None = None) -> list[dict[str, Any]]:
+    """Write requests in the session's audit log (conftest.AUDIT_POLICY), optionally only
+    those sent with the token of id `token` (token_id); each request once."""
+    import json
+
+    assert plane.audit_log is not None, "the control plane was started without an audit log"
+    seen: dict[str, dict[str, Any]] = {}
+    if plane.audit_log.exists():
+        for line in plane.audit_log.read_text().splitlines():
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            ids = ((event.get("user") or {}).get("extra") or {}).get("authentication.kubernetes.io/credential-id", [])
+            if token is None or f"JTI={token}" in ids:
+                seen[event["auditID"]] = event
+    return list(seen.values())
+
+
 def chart_operator_env(api: client.ApiClient, release: str = RELEASE, namespace: str = NAMESPACE) -> dict[str, str]:
     """The operator container's plain environment from the installed chart's Deployment."""
     apps = client.AppsV1Api(api)
@@ -230,6 +261,30 @@ class OperatorProcess:
                 pass
             time.sleep(0.3)
         raise AssertionError(f"operator not live within {timeout} s: {self.tail()}")
+
+    def health(self) -> dict[str, Any] | None:
+        """The liveness endpoint's body: kopf's probes on the leader (`{"jobs": n, "leader":
+        true}`), `{"leader": false, "holder": ...}` on a standby; None when it does not answer."""
+        import json
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
+                body: dict[str, Any] = json.loads(r.read())
+                return body
+        except (OSError, ValueError):
+            return None
+
+    def wait_leader(self, timeout: float = 60) -> None:
+        """Until this process leads (reconciles): at once without leader election, else
+        once it holds the Lease and kopf runs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, f"operator exited: {self.tail()}"
+            if (self.health() or {}).get("leader") is True:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"operator not leading within {timeout} s: {self.health()} {self.tail()}")
 
     def kill(self) -> None:
         """SIGKILL, as a node failure or OOM kill would end it."""

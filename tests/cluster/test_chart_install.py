@@ -42,7 +42,8 @@ def test_chart_installs_crds_rbac_operator_and_device_tiers(
         for d in apps.list_namespaced_deployment(install.NAMESPACE).items
         if d.metadata.labels.get("app.kubernetes.io/instance") == install.RELEASE
     )
-    assert deployment.status.available_replicas == 1
+    assert deployment.spec.replicas == 2  # one leader and a standby
+    assert deployment.status.available_replicas == 2
     pods = client.CoreV1Api(api).list_namespaced_pod(install.NAMESPACE).items
     assert pods and all(p.spec.node_name.startswith("cpu-") for p in pods), [
         (p.metadata.name, p.spec.node_name) for p in pods
@@ -78,12 +79,17 @@ def test_the_operator_may_do_no_more_than_its_rules(
         ("patch", "deployments.apps", "", "default"),
         ("update", "flextrainjobs.flextrain.dev", "finalizers", "default"),
         ("patch", "devicetiers.flextrain.dev", "status", ""),
+        ("update", "leases.coordination.k8s.io", "", install.NAMESPACE),
+        ("create", "leases.coordination.k8s.io", "", install.NAMESPACE),
     ]
     refused = [
         ("list", "secrets", "", "default"),
         ("delete", "jobs.batch", "", "default"),
         ("create", "pods", "", "default"),
         ("create", "clusterrolebindings", "", ""),
+        ("update", "leases.coordination.k8s.io", "", "default"),
+        ("list", "leases.coordination.k8s.io", "", install.NAMESPACE),
+        ("delete", "leases.coordination.k8s.io", "", install.NAMESPACE),
     ]
     for verb, resource, sub, ns in allowed + refused:
         args = ["auth", "can-i", verb, resource, "--as", account]
