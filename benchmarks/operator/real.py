@@ -338,6 +338,8 @@ class AuditLog:
             event = json.loads(line)
             if event["user"]["username"] != OPERATOR_USER or event["auditID"] in self._seen:
                 continue
+            if (event.get("objectRef") or {}).get("resource") == "leases":
+                continue  # the leader election's renewals (one every 2 s), not the handlers' work
             self._seen.add(event["auditID"])
             ref = event.get("objectRef") or {}
             resource = ref.get("resource", "") or event.get("requestURI", "")

@@ -225,6 +225,14 @@ def writes(plane: ControlPlane, proc: install.OperatorProcess) -> list[dict[str,
     return install.audit_writes(plane, install.token_id(proc.kubeconfig))
 
 
+def metrics(proc: install.OperatorProcess) -> str:
+    import urllib.request
+
+    port = proc.env["FLEXTRAIN_OPERATOR_SELF_METRICS_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
 def test_only_the_leader_writes_and_a_killed_leader_is_replaced_without_duplicates(
     api: client.ApiClient, control_plane: ControlPlane, operators: Any, namespace: str
 ) -> None:
@@ -239,6 +247,9 @@ def test_only_the_leader_writes_and_a_killed_leader_is_replaced_without_duplicat
     wait_for(lambda: jobs.get("before").get("status", {}).get("phase"), timeout=30, what="a status")
     assert writes(control_plane, first), "the leader's writes are not in the audit log"
     assert writes(control_plane, second) == [], "the standby wrote"
+    standby_metrics = metrics(second)
+    assert "flextrain_operator_leader 0.0" in standby_metrics and "flextrain_operator_reconciles_total 0.0" in standby_metrics
+    assert "flextrain_operator_leader 1.0" in metrics(first)
 
     leader_id = holder(api)
     killed = time.monotonic()
@@ -253,6 +264,7 @@ def test_only_the_leader_writes_and_a_killed_leader_is_replaced_without_duplicat
     assert lease_time <= 15 + 2 * 1.2 + 3, lease_time  # lease duration + a retry (+ slack for a loaded machine)
     assert lease_time >= 15 - 2 * 1.2 - 1, f"{lease_time}: taken before the lease could have expired"
     second.wait_leader(timeout=20)
+    assert "flextrain_operator_leader 1.0" in metrics(second)
 
     after = wait_for(lambda: jobs.all_children_created("after", 3), timeout=60, what="the new job's children")
     time.sleep(3)
