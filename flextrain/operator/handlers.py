@@ -413,6 +413,10 @@ async def _kopf(
 #: Seconds a leader that lost its Lease gives kopf to stop before cancelling it (the
 #: handlers' client is fenced at once; lease_duration - renew_deadline is the margin).
 STOP_AFTER_LOSS = 2.0
+#: Seconds a stopping leader waits for kopf to stop before it releases the Lease: kopf
+#: gives its event workers 2 s (settings.batching.exit_timeout); the handlers' client is
+#: fenced from the stop on.
+RELEASE_AFTER = 2.5
 
 
 def lease_namespace(settings: OperatorSettings) -> str:
@@ -478,28 +482,39 @@ async def _lead(
             if ready_flag is not None:
                 ready_flag.set()
 
+        stopping = asyncio.ensure_future(stop.wait())
         kopf_task = asyncio.ensure_future(_kopf(settings, runtime, liveness_endpoint, stop, kopf_ready))
         hold = asyncio.ensure_future(elector.hold())
         ready = asyncio.ensure_future(when_ready())
-        await asyncio.wait({kopf_task, hold}, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if hold.done() and isinstance(hold.exception(), leader.LeadershipLost):
-            lost = hold.exception()
-            runtime.leader = False
-            runtime.kube.fence(f"leadership lost: {lost}")
-            log.error("leadership lost (%s): stopping without another write", lost)
+        try:
+            await asyncio.wait({kopf_task, hold, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if hold.done() and isinstance(hold.exception(), leader.LeadershipLost):
+                lost = hold.exception()
+                runtime.leader = False
+                runtime.kube.fence(f"leadership lost: {lost}")
+                log.error("leadership lost (%s): stopping without another write", lost)
+                stop.set()
+                await asyncio.wait({kopf_task}, timeout=STOP_AFTER_LOSS)
+                kopf_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await kopf_task
+                raise leader.LeadershipLost(str(lost))
+            # Stopping (a signal, stop_flag) or kopf ended: no handler writes from now on;
+            # kopf's watches stop at once and its event workers within 2 s; then the Lease
+            # is released, while kopf may still be waiting for daemons mid-pass (up to 5 s),
+            # which can no longer write.
+            runtime.kube.fence("the operator is stopping")
             stop.set()
-            await asyncio.wait({kopf_task}, timeout=STOP_AFTER_LOSS)
-            kopf_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await kopf_task
-            raise leader.LeadershipLost(str(lost))
-        hold.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await hold
-        runtime.leader = False
-        await elector.release()
-        kopf_task.result()
+            await asyncio.wait({kopf_task}, timeout=RELEASE_AFTER)
+            hold.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hold
+            runtime.leader = False
+            await elector.release()
+            await kopf_task
+        finally:
+            for task in (stopping, ready, hold):
+                task.cancel()
     finally:
         signals.remove()
         if relay is not None:
