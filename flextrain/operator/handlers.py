@@ -443,15 +443,19 @@ async def _lead(
     stop_flag: asyncio.Event | None,
     ready_flag: asyncio.Event | None,
 ) -> None:
+    namespace = lease_namespace(settings)
     kopf_settings = kopf.OperatorSettings()
-    lease_client = kube.KubeClient(_credentials(_connection_info(kopf_settings, log)))
+    try:
+        lease_client = kube.KubeClient(_credentials(_connection_info(kopf_settings, log)))
+    except (kopf.LoginError, OSError, KeyError, ValueError) as exc:
+        raise SettingsError(f"leader election: cannot log in to the API server: {exc}") from None
 
     async def relogin() -> None:
         lease_client.set_credentials(_credentials(_connection_info(kopf_settings, log)))
 
     elector = leader.LeaderElector(
         lease_client,
-        namespace=lease_namespace(settings),
+        namespace=namespace,
         name=settings.leader_election_lease,
         identity=leader.identity(),
         lease_duration=settings.lease_duration,
