@@ -29,7 +29,7 @@ def test_a_lease_read_from_the_api_round_trips_and_survives_missing_or_wrong_fie
     assert LeaseRecord.from_lease(lease) == HELD
     assert LeaseRecord.from_lease({}) == LeaseRecord()
     odd = LeaseRecord.from_lease({"spec": {"holderIdentity": 7, "leaseDurationSeconds": "15", "leaseTransitions": True}})
-    assert odd == LeaseRecord()  # nothing typed wrong is believed: the Lease looks free and unexpiring
+    assert odd == LeaseRecord()  # nothing typed wrong is believed: the Lease looks free (no holder)
     assert "holderIdentity" not in released(HELD, T0).spec()
 
 
