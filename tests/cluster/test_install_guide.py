@@ -157,6 +157,7 @@ def start_operator(cluster: Cluster, release: str, namespace: str) -> install.Op
     }
     proc = install.OperatorProcess(kubeconfig, env, cluster.work / f"{release}-operator.log").start()
     proc.wait_live()
+    proc.wait_leader()  # the chart elects a leader: this process, alone
     return proc
 
 
@@ -224,7 +225,7 @@ def test_every_command_of_the_install_guide_runs_as_written(cluster: Cluster) ->
             assert labelled["gpu-01"][1] == 1, labelled
         elif step == "install":
             deployment = apps.read_namespaced_deployment(RELEASE, SYSTEM)
-            assert deployment.status.available_replicas == 1
+            assert deployment.status.available_replicas == 2  # a leader and a standby
             image = deployment.spec.template.spec.containers[0].image
             assert image.startswith("registry.factory.example:5000/ml/flextrain-operator:"), image
             operator = start_operator(cluster, RELEASE, SYSTEM)
