@@ -20,6 +20,17 @@ PLURAL: Final[str] = "devicetiers"
 SHORT_NAMES: Final[tuple[str, ...]] = ("dt",)
 
 GPU_RESOURCE: Final[str] = "nvidia.com/gpu"
+#: Why a GPU tier must be amd64: the one CUDA image FlexTrain builds (trainer_image/,
+#: VARIANT=cuda) is linux/amd64; the linux/arm64 trainer image is CPU-only on purpose (the
+#: ARM edge boxes must not carry a 3 GB CUDA stack), so an arm64 GPU tier would either
+#: fail to pull its image or train on the CPU while holding GPUs. Said by the model, the
+#: CRD's CEL rule and so by `flextrain validate`, the API server and the operator alike.
+ARM64_GPU_MESSAGE: Final[str] = (
+    "accelerator.type nvidia.com/gpu is not supported with architecture arm64: FlexTrain's "
+    "CUDA trainer image is built for linux/amd64 only and its arm64 image is CPU-only; run "
+    "GPU trainers on an amd64 GPU node pool (architecture: amd64), or set accelerator.type "
+    "none to run this ARM tier on its CPUs with the arm64 CPU image"
+)
 #: The most nodeSelector labels a DeviceTier may name (bounds the CRD's CEL cost).
 MAX_NODE_SELECTOR: Final[int] = 64
 
@@ -201,6 +212,15 @@ class Capacity(ApiModel):
 class DeviceTierSpec(ApiModel):
     """Desired state of a DeviceTier."""
 
+    model_config = rules_config(
+        cel(
+            "!has(self.architecture) || self.architecture != 'arm64' || !has(self.accelerator)"
+            " || !has(self.accelerator.type) || self.accelerator.type != 'nvidia.com/gpu'",
+            ARM64_GPU_MESSAGE,
+            field_path=".accelerator.type",
+        )
+    )
+
     node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict,
         max_length=MAX_NODE_SELECTOR,
@@ -217,11 +237,13 @@ class DeviceTierSpec(ApiModel):
     architecture: Literal["amd64", "arm64"] = Field(
         default="amd64",
         description="architecture: CPU architecture of the tier's nodes (amd64 or arm64); "
-        "selects the image variant and the kubernetes.io/arch node label.",
+        "sets the kubernetes.io/arch node label, which picks that half of the multi-arch "
+        "CPU image. GPU tiers must be amd64 (the CUDA image is linux/amd64 only).",
     )
     accelerator: Accelerator = Field(
         default_factory=Accelerator,
-        description="accelerator: GPUs per trainer pod; type none for CPU-only tiers.",
+        description="accelerator: GPUs per trainer pod; type none for CPU-only tiers. "
+        "nvidia.com/gpu needs architecture amd64.",
     )
     resources: Resources = Field(
         default_factory=Resources,
@@ -239,6 +261,12 @@ class DeviceTierSpec(ApiModel):
         description="capacity: the budget of one device of this tier; required when a job "
         "uses depth: auto on this tier.",
     )
+
+    @model_validator(mode="after")
+    def _gpu_tiers_are_amd64(self) -> DeviceTierSpec:
+        if self.architecture == "arm64" and self.accelerator.type == GPU_RESOURCE:
+            raise FieldProblem(("accelerator", "type"), self.accelerator.type, ARM64_GPU_MESSAGE)
+        return self
 
 
 class DeviceTierStatus(ApiModel):

@@ -64,6 +64,16 @@ def _vit(layers: int = 9, depths: tuple[int, int] = (9, 3), **vit: Any) -> Calla
     return mutate
 
 
+def _arm64(**spec: Any) -> Callable[[Body], None]:
+    """Mutation making the tier an arm64 one, with the other spec fields given."""
+
+    def mutate(body: Body) -> None:
+        body["spec"]["architecture"] = "arm64"
+        body["spec"].update(spec)
+
+    return mutate
+
+
 # (case id, kind, mutation, field path the error must name, CRD can express the rule)
 BAD: list[tuple[str, str, Callable[[Body], None], str, bool]] = [
     ("replicas-zero", "job", _set("spec.tiers.0.replicas", 0), "spec.tiers[0].replicas", True),
@@ -278,6 +288,14 @@ BAD: list[tuple[str, str, Callable[[Body], None], str, bool]] = [
         True,
     ),
     ("empty-capacity", "tier", _set("spec.capacity", {}), "spec.capacity", True),
+    (
+        # The CUDA image is linux/amd64 only; the arm64 image is CPU-only.
+        "arm64-gpu-tier",
+        "tier",
+        _arm64(accelerator={"type": "nvidia.com/gpu", "count": 1}),
+        "spec.accelerator.type",
+        True,
+    ),
     (
         "bad-toleration-operator",
         "tier",
@@ -603,6 +621,8 @@ GOOD: list[tuple[str, str, Callable[[Body], None]]] = [
         ),
     ),
     ("toleration-empty-value", "tier", _set("spec.tolerations", [{"key": "k", "value": ""}])),
+    ("arm64-cpu-tier", "tier", _arm64(accelerator={"type": "none"})),
+    ("amd64-gpu-tier", "tier", _set("spec.accelerator", {"type": "nvidia.com/gpu", "count": 2})),
     (
         "node-selector-edge-cases",
         "tier",
@@ -680,3 +700,13 @@ def test_vit_errors_say_what_was_wrong_and_what_is_allowed() -> None:
         problems = {p.path: p for p in validate_documents(docs).problems}
         assert path in problems, (path, list(problems))
         assert words in problems[path].message, problems[path].message
+
+
+def test_arm64_gpu_tier_message_says_which_field_why_and_what_to_do() -> None:
+    docs, _ = _documents("tier", _arm64(accelerator={"type": "nvidia.com/gpu", "count": 1}))
+    problems = validate_documents(docs).problems
+    (problem,) = [p for p in problems if p.document.endswith("DeviceTier/cpu)")]
+    assert (problem.path, problem.value) == ("spec.accelerator.type", "nvidia.com/gpu")
+    for part in ("architecture arm64", "linux/amd64 only", "CPU-only", "architecture: amd64",
+                 "accelerator.type none"):
+        assert part in problem.message, problem.message

@@ -37,3 +37,30 @@ def test_every_problem_is_named() -> None:
 def test_one_backoff_doubles_from_a_second_to_a_minute() -> None:
     assert [backoff_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
     assert backoff_delay(1000) == 60
+
+
+def test_an_arm64_gpu_tier_is_invalid_and_a_job_on_it_says_why() -> None:
+    """A tier the CRD would refuse today but that is stored (created before the rule, or on
+    a server without CEL): the operator reads it as invalid and a job on it waits, saying
+    which field, why, and what to do; no trainer is created for it."""
+    from tests.unit.operator.test_reconcile import cond, run
+
+    body = make_tier("cpu", architecture="arm64", accelerator={"type": "nvidia.com/gpu", "count": 1})
+    tier = parse_device_tier(body)
+    assert isinstance(tier, InvalidDeviceTier)
+    [problem] = tier.problems
+    assert problem.startswith("spec.accelerator.type: accelerator.type nvidia.com/gpu is not "
+                              "supported with architecture arm64")
+    assert "amd64 GPU node pool" in problem and "accelerator.type none" in problem
+
+    plan = run(tiers={}, invalid_tiers={"cpu": tier.message})
+    assert cond(plan, "TiersAvailable") == ("False", "DeviceTierInvalid")
+    assert plan.create == [] and plan.status.phase == "Pending"
+    message = next(c.message for c in plan.status.conditions or [] if c.type == "TiersAvailable")
+    assert "spec.accelerator.type" in message and "architecture arm64" in message
+
+
+def test_an_arm64_cpu_tier_and_an_amd64_gpu_tier_are_valid() -> None:
+    arm = parse_device_tier(make_tier("edge", architecture="arm64", accelerator={"type": "none"}))
+    gpu = parse_device_tier(make_tier("gpu", accelerator={"type": "nvidia.com/gpu", "count": 1}))
+    assert isinstance(arm, DeviceTier) and isinstance(gpu, DeviceTier)
