@@ -12,6 +12,7 @@ echo "==> ruff";          .venv/bin/ruff check .
 echo "==> mypy";          .venv/bin/mypy flextrain
 echo "==> import layers"; .venv/bin/lint-imports --no-cache
 echo "==> CRDs fresh";    .venv/bin/flextrain crds --check
+echo "==> Dockerfiles";   scripts/lint-dockerfiles.sh
 echo "==> pytest"
 if [ "$#" -eq 0 ]; then set -- -m "not slow"; fi
 exec .venv/bin/python -m pytest "$@"
