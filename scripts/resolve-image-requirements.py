@@ -24,12 +24,14 @@ Usage (the repository's .venv; network access to the indexes):
   --index-url, --torch-cpu-index-url, --torch-cuda-index-url: as the build arguments
   --sizes: also download the resolved wheels (pip download, into --cache) and report their
            compressed size and the size they unpack to.
+  --strict: an unreachable torch index fails the run (check a complete mirror with it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -111,10 +113,18 @@ class Resolution:
         return self.variant != "cuda"
 
 
+def pip_environment() -> dict[str, str]:
+    """This environment without pip settings that would change where packages come from
+    (the machine's find-links or index); its TLS settings stay."""
+    source = ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX", "PIP_CONSTRAINT",
+              "PIP_REQUIRE_VIRTUALENV", "PIP_ONLY_BINARY", "PIP_NO_BINARY", "PIP_PRE")
+    return {k: v for k, v in os.environ.items() if k not in source}
+
+
 def pip_dry_run(requirements: list[str], arch: str, index: str, *, no_deps: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
                "--report", str(report), "--only-binary=:all:", "--python-version", PYTHON_VERSION,
                "--implementation", "cp", "--target", str(Path(tmp) / "target"), "--index-url", index,
                "--no-input", "--disable-pip-version-check"]
@@ -122,10 +132,18 @@ def pip_dry_run(requirements: list[str], arch: str, index: str, *, no_deps: bool
             cmd += ["--platform", tag]
         if no_deps:
             cmd.append("--no-deps")
-        done = subprocess.run([*cmd, *requirements], capture_output=True, text=True, timeout=900, check=False)
+        done = subprocess.run([*cmd, *requirements], capture_output=True, text=True, timeout=900, check=False,
+                              env=pip_environment())
         if done.returncode != 0:
-            raise RuntimeError((done.stderr or done.stdout).strip().splitlines()[-1] if (done.stderr or done.stdout).strip()
-                               else f"pip exited {done.returncode}")
+            lines = (done.stdout + done.stderr).strip().splitlines()
+            errors = [ln for ln in lines if ln.startswith("ERROR:")] or lines or [f"pip exited {done.returncode}"]
+            broken = [ln for ln in lines if "connection broken by" in ln]
+            if broken:
+                host = re.search(r"host='([^']+)'", broken[-1])
+                cause = re.search(r"\[Errno [^\]]+\][^'\")]*", broken[-1])
+                raise RuntimeError(f"index unreachable: {host.group(1) if host else ''}: "
+                                   f"{cause.group(0).strip() if cause else broken[-1]}")
+            raise RuntimeError(errors[-1])
         return dict(json.loads(report.read_text()))
 
 
@@ -184,7 +202,7 @@ def resolve(name: str, target: dict[str, Any], platform: str, opts: argparse.Nam
         try:
             [torch] = dists_of(pip_dry_run([torch_pin], arch, res.torch_index, no_deps=True))
         except RuntimeError as exc:
-            if variant == "cuda":
+            if variant == "cuda" or opts.strict:
                 res.errors.append(f"torch from {res.torch_index}: {exc}")
                 return res
             res.torch_resolved = False
@@ -238,7 +256,7 @@ def measure(res: Resolution, cache: Path) -> None:
             index = res.torch_index if canonicalize_name(d.name) == "torch" else None
             if index:
                 cmd += ["--extra-index-url", index]
-        subprocess.run(cmd, check=True, timeout=3600)
+        subprocess.run(cmd, check=True, timeout=3600, env=pip_environment())
     for d in res.dists:
         if d.estimate_from:
             estimate_cpu_torch(d, arch, cache)
@@ -265,7 +283,7 @@ def estimate_cpu_torch(d: Dist, arch: str, cache: Path) -> None:
                "--disable-pip-version-check", f"torch=={version}"]
         for tag in platform_tags(arch):
             cmd += ["--platform", tag]
-        subprocess.run(cmd, check=True, timeout=3600)
+        subprocess.run(cmd, check=True, timeout=3600, env=pip_environment())
     with zipfile.ZipFile(path) as wheel:
         kept = [i for i in wheel.infolist() if not CUDA_ONLY_FILES.match(i.filename)]
     d.size = sum(i.compress_size for i in kept)
@@ -310,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-cpu-index-url", default="", help="TORCH_CPU_INDEX_URL")
     parser.add_argument("--torch-cuda-index-url", default="", help="TORCH_CUDA_INDEX_URL")
     parser.add_argument("--sizes", action="store_true", help="download the wheels and report sizes")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail when a torch index is unreachable instead of reporting it (for a mirror's CI)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "flextrain-image-wheels")
     parser.add_argument("--json", type=Path, help="write every resolution here as JSON")
     opts = parser.parse_args(argv)

@@ -8,6 +8,7 @@ that scripts/resolve-image-requirements.py resolves with pip's dry run."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -81,22 +82,25 @@ def test_tags_are_the_charts_default_images_at_its_app_version() -> None:
 
 def test_the_build_script_tags_from_chart_yaml_and_refuses_another_version() -> None:
     script = REPO / "scripts" / "build-images.sh"
-    path = "/usr/local/bin:/usr/bin:/bin"
+    # docker finds its buildx plugin through HOME or DOCKER_CONFIG; nothing else passes.
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "DOCKER_CONFIG")}
 
     def run(version: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["bash", str(script), "--print"], env={"PATH": path, "VERSION": version},
-                              capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        return subprocess.run(["bash", str(script), "--print"], env={**env, "VERSION": version},
+                              capture_output=True, text=True, timeout=TIMEOUT, check=False, cwd="/")
 
     other = run("9.9.9")
     assert other.returncode == 1
     assert f"VERSION=9.9.9 differs from the chart's appVersion {CHART_META['appVersion']}" in other.stderr
     same = run(CHART_META["appVersion"])
-    buildx = subprocess.run(["bash", "-c", "docker buildx version"], env={"PATH": path},
+    buildx = subprocess.run(["bash", "-c", "docker buildx version"], env=env,
                             capture_output=True, timeout=TIMEOUT, check=False)
     if buildx.returncode == 0:  # a machine with buildx: the resolved definition, tags from Chart.yaml
         assert same.returncode == 0, same.stderr
         printed = json.loads(same.stdout)["target"]
-        assert printed["trainer-cpu"]["tags"] == [expand(targets()["trainer-cpu"]["tags"][0])]
+        for name, target in targets().items():
+            assert printed[name]["tags"] == [expand(target["tags"][0])]
+            assert printed[name]["platforms"] == target["platforms"]
     else:  # none here: it says what it needs instead of failing obscurely
         assert same.returncode == 1 and "needs docker with the buildx plugin" in same.stderr, same.stderr
     assert 'exec docker buildx bake --file docker-bake.json "$@"' in script.read_text()
@@ -269,3 +273,93 @@ def test_torch_from_pypi_would_put_the_cuda_stack_into_the_arm_image() -> None:
     assert "FAIL: CUDA packages in a CPU image:" in arm
     for package in ("nvidia-cudnn-cu13", "nvidia-cublas", "nvidia-nccl-cu13", "triton", "cuda-toolkit"):
         assert package in arm, package
+
+
+STAGE = REPO / "scripts" / "run-build-stage.py"
+
+
+def run_stage(dockerfile: Path, *build_args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    args = [a for pair in build_args for a in ("--build-arg", pair)]
+    return subprocess.run([sys.executable, str(STAGE), str(dockerfile), *args], capture_output=True, text=True,
+                          timeout=timeout, check=False, cwd=REPO)
+
+
+def test_the_build_stage_runner_runs_each_step_as_written(tmp_path: Path) -> None:
+    """The runner behind the slow install tests: ARG defaults and overrides, ENV
+    expansion, SHELL, COPY into the moved /src and /opt/flextrain, RUN in order, and the
+    first failing RUN's status; the final stage is not run."""
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(
+        "ARG BASE=python:3.11.11-slim-bookworm\n"
+        "FROM ${BASE} AS build\n"
+        "ARG GREETING=hello\nARG TARGETARCH\nARG FAIL=0\n"
+        "ENV WHERE=/opt/flextrain \\\n    PATH=/opt/flextrain/bin:$PATH\n"
+        'SHELL ["/bin/bash", "-o", "pipefail", "-c"]\n'
+        "COPY pyproject.toml README.md /src/\n"
+        "RUN mkdir -p /opt/flextrain/bin && printf '#!/bin/sh\\necho tool\\n' > /opt/flextrain/bin/tool"
+        " && chmod +x /opt/flextrain/bin/tool\n"
+        'RUN test -f /src/pyproject.toml && test -x "$WHERE/bin/tool"'
+        ' && echo "$GREETING ${TARGETARCH} $(tool) $(python -c \'import sys; print(sys.version_info[:2])\')"\n'
+        'RUN exit "${FAIL}"\n'
+        "RUN echo after\n"
+        "FROM ${BASE}\nRUN echo final-stage\n"
+    )
+    done = run_stage(dockerfile, "GREETING=hi")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "hi amd64 tool (3, 11)" in done.stdout or "hi arm64 tool (3, 11)" in done.stdout, done.stdout
+    assert "after" in done.stdout and "final-stage" not in done.stdout
+    failed = run_stage(dockerfile, "FAIL=7")
+    assert failed.returncode == 7 and "after" not in failed.stdout
+    assert "RUN exited 7" in failed.stderr
+
+
+def pypi_reachable(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_operator_images_install_steps_run() -> None:
+    """The operator Dockerfile's build stage, run for real on this machine (PyPI)."""
+    done = run_stage(DOCKERFILES["operator"], timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "No broken requirements found." in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_cuda_images_install_steps_run_with_the_cuda_13_build() -> None:
+    """The trainer Dockerfile's build stage with VARIANT=cuda (PyPI, about 3 GB)."""
+    done = run_stage(DOCKERFILES["trainer"], "VARIANT=cuda", timeout=1800)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "torch 2.14.1+cu130 cuda 13.0" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_cpu_images_build_refuses_a_cuda_torch() -> None:
+    """The CPU variant's build stage with PyPI as its torch index (what the arm64 image did
+    before): PyPI's torch brings the CUDA wheels, and the build fails naming them."""
+    done = run_stage(DOCKERFILES["trainer"], "VARIANT=cpu", "TORCH_CPU_INDEX_URL=https://pypi.org/simple",
+                     timeout=1800)
+    assert done.returncode == 1, done.stdout[-4000:]
+    assert "CUDA packages in the CPU variant:" in done.stderr
+    for package in ("nvidia-cudnn-cu13", "nvidia-cublas", "triton"):
+        assert package in done.stderr, package
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_cpu_images_install_steps_run_with_a_cpu_only_torch() -> None:
+    index = expand("${TORCH_CPU_INDEX_URL}")
+    if not pypi_reachable(index.rstrip("/") + "/torch/"):
+        pytest.skip(f"the PyTorch CPU index ({index}) is not reachable from this machine")
+    done = run_stage(DOCKERFILES["trainer"], "VARIANT=cpu", timeout=1800)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert re.search(r"torch 2\.14\.1(\+cpu)? cuda None", done.stdout), done.stdout[-2000:]
