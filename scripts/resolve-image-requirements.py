@@ -107,6 +107,8 @@ class Resolution:
     errors: list[str] = field(default_factory=list)
     torch_index: str = ""
     torch_resolved: bool = True
+    #: What pip's isolated build of FlexTrain installs during the build, not in the image.
+    build_dists: list[Dist] = field(default_factory=list)
 
     @property
     def cpu_only(self) -> bool:
@@ -219,6 +221,9 @@ def resolve(name: str, target: dict[str, Any], platform: str, opts: argparse.Nam
         wanted = requirements_for(base + rest + torch.requires, env)
     try:
         res.dists = dists_of(pip_dry_run(wanted, arch, index, no_deps=False))
+        # Building FlexTrain itself (pip's isolated build environment) needs these too.
+        build = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
+        res.build_dists = dists_of(pip_dry_run(list(build), arch, index, no_deps=False))
     except RuntimeError as exc:
         res.errors.append(f"from {index}: {exc}")
         return res
@@ -315,6 +320,9 @@ def print_resolution(res: Resolution) -> None:
               + (f" (the CUDA packages: {mib(sum(d.size or 0 for d in cuda))} MiB, "
                  f"{mib(sum(d.unpacked or 0 for d in cuda))} MiB unpacked)" if cuda else "")
               + ("" if len(known) == len(res.dists) else f"; {len(res.dists) - len(known)} not measured"))
+    if res.build_dists:
+        print("   build only (FlexTrain's build backend, not in the image): "
+              + ", ".join(f"{d.name}=={d.version}" for d in res.build_dists))
     for error in res.errors:
         print(f"   FAIL: {error}")
     if not res.errors:
@@ -351,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         opts.json.write_text(json.dumps([
             {"target": r.target, "platform": r.platform, "variant": r.variant, "torchIndex": r.torch_index,
              "torchResolved": r.torch_resolved, "notes": r.notes, "errors": r.errors,
+             "buildOnly": [{"name": d.name, "version": d.version} for d in r.build_dists],
              "distributions": [{"name": d.name, "version": d.version, "url": d.url, "sha256": d.sha256,
                                 "cuda": d.cuda, "size": d.size, "unpacked": d.unpacked} for d in r.dists]}
             for r in results], indent=2) + "\n")
