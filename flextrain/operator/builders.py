@@ -11,6 +11,7 @@ labels, environment and pod settings fill in what the user did not set.
 | Service | `<job>-aggregator` | headless: gRPC (and metrics) of the aggregator |
 | Deployment | `<job>-aggregator` | 1 replica, Recreate, gRPC health probes, checkpoint volume |
 | Job (batch/v1) | `<job>-<tier>` | Indexed, one completion index per replica = data shard |
+| Workload (kueue.x-k8s.io) | `<job>` | jobs with `spec.queueName`: one pod set per tier and one for the aggregator |
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import base64
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flextrain.api.devicetier import GPU_RESOURCE, DeviceTier
-from flextrain.api.flextrainjob import DataSource, FlexTrainJob, PodTemplate
+from flextrain.api.flextrainjob import AGGREGATOR_POD_SET, DataSource, FlexTrainJob, PodTemplate
 from flextrain.api.quantity import parse_quantity
 from flextrain.contract import env as contract
 from flextrain.contract.credentials import secret_key_of, tier_key
@@ -34,6 +36,27 @@ from flextrain.operator.config import OperatorSettings
 from flextrain.operator.tiers import node_selector
 
 JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where Kueue admitted a pod set: the node labels and tolerations of the
+    ResourceFlavors it assigned, added to the pods' own (which win on a conflicting key;
+    Kueue assigns only flavors the pods' own selector allows)."""
+
+    node_labels: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+
+
+def _place(pod_spec: JSON, placement: Placement | None) -> None:
+    if placement is None:
+        return
+    if placement.node_labels:
+        pod_spec["nodeSelector"] = {**placement.node_labels, **pod_spec.get("nodeSelector", {})}
+    own = list(pod_spec.get("tolerations", []))
+    extra = [dict(t) for t in placement.tolerations if dict(t) not in own]
+    if extra:
+        pod_spec["tolerations"] = [*own, *extra]
 
 TRAINER_CONTAINER = "trainer"
 AGGREGATOR_CONTAINER = "aggregator"
@@ -342,16 +365,22 @@ def aggregator_replicas(job: FlexTrainJob) -> int:
 
 
 def build_aggregator_deployment(
-    plan: JobPlan, owner: JSON, settings: OperatorSettings, *, replicas: int = 1
+    plan: JobPlan,
+    owner: JSON,
+    settings: OperatorSettings,
+    *,
+    replicas: int = 1,
+    placement: Placement | None = None,
 ) -> JSON:
     """The aggregator: 1 replica (Recreate: never two aggregators on one checkpoint),
-    started with the job plan, probed through the standard gRPC health service."""
+    started with the job plan, probed through the standard gRPC health service.
+    `placement`: where Kueue admitted it (jobs with spec.queueName)."""
     job = plan.job
     name, namespace = job.metadata.name, job.metadata.namespace or "default"
     template = job.spec.pod_template
     ckpt_dir, ckpt_volume, ckpt_mount = _checkpoint_volume(job, settings)
     data_dir, data_volumes, data_mounts = _data_volume(job.spec.dataset.source, settings)
-    placement = job.spec.aggregator
+    spec_placement = job.spec.aggregator
     tmp_volumes, tmp_mounts, tmp_env = _tmp(settings)
     pod_security, container_security = _security(settings)
 
@@ -399,10 +428,14 @@ def build_aggregator_deployment(
         "volumes": [ckpt_volume, *data_volumes, *tmp_volumes],
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
-        "nodeSelector": {**((placement.node_selector or {}) if placement else {}), "kubernetes.io/os": "linux"},
+        "nodeSelector": {
+            **((spec_placement.node_selector or {}) if spec_placement else {}),
+            "kubernetes.io/os": "linux",
+        },
     }
-    if placement and placement.tolerations:
-        pod_spec["tolerations"] = [t.to_wire() for t in placement.tolerations]
+    if spec_placement and spec_placement.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in spec_placement.tolerations]
+    _place(pod_spec, placement)
     if pod_security:
         pod_spec["securityContext"] = pod_security
     labels = names.aggregator_labels(name)
@@ -497,9 +530,11 @@ def build_tier_job(
     settings: OperatorSettings,
     *,
     suspend: bool = False,
+    placement: Placement | None = None,
 ) -> JSON:
     """One tier's Indexed Job: completion index i is replica i and trains data shard
-    `tier.shard_offset + i` (the aggregator maps it from the replica index at Join)."""
+    `tier.shard_offset + i` (the aggregator maps it from the replica index at Join).
+    `placement`: where Kueue admitted the tier (jobs with spec.queueName)."""
     job = plan.job
     name, namespace = job.metadata.name, job.metadata.namespace or "default"
     template = job.spec.pod_template
@@ -543,6 +578,7 @@ def build_tier_job(
     }
     if device_tier.spec.tolerations:
         pod_spec["tolerations"] = [t.to_wire() for t in device_tier.spec.tolerations]
+    _place(pod_spec, placement)
     volumes = [*data_volumes, *tmp_volumes]
     if volumes:
         pod_spec["volumes"] = volumes
@@ -586,5 +622,52 @@ def build_tier_job(
                 },
                 "spec": _pod_spec_defaults(template, pod_spec, settings),
             },
+        },
+    }
+
+
+def _pod_set(name: str, count: int, pod: JSON) -> JSON:
+    """A Workload pod set: what Kueue reads of a pod (its requests, placement and
+    priority), not the environment or volumes."""
+    spec = pod["spec"]
+    containers = [
+        {k: c[k] for k in ("name", "image", "resources") if k in c} for c in spec["containers"]
+    ]
+    kept = {k: spec[k] for k in ("nodeSelector", "tolerations", "affinity", "priorityClassName") if k in spec}
+    return {
+        "name": name,
+        "count": count,
+        "template": {"spec": {"restartPolicy": spec.get("restartPolicy", "Always"), **kept, "containers": containers}},
+    }
+
+
+def build_workload(
+    plan: JobPlan,
+    device_tiers: Mapping[str, DeviceTier],
+    owner: JSON,
+    settings: OperatorSettings,
+) -> JSON:
+    """The job's Kueue Workload (spec.queueName): one pod set per tier (its trainer pod,
+    `replicas` of them) and one for the aggregator, so that Kueue admits every tier and
+    the aggregator at once or none. Kueue answers with the flavors of each pod set
+    (status.admission), which the tier Jobs and the aggregator are then built with. The
+    caller checks that every tier's DeviceTier is known. `spec.active` follows
+    `spec.suspend` (a suspended job gives its quota back)."""
+    job = plan.job
+    name, namespace = job.metadata.name, job.metadata.namespace or "default"
+    pod_sets = []
+    for tier in plan.tiers:
+        built = build_tier_job(plan, tier, device_tiers[tier.device_tier], owner, settings)
+        pod_sets.append(_pod_set(tier.name, tier.replicas, built["spec"]["template"]))
+    aggregator = build_aggregator_deployment(plan, owner, settings)
+    pod_sets.append(_pod_set(AGGREGATOR_POD_SET, 1, aggregator["spec"]["template"]))
+    return {
+        "apiVersion": names.KUEUE_API_VERSION,
+        "kind": "Workload",
+        "metadata": _meta(names.workload_name(name), namespace, names.job_labels(name), owner),
+        "spec": {
+            "queueName": job.spec.queue_name,
+            "active": not job.spec.suspend,
+            "podSets": pod_sets,
         },
     }

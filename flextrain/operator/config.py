@@ -40,6 +40,7 @@ override the process-level ones).
 | FLEXTRAIN_OPERATOR_LEASE_DURATION | lease_duration | 15 (seconds) |
 | FLEXTRAIN_OPERATOR_RENEW_DEADLINE | renew_deadline | 10 (seconds) |
 | FLEXTRAIN_OPERATOR_RETRY_PERIOD | retry_period | 2 (seconds) |
+| FLEXTRAIN_OPERATOR_KUEUE | kueue | false |
 """
 
 from __future__ import annotations
@@ -221,6 +222,12 @@ class OperatorSettings:
 
     retry_period: float = 2.0
     """Seconds between two attempts to acquire (standby) or renew (leader) the Lease."""
+
+    kueue: bool = False
+    """Kueue integration: jobs with `spec.queueName` are admitted by Kueue as one gang (a
+    Workload per job). The operator watches Kueue Workloads only when this is on, so it
+    runs on clusters without Kueue's CRDs when it is off; a job with a queueName then
+    waits (condition Admitted=False, reason KueueDisabled)."""
 
     @property
     def cluster_wide(self) -> bool:

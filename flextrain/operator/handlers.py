@@ -54,6 +54,7 @@ ANNOTATIONS_PREFIX = "operator.flextrain.dev"
 JOBS = (GROUP, VERSION, "flextrainjobs")
 TIERS = (GROUP, VERSION, "devicetiers")
 HAS_JOB = {names.JOB_LABEL: kopf.PRESENT}
+WORKLOADS = ("kueue.x-k8s.io", "v1beta2", "workloads")
 log = logging.getLogger("flextrain.operator")
 
 
@@ -110,6 +111,8 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         ("", "v1", "pods"),
     ):
         settings.watching.label_selectors[resource] = names.JOB_LABEL
+    if _runtime(memo).settings.kueue:
+        settings.watching.label_selectors[WORKLOADS] = names.JOB_LABEL
 
 
 def _credentials(info: kopf.ConnectionInfo) -> kube.Credentials:
@@ -234,6 +237,26 @@ async def trainer_pods(
     return {(namespace, labels[names.JOB_LABEL]): observed.pod_state(body)}
 
 
+def workloads(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    """Kueue Workloads of jobs with spec.queueName (registered by `watch_workloads`)."""
+    return {(namespace, labels[names.JOB_LABEL]): observed.workload_state(body)}
+
+
+def watch_workloads() -> None:
+    """Index and watch Kueue Workloads: only with the Kueue integration on, so that an
+    operator on a cluster without Kueue neither watches nor needs RBAC for them (kopf
+    serves a resource once its CRD exists, and warns until then). Registered once per
+    process, before kopf starts."""
+    if any(h.id == "workloads" for h in REGISTRY._indexing.get_all_handlers()):
+        return
+    kopf.index(*WORKLOADS, id="workloads", labels=HAS_JOB, registry=REGISTRY)(workloads)
+    kopf.on.event(*WORKLOADS, id="workload_changed", labels=HAS_JOB, registry=REGISTRY)(
+        child_changed
+    )
+
+
 # -- wake-ups ----------------------------------------------------------------------------
 
 
@@ -316,6 +339,7 @@ async def flextrainjob(
     disruption_budgets: kopf.Index[Any, Any] = indices["disruption_budgets"]
     checkpoint_claims: kopf.Index[Any, Any] = indices["checkpoint_claims"]
     trainer_pods: kopf.Index[Any, Any] = indices["trainer_pods"]
+    workload_index: kopf.Index[Any, Any] | None = indices.get("workloads")
     runtime = _runtime(memo)
     key = job_key(namespace or "", name)
     wakeup = runtime.register(key)
@@ -335,6 +359,7 @@ async def flextrainjob(
                 disruption_budgets=_values(disruption_budgets, key),
                 checkpoint_claims=_values(checkpoint_claims, key),
                 pods=_values(trainer_pods, key),
+                workloads=_values(workload_index, key) if workload_index is not None else (),
             )
             try:
                 delay = await runtime.reconcile_job(body, snapshot)
@@ -378,6 +403,8 @@ async def run_operator(
     the restarted process stands by. A stop (signal or `stop_flag`) releases the Lease
     so that a standby takes over at once."""
     runtime = runtime or Runtime(settings)
+    if runtime.settings.kueue:
+        watch_workloads()
     stop_metrics = metrics.serve(runtime, settings.self_metrics_port) if settings.self_metrics_port else None
     try:
         if not settings.leader_election:

@@ -37,6 +37,7 @@ from flextrain.api.common import API_VERSION
 from flextrain.operator import names
 
 JSON = dict[str, Any]
+KUEUE_API_VERSION: Final[str] = names.KUEUE_API_VERSION
 
 #: (apiVersion, kind) -> (plural, namespaced) of every kind the operator touches.
 KINDS: Final[dict[tuple[str, str], tuple[str, bool]]] = {
@@ -53,6 +54,8 @@ KINDS: Final[dict[tuple[str, str], tuple[str, bool]]] = {
     (API_VERSION, "FlexTrainJob"): ("flextrainjobs", True),
     (API_VERSION, "DeviceTier"): ("devicetiers", False),
     ("coordination.k8s.io/v1", "Lease"): ("leases", True),
+    (KUEUE_API_VERSION, "Workload"): ("workloads", True),
+    (KUEUE_API_VERSION, "ResourceFlavor"): ("resourceflavors", False),
 }
 COMPONENT: Final[str] = "flextrain-operator"
 #: Connections kept to the API server. Each TLS connection holds a 256 KiB receive buffer;

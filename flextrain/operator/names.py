@@ -37,6 +37,8 @@ GRPC_PORT_NAME: Final[str] = "grpc"
 METRICS_PORT_NAME: Final[str] = "metrics"
 
 MAX_NAME: Final[int] = 63
+#: Kueue's API: the Workload of a job with spec.queueName, the ResourceFlavors it names.
+KUEUE_API_VERSION: Final[str] = "kueue.x-k8s.io/v1beta2"
 #: The longest object name the API accepts (a DNS-1123 subdomain), Events included.
 MAX_OBJECT_NAME: Final[int] = 253
 _INVALID: Final = re.compile(r"[^a-z0-9-]")
@@ -85,6 +87,11 @@ def checkpoint_claim_name(job: str) -> str:
 def aggregator_name(job: str) -> str:
     """Name of the aggregator Deployment and of its Service."""
     return _fit(f"{job}-aggregator")
+
+
+def workload_name(job: str) -> str:
+    """Name of the job's Kueue Workload (jobs with spec.queueName): the job's own name."""
+    return _fit(job, MAX_OBJECT_NAME)
 
 
 def tier_job_name(job: str, tier: str) -> str:

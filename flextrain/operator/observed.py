@@ -209,6 +209,86 @@ def claim_state(body: Mapping[str, Any]) -> ClaimState:
 
 
 @dataclass(frozen=True)
+class WorkloadState:
+    """The job's Kueue Workload as last observed (jobs with `spec.queueName` only)."""
+
+    name: str
+    controller_uid: str | None
+    resource_version: str = ""
+    #: status.admission is set and condition Admitted is True.
+    admitted: bool = False
+    #: Condition Finished is True (the operator set it; Kueue released the quota).
+    finished: bool = False
+    #: Condition Evicted is True: `reason: message` (Kueue preempted or stopped it).
+    evicted: str | None = None
+    #: status.admission.clusterQueue.
+    cluster_queue: str = ""
+    #: Pod set -> the ResourceFlavors Kueue assigned to it (sorted, distinct).
+    flavors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Why it waits: condition QuotaReserved=False's message (Kueue's own words).
+    waiting: str = ""
+    #: status.conditions as stored (the operator adds Finished to them, never drops one).
+    conditions: tuple[Mapping[str, Any], ...] = ()
+    #: spec.active (false: Kueue does not admit it, and evicts it if it was).
+    active: bool = True
+
+
+def workload_state(body: Mapping[str, Any]) -> WorkloadState:
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    admission = status.get("admission") or {}
+    conditions = tuple(
+        dict(c) for c in status.get("conditions") or [] if isinstance(c, Mapping)
+    )
+    flavors: dict[str, tuple[str, ...]] = {}
+    for assignment in admission.get("podSetAssignments") or []:
+        names_ = sorted({str(f) for f in (assignment.get("flavors") or {}).values()})
+        flavors[str(assignment.get("name", ""))] = tuple(names_)
+    evicted = _condition(body, "Evicted")
+    waiting = ""
+    for c in conditions:
+        if c.get("type") == "QuotaReserved" and c.get("status") == "False":
+            waiting = str(c.get("message") or c.get("reason") or "")
+    return WorkloadState(
+        name=str(meta.get("name", "")),
+        controller_uid=controller_uid(body),
+        resource_version=str(meta.get("resourceVersion", "")),
+        admitted=bool(admission) and _condition(body, "Admitted") is not None,
+        finished=_condition(body, "Finished") is not None,
+        evicted=(
+            f"{evicted.get('reason') or 'Evicted'}: {evicted.get('message') or ''}".rstrip(": ")
+            if evicted
+            else None
+        ),
+        cluster_queue=str(admission.get("clusterQueue") or ""),
+        flavors=flavors,
+        waiting=waiting,
+        conditions=conditions,
+        active=(body.get("spec") or {}).get("active") is not False,
+    )
+
+
+@dataclass(frozen=True)
+class FlavorState:
+    """A Kueue ResourceFlavor: the node labels and tolerations it gives the pods it admits."""
+
+    name: str
+    node_labels: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+
+
+def flavor_state(body: Mapping[str, Any]) -> FlavorState:
+    spec = body.get("spec") or {}
+    labels = spec.get("nodeLabels") or {}
+    tolerations = spec.get("tolerations") or []
+    return FlavorState(
+        name=str((body.get("metadata") or {}).get("name", "")),
+        node_labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {},
+        tolerations=tuple(dict(t) for t in tolerations if isinstance(t, Mapping)),
+    )
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything observed about one FlexTrainJob's children."""
 
@@ -220,6 +300,7 @@ class Observed:
     aggregator: AggregatorState | None = None
     tier_jobs: Mapping[str, TierJobState] = field(default_factory=dict)
     pods: Sequence[PodState] = ()
+    workload: WorkloadState | None = None
 
     @property
     def any_child(self) -> bool:

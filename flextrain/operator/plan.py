@@ -48,6 +48,8 @@ class ObjectPatch:
     name: str
     namespace: str
     body: JSON
+    #: `status` to patch the status subresource (a Kueue Workload's conditions).
+    subresource: str | None = None
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,9 @@ class Rule:
     #: watched namespace); own-namespace: the operator's own namespace only (a Role there:
     #: the leader election's Lease).
     scope: Literal["cluster", "namespaced", "own-namespace"]
-    #: always, or only when the operator watches named namespaces (-n) instead of all.
-    when: Literal["always", "namespaced-mode"] = "always"
+    #: always, only when the operator watches named namespaces (-n) instead of all, or
+    #: only with the Kueue integration on (chart value kueue.enabled).
+    when: Literal["always", "namespaced-mode", "kueue"] = "always"
     #: Who needs it: kopf itself, FlexTrain's handlers, or both.
     needed_by: Literal["Framework (kopf)", "Application", "Framework and application"] = (
         "Application"
@@ -168,6 +169,34 @@ RULES: Final[tuple[Rule, ...]] = (
         "trainer pods that cannot be scheduled make the job Degraded",
         "namespaced",
     ),
+    # Kueue (kueue.enabled): jobs with spec.queueName.
+    Rule(
+        "kueue.x-k8s.io",
+        ("resourceflavors",),
+        ("get",),
+        "the node labels and tolerations of the ResourceFlavors a job's Workload was "
+        "admitted with, read once per admission (never listed)",
+        "cluster",
+        when="kueue",
+    ),
+    Rule(
+        "kueue.x-k8s.io",
+        ("workloads",),
+        ("get", "list", "watch", "create", "patch"),
+        "one Workload per job with spec.queueName: Kueue admits all its tiers at once; patch: "
+        "spec.active (spec.suspend)",
+        "namespaced",
+        when="kueue",
+    ),
+    Rule(
+        "kueue.x-k8s.io",
+        ("workloads/status",),
+        ("patch",),
+        "condition Finished when the job ends (Kueue releases its quota), and the quota given "
+        "back after an eviction once the job's pods stopped",
+        "namespaced",
+        when="kueue",
+    ),
     Rule(
         "",
         ("events",),
@@ -189,31 +218,46 @@ RULES: Final[tuple[Rule, ...]] = (
 )
 
 
+def _applies(rule: Rule, *, cluster_wide: bool, kueue: bool) -> bool:
+    if rule.when == "namespaced-mode":
+        return not cluster_wide
+    if rule.when == "kueue":
+        return kueue
+    return True
+
+
 def rules(
-    scope: Literal["cluster", "namespaced", "own-namespace"] | None = None, *, cluster_wide: bool = True
+    scope: Literal["cluster", "namespaced", "own-namespace"] | None = None,
+    *,
+    cluster_wide: bool = True,
+    kueue: bool = False,
 ) -> list[dict[str, Any]]:
     """The rules as RBAC PolicyRule dicts, optionally only one scope, for an operator that
-    watches all namespaces (cluster_wide) or named ones. No scope: the cluster and
-    namespaced ones (what the ClusterRole of a cluster-wide operator holds); the
-    own-namespace rules only when asked for."""
+    watches all namespaces (cluster_wide) or named ones, with or without Kueue. No scope:
+    the cluster and namespaced ones (what the ClusterRole of a cluster-wide operator
+    holds); the own-namespace rules only when asked for."""
     return [
         r.to_dict()
         for r in RULES
         if (r.scope == scope if scope is not None else r.scope != "own-namespace")
-        and (r.when == "always" or not cluster_wide)
+        and _applies(r, cluster_wide=cluster_wide, kueue=kueue)
     ]
 
 
 def cluster_role(
-    name: str, *, cluster_wide: bool = True, labels: dict[str, str] | None = None
+    name: str,
+    *,
+    cluster_wide: bool = True,
+    kueue: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ClusterRole: every rule when watching cluster-wide, else the cluster-scoped ones
     (events on cluster-scoped DeviceTiers land in `default`, so `events` comes along)."""
     picked = (
-        rules()
+        rules(kueue=kueue)
         if cluster_wide
         else [
-            *rules("cluster", cluster_wide=False),
+            *rules("cluster", cluster_wide=False, kueue=kueue),
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
         ]
     )
@@ -225,7 +269,9 @@ def cluster_role(
     }
 
 
-def role(name: str, namespace: str, *, labels: dict[str, str] | None = None) -> dict[str, Any]:
+def role(
+    name: str, namespace: str, *, kueue: bool = False, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
     """A Role with the namespaced rules, for one watched namespace."""
     meta: dict[str, Any] = {"name": name, "namespace": namespace}
     if labels:
@@ -234,7 +280,7 @@ def role(name: str, namespace: str, *, labels: dict[str, str] | None = None) -> 
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": meta,
-        "rules": rules("namespaced"),
+        "rules": rules("namespaced", kueue=kueue),
     }
 
 
@@ -270,21 +316,28 @@ def _template_rule(rule: Rule) -> list[str]:
     ]
 
 
+def _guarded(rule: Rule) -> list[str]:
+    """The rule in the template, inside the `if` of the values it depends on."""
+    body = _template_rule(rule)
+    if rule.when == "namespaced-mode":
+        return ["{{- if not .Values.watch.clusterWide }}", *body, "{{- end }}"]
+    if rule.when == "kueue":
+        return ["{{- if .Values.kueue.enabled }}", *body, "{{- end }}"]
+    return body
+
+
 def chart_template() -> str:
     """templates/_rbac.tpl: the rules as the named templates rbac.yaml includes
     (flextrain.clusterRules, flextrain.namespacedRules, flextrain.eventRules)."""
     events = [r for r in RULES if r.resources == ("events",)]
     cluster: list[str] = []
     for rule in (r for r in RULES if r.scope == "cluster"):
-        body = _template_rule(rule)
-        if rule.when == "namespaced-mode":
-            body = ["{{- if not .Values.watch.clusterWide }}", *body, "{{- end }}"]
-        cluster += body
+        cluster += _guarded(rule)
     namespaced = [
         line
         for rule in RULES
         if rule.scope == "namespaced" and rule not in events
-        for line in _template_rule(rule)
+        for line in _guarded(rule)
     ]
     lines = [
         "{{/*",

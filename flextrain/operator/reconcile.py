@@ -49,7 +49,7 @@ from flextrain.api.flextrainjob import (
 from flextrain.jobplan import JobPlan, PlanError
 from flextrain.operator import builders, names, policy
 from flextrain.operator.config import OperatorSettings
-from flextrain.operator.observed import Observed, TierJobState
+from flextrain.operator.observed import FlavorState, Observed, TierJobState
 from flextrain.operator.plan import (
     AggregatorReading,
     Conditions,
@@ -71,9 +71,11 @@ from flextrain.operator.steps import (
     depth_event,
     desired_children,
     effective_job,
+    finish_workload,
     job_failure,
     job_phase,
     job_progress,
+    kueue_admission,
     merge_patches,
     progressing_conditions,
     resolve_plan,
@@ -105,10 +107,12 @@ def reconcile(
     *,
     invalid_tiers: Mapping[str, str] | None = None,
     refused: Sequence[CreateFailure] = (),
+    flavors: Mapping[str, FlavorState] | None = None,
 ) -> Plan:
     """The plan for one FlexTrainJob (see the module docstring). `invalid_tiers`: the
     DeviceTiers that exist but do not read into the model, with what is wrong; `refused`:
-    the children the API server would not create (the caller retries them with backoff).
+    the children the API server would not create (the caller retries them with backoff);
+    `flavors`: the Kueue ResourceFlavors the job's Workload was admitted with, by name.
 
     The steps, each a small pure function of steps.py: the tiers in effect, their
     DeviceTiers and nodes, the depths, the children, progress, the aggregator, health
@@ -120,6 +124,7 @@ def reconcile(
         return Plan(status=prev)  # children go with it (ownerReferences)
     if prev.phase in TERMINAL_PHASES:
         return _finished(job, prev, observed, reading, now, settings)
+
     generation = job_extra(job, "generation")
     conds = Conditions(prev.conditions, now, generation if isinstance(generation, int) else None)
     name, ns = job.metadata.name, job.metadata.namespace or "default"
@@ -156,13 +161,20 @@ def reconcile(
         return Plan(status=new, events=conds.events)
     events = [e for e in (depth_event(prev, plan),) if e]
 
-    # 2. Children, 3. progress and the aggregator.
-    children = desired_children(job, clean, plan, observed, device_tiers, settings, token)
-    progress = job_progress(job, plan, observed, reading, prev, now)
+    # 2. Kueue's admission (jobs with spec.queueName), children, 3. progress and the
+    # aggregator.
+    admission = kueue_admission(job, plan, observed, device_tiers, flavors or {}, settings, now)
+    conds.apply(admission.verdict)
+    held = admission.held
+    children = desired_children(
+        job, clean, plan, observed, device_tiers, settings, token, admission
+    )
+    progress = job_progress(job, plan, observed, reading, prev, now, held=held)
     was_ready = conds.status_of(C.AGGREGATOR_READY) == T
     endpoint = str(base["aggregator_endpoint"])
     available, verdict = aggregator_condition(
-        observed, reading, job, children.replicas, was_ready, endpoint, now, settings.claim_pending_after
+        observed, reading, job, children.replicas, was_ready, endpoint, now, settings.claim_pending_after,
+        held=held,
     )
     conds.apply(verdict)
     lost_aggregator = not available and was_ready and not job.spec.suspend
@@ -178,7 +190,8 @@ def reconcile(
 
     # 5. Phase, progress conditions, completion.
     phase = job_phase(
-        failure, health.done, job, conds.status_of(C.DEGRADED) == T, available, progress
+        failure, health.done, job, conds.status_of(C.DEGRADED) == T, available, progress,
+        held=held,
     )
     conds.apply(
         *progressing_conditions(
@@ -197,6 +210,7 @@ def reconcile(
         requeue = end.requeue
         if phase == JobPhase.FAILED:
             patches = merge_patches(patches, stop_patches(job, observed, job_uid(job)))
+        patches = [*patches, *finish_workload(job, observed, phase, now)]
     if broken:
         conds.set(C.PROGRESSING, F, R.POLICY_VIOLATION, broken)
     new = new_status(
@@ -244,6 +258,8 @@ def _finished(
         patches = stop_patches(job, observed, uid)
     else:
         requeue = settings.finish_grace - since
+    assert prev.phase is not None
+    patches += finish_workload(job, observed, prev.phase, now)
     conds = Conditions(prev.conditions, now, prev.observed_generation)
     agg = observed.aggregator
     if agg and agg.replicas == 0 and not patches:

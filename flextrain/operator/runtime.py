@@ -124,6 +124,8 @@ class Snapshot:
     disruption_budgets: Sequence[observed.ChildState] = ()
     checkpoint_claims: Sequence[observed.ClaimState] = ()
     pods: Sequence[observed.PodState] = ()
+    #: The job's Kueue Workload (watched only with the Kueue integration on).
+    workloads: Sequence[observed.WorkloadState] = ()
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,10 @@ class _JobMemory:
     #: When this operator first saw the job, as a rank (kube.ORDER): in a burst of new
     #: jobs, the API requests of earlier ones go first.
     order: int = 0
+    #: The Kueue ResourceFlavors of the job's current admission, read once per admission
+    #: (`flavors_of`: which admission they were read for).
+    flavors: dict[str, observed.FlavorState] = field(default_factory=dict)
+    flavors_of: tuple[Any, ...] | None = None
 
     def base_status(self, visible: dict[str, Any]) -> dict[str, Any]:
         if not self.pending:
@@ -211,6 +217,7 @@ class _Pass:
             self.memory.token or new_token(),
             invalid_tiers={k: v.message for k, v in snapshot.invalid_tiers.items()},
             refused=refused,
+            flavors=self.memory.flavors,
         )
 
 
@@ -324,6 +331,8 @@ class Runtime:
         await self._ensure_token(memory, job, uid, fresh=fresh)
         seen = dataclasses.replace(seen, secret=memory.secret)
         reading = await self._read_aggregator(memory, seen, namespace, name)
+        if seen.workload is not None:
+            await self._read_flavors(memory, seen.workload)
 
         # Planning and creating hold the pass's children in memory: a burst of new jobs
         # plans a few at a time (PASSES_AT_ONCE), not every job at once.
@@ -427,6 +436,7 @@ class Runtime:
         # ago that the caches do not show yet (dropped from memory once they do).
         single: dict[str, Any] = {
             "Deployment": snapshot.aggregators[0] if snapshot.aggregators else None,
+            "Workload": snapshot.workloads[0] if snapshot.workloads else None,
             **{kind: (states[0] if states else None) for kind, states in _simple_children(snapshot).items()},
         }
         for (kind, child), state in list(memory.expected.items()):
@@ -449,7 +459,27 @@ class Runtime:
             aggregator=single["Deployment"],
             tier_jobs=tier_jobs,
             pods=tuple(snapshot.pods),
+            workload=single["Workload"],
         )
+
+    async def _read_flavors(self, memory: _JobMemory, workload: observed.WorkloadState) -> None:
+        """The ResourceFlavors Kueue admitted the job's Workload with: read once per
+        admission (their node labels and tolerations place the pods), never while it
+        waits. A flavor that cannot be read is left out (the job says so and waits)."""
+        if not workload.admitted:
+            memory.flavors_of = None
+            return
+        admission = (workload.cluster_queue, tuple(sorted(workload.flavors.items())))
+        if memory.flavors_of == admission:
+            return
+        wanted = sorted({f for assigned in workload.flavors.values() for f in assigned})
+        bodies = await asyncio.gather(
+            *(self.kube.get(names.KUEUE_API_VERSION, "ResourceFlavor", f, None) for f in wanted)
+        )
+        memory.flavors = {
+            f: observed.flavor_state(body) for f, body in zip(wanted, bodies, strict=True) if body
+        }
+        memory.flavors_of = admission if len(memory.flavors) == len(wanted) else None
 
     async def _read_aggregator(
         self, memory: _JobMemory, seen: observed.Observed, namespace: str, name: str
@@ -567,7 +597,12 @@ class Runtime:
         name, namespace = job.metadata.name, job.metadata.namespace or "default"
         for patch in plan.patch:
             await self.kube.patch(
-                patch.api_version, patch.kind, patch.name, patch.namespace, patch.body
+                patch.api_version,
+                patch.kind,
+                patch.name,
+                patch.namespace,
+                patch.body,
+                subresource=patch.subresource,
             )
             self.stats["patched"] += 1
         for event in events:
@@ -650,6 +685,8 @@ def _summary(kind: str, body: Mapping[str, Any]) -> Any:
         return observed.aggregator_state(body)
     if kind == "PersistentVolumeClaim":
         return observed.claim_state(body)
+    if kind == "Workload":
+        return observed.workload_state(body)
     if kind in SIMPLE_CHILDREN:
         return observed.child_state(body)
     return None

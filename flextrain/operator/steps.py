@@ -7,7 +7,7 @@ condition, a small dataclass for more); reconcile() applies them in order."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,7 @@ from flextrain.api.conditions import (
 )
 from flextrain.api.devicetier import DeviceTier
 from flextrain.api.flextrainjob import (
+    AGGREGATOR_POD_SET,
     KIND,
     DepthAccuracy,
     FlexTrainJob,
@@ -32,7 +33,7 @@ from flextrain.contract.env import EXPORTS_DIR
 from flextrain.jobplan import JobPlan, plan_job, plan_with_depths
 from flextrain.operator import builders, names
 from flextrain.operator.config import OperatorSettings
-from flextrain.operator.observed import Observed
+from flextrain.operator.observed import FlavorState, Observed
 from flextrain.operator.plan import (
     JSON,
     AggregatorReading,
@@ -212,6 +213,168 @@ def depth_event(prev: FlexTrainJobStatus, plan: JobPlan) -> Event | None:
 
 
 @dataclass(frozen=True)
+class Admission:
+    """Kueue's say on a job: whether its pods may run, where, and what the job's Workload
+    needs (jobs without spec.queueName are always admitted, with no placement)."""
+
+    admitted: bool
+    verdict: Verdict | None = None
+    #: Pod set (tier name, or `aggregator`) -> where Kueue admitted it.
+    placements: Mapping[str, builders.Placement] = field(default_factory=dict)
+    create: list[JSON] = field(default_factory=list)
+    patches: list[ObjectPatch] = field(default_factory=list)
+
+    @property
+    def held(self) -> bool:
+        """The job waits for Kueue: no pod of it may run."""
+        return not self.admitted
+
+
+NOT_QUEUED = Admission(admitted=True)
+
+
+def _kueue_condition(type_: str, status: str, reason: str, message: str, now: datetime) -> JSON:
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message[:32768],
+        "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _workload_status_patch(
+    workload: Any, ns: str, conditions: list[JSON], **status: Any
+) -> ObjectPatch:
+    """A status patch of the Workload's conditions (merge patch: the whole list, so the
+    stored ones are kept), refused (409) if Kueue changed the Workload meanwhile."""
+    keep = [dict(c) for c in workload.conditions if c.get("type") not in {c["type"] for c in conditions}]
+    body: JSON = {"status": {**status, "conditions": [*keep, *conditions]}}
+    if workload.resource_version:
+        body["metadata"] = {"resourceVersion": workload.resource_version}
+    return ObjectPatch(names.KUEUE_API_VERSION, "Workload", workload.name, ns, body, "status")
+
+
+def kueue_admission(
+    job: FlexTrainJob,
+    plan: JobPlan,
+    observed: Observed,
+    device_tiers: Mapping[str, DeviceTier],
+    flavors: Mapping[str, FlavorState],
+    settings: OperatorSettings,
+    now: datetime,
+) -> Admission:
+    """A job with spec.queueName runs only while Kueue admits its Workload (one pod set
+    per tier and the aggregator's: all at once or none). Creates the Workload, keeps its
+    spec.active in step with spec.suspend, and after an eviction gives the quota back once
+    the job's pods are stopped (what Kueue's own job integrations do)."""
+    queue = job.spec.queue_name
+    if queue is None:
+        return NOT_QUEUED
+    if not settings.kueue:
+        message = (
+            f"spec.queueName is {queue!r} but the operator's Kueue integration is off (chart "
+            "value kueue.enabled, FLEXTRAIN_OPERATOR_KUEUE): nothing of the job runs until it "
+            "is on"
+        )
+        return Admission(False, Verdict(C.ADMITTED, F, R.KUEUE_DISABLED, message))
+    uid = job_uid(job)
+    ns = job.metadata.namespace or "default"
+    workload = observed.workload
+    wanted = names.workload_name(job.metadata.name)
+    if workload is None:
+        missing = [t.device_tier for t in plan.tiers if t.device_tier not in device_tiers]
+        if missing:
+            message = f"the Workload is created once DeviceTier(s) {', '.join(sorted(set(missing)))} exist"
+            return Admission(False, Verdict(C.ADMITTED, F, R.QUEUED, message))
+        owner = names.owner_reference(KIND, job.metadata.name, uid)
+        body = builders.build_workload(plan, device_tiers, owner, settings)
+        message = (
+            f"waiting in LocalQueue {queue} for Kueue to admit every tier and the aggregator "
+            f"at once (Workload {wanted})"
+        )
+        return Admission(False, Verdict(C.ADMITTED, F, R.QUEUED, message), create=[body])
+    if workload.controller_uid != uid:
+        message = (
+            f"Workload {workload.name} exists but belongs to something else; delete or rename "
+            "it, the operator never takes over objects it did not create"
+        )
+        return Admission(False, Verdict(C.ADMITTED, F, R.CHILD_CONFLICT, message))
+    patches: list[ObjectPatch] = []
+    active = not job.spec.suspend
+    if workload.active != active:
+        body = {"spec": {"active": active}}
+        patches.append(ObjectPatch(names.KUEUE_API_VERSION, "Workload", workload.name, ns, body))
+    if workload.admitted and workload.evicted is None and active:
+        placements: dict[str, builders.Placement] = {}
+        unknown: list[str] = []
+        for pod_set, assigned in workload.flavors.items():
+            labels: dict[str, str] = {}
+            tolerations: list[JSON] = []
+            for flavor in assigned:
+                if flavor not in flavors:
+                    unknown.append(flavor)
+                    continue
+                labels.update(flavors[flavor].node_labels)
+                tolerations += [dict(t) for t in flavors[flavor].tolerations if dict(t) not in tolerations]
+            placements[pod_set] = builders.Placement(labels, tuple(tolerations))
+        if unknown:
+            message = (
+                f"admitted by ClusterQueue {workload.cluster_queue}, but ResourceFlavor(s) "
+                f"{', '.join(sorted(set(unknown)))} cannot be read; the pods are created once "
+                "they can"
+            )
+            return Admission(False, Verdict(C.ADMITTED, F, R.QUEUED, message), patches=patches)
+        where = ", ".join(
+            f"{'the aggregator' if k == AGGREGATOR_POD_SET else 'tier ' + k} -> {'+'.join(v) or '-'}"
+            for k, v in sorted(workload.flavors.items())
+        )
+        message = f"admitted by ClusterQueue {workload.cluster_queue}: {where}"
+        return Admission(True, Verdict(C.ADMITTED, T, R.ADMITTED, message), placements, patches=patches)
+    if workload.admitted:
+        # Evicted (preempted, its queue stopped) or deactivated (spec.suspend): stop the
+        # pods, then give the quota back so that Kueue may admit it again later.
+        why = workload.evicted or "the job was suspended"
+        agg = observed.aggregator
+        stopped = all(
+            s.finished or (s.suspended and s.active == 0) for s in observed.tier_jobs.values()
+        ) and (agg is None or (agg.replicas == 0 and agg.available == 0))
+        if stopped:
+            message = f"the job's pods stopped after: {why}"
+            patches.append(
+                _workload_status_patch(
+                    workload,
+                    ns,
+                    [
+                        _kueue_condition("QuotaReserved", "False", "Pending", message, now),
+                        _kueue_condition("Admitted", "False", "NoReservation", message, now),
+                    ],
+                    admission=None,
+                )
+            )
+        message = (
+            f"Kueue took the job's quota back ({why}); its pods are stopped and it waits in "
+            f"LocalQueue {queue} to be admitted again"
+        )
+        return Admission(False, Verdict(C.ADMITTED, F, R.EVICTED, message), patches=patches)
+    message = f"waiting in LocalQueue {queue} for Kueue to admit every tier and the aggregator at once"
+    if workload.waiting:
+        message += f": {workload.waiting}"
+    return Admission(False, Verdict(C.ADMITTED, F, R.QUEUED, message), patches=patches)
+
+
+def finish_workload(job: FlexTrainJob, observed: Observed, phase: JobPhase, now: datetime) -> list[ObjectPatch]:
+    """Mark the Workload of a finished job Finished, so that Kueue releases its quota."""
+    workload = observed.workload
+    if workload is None or workload.finished or workload.controller_uid != job_uid(job):
+        return []
+    reason = "Succeeded" if phase == JobPhase.SUCCEEDED else "Failed"
+    message = f"FlexTrainJob {job.metadata.name} {reason.lower()}"
+    condition = _kueue_condition("Finished", "True", reason, message, now)
+    return [_workload_status_patch(workload, job.metadata.namespace or "default", [condition])]
+
+
+@dataclass(frozen=True)
 class Children:
     """What to create and patch, and what the job does not own."""
 
@@ -233,10 +396,13 @@ def desired_children(
     device_tiers: Mapping[str, DeviceTier],
     settings: OperatorSettings,
     token: str,
+    admission: Admission = NOT_QUEUED,
 ) -> Children:
     """Create what is missing, patch the fields the job owns, leave the rest alone. The
     aggregator and the trainers read the token from the Secret: they are created (and
-    kept running) only while this job owns it."""
+    kept running) only while this job owns it. A job Kueue holds (`admission`) gets its
+    Workload and the children that run no pod; its aggregator and tier Jobs are created
+    once Kueue admits it, where Kueue placed them, and stopped when Kueue evicts it."""
     uid = job_uid(job)
     ns = job.metadata.namespace or "default"
     owner = names.owner_reference(KIND, job.metadata.name, uid)
@@ -250,8 +416,10 @@ def desired_children(
         conflicts.append(f"{what} {state.name}")
         return False
 
-    suspend = bool(job.spec.suspend)
+    suspend = bool(job.spec.suspend) or admission.held
     secret_ours = observed.secret is not None and observed.secret.controller_uid == uid
+    create += admission.create
+    patches += admission.patches
     if observed.secret is None:
         create.append(builders.build_secret(clean, token, owner))
     else:
@@ -273,7 +441,7 @@ def desired_children(
             create.append(build())
         else:
             owned(state, kind)
-    replicas = builders.aggregator_replicas(job)
+    replicas = 0 if admission.held else builders.aggregator_replicas(job)
     if not secret_ours:
         # Nothing that reads a Secret the job does not own; what runs already is stopped.
         if observed.aggregator is not None:
@@ -281,24 +449,29 @@ def desired_children(
         for existing in observed.tier_jobs.values():
             owned(existing, "Job")
         if observed.secret is not None:
-            patches = stop_patches(job, observed, uid)
+            patches += stop_patches(job, observed, uid)
         return Children(create, patches, conflicts, secret_ours, replicas)
     agg = observed.aggregator
     if agg is None:
-        create.append(
-            builders.build_aggregator_deployment(plan, owner, settings, replicas=replicas)
-        )
+        if not admission.held:
+            placement = admission.placements.get(AGGREGATOR_POD_SET)
+            create.append(
+                builders.build_aggregator_deployment(
+                    plan, owner, settings, replicas=replicas, placement=placement
+                )
+            )
     elif owned(agg, "Deployment") and agg.replicas != replicas:
         body = {"spec": {"replicas": replicas}}
         patches.append(ObjectPatch("apps/v1", "Deployment", agg.name, ns, body))
     for tier in plan.tiers:
         state = observed.tier_jobs.get(tier.name)
         if state is None:
-            if tier.device_tier in device_tiers:
+            if tier.device_tier in device_tiers and not admission.held:
                 device_tier = device_tiers[tier.device_tier]
+                placement = admission.placements.get(tier.name)
                 create.append(
                     builders.build_tier_job(
-                        plan, tier, device_tier, owner, settings, suspend=suspend
+                        plan, tier, device_tier, owner, settings, suspend=suspend, placement=placement
                     )
                 )
         elif owned(state, "Job") and not state.finished and state.suspended != suspend:
@@ -335,8 +508,11 @@ def job_progress(
     reading: AggregatorReading,
     prev: FlexTrainJobStatus,
     now: datetime,
+    *,
+    held: bool = False,
 ) -> Progress:
-    """The deadline counts from the start, reset on resume (as for Jobs)."""
+    """The deadline counts from the start, reset on resume (as for Jobs); a job Kueue
+    holds has not started (its deadline restarts when Kueue admits it again)."""
     rows = [(t.name, t.replicas, t.depth, t.depth_source) for t in plan.tiers]
     round_, accuracy, best = prev.round, prev.accuracy, prev.best_accuracy
     if reading.status is not None:
@@ -347,7 +523,9 @@ def job_progress(
     start_time = prev.start_time
     suspend = bool(job.spec.suspend)
     resumed = prev.phase == JobPhase.SUSPENDED and not suspend
-    if not suspend and (start_time is None or resumed):
+    if held:
+        start_time = None
+    elif not suspend and (start_time is None or resumed):
         start_time = now
     tiers = _tier_counts(rows, observed, reading, prev)
     return Progress(tiers, round_, accuracy, best, start_time)
@@ -362,6 +540,8 @@ def aggregator_condition(
     endpoint: str,
     now: datetime,
     claim_pending_after: float,
+    *,
+    held: bool = False,
 ) -> tuple[bool, Verdict]:
     """(the aggregator is available, condition AggregatorReady)."""
     service = names.aggregator_name(job.metadata.name)
@@ -372,6 +552,9 @@ def aggregator_condition(
         )
     if job.spec.suspend and replicas == 0:
         message = "the aggregator is scaled to 0 while suspended; it resumes from its checkpoint"
+        return False, Verdict(C.AGGREGATOR_READY, F, R.AGGREGATOR_STOPPED, message)
+    if held:
+        message = "the aggregator starts when Kueue admits the job (condition Admitted)"
         return False, Verdict(C.AGGREGATOR_READY, F, R.AGGREGATOR_STOPPED, message)
     if was_ready:
         why = (agg.failure if agg else None) or reading.error or "no available replica"
@@ -527,6 +710,8 @@ def job_phase(
     degraded: bool,
     aggregator_available: bool,
     progress: Progress,
+    *,
+    held: bool = False,
 ) -> JobPhase:
     if failure:
         return JobPhase.FAILED
@@ -534,6 +719,8 @@ def job_phase(
         return JobPhase.SUCCEEDED
     if job.spec.suspend:
         return JobPhase.SUSPENDED
+    if held:
+        return JobPhase.PENDING
     if degraded:
         return JobPhase.DEGRADED
     if aggregator_available and progress.all_training:

@@ -32,6 +32,13 @@ peering resources (replicas elect a leader with a Lease of their own).
 - apiGroups: [""]
   resources: ["nodes"]
   verbs: ["get", "list", "watch"]
+{{- if .Values.kueue.enabled }}
+# Application: the node labels and tolerations of the ResourceFlavors a job's Workload
+# was admitted with, read once per admission (never listed).
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["resourceflavors"]
+  verbs: ["get"]
+{{- end }}
 {{- end }}
 
 {{/* Rules on FlexTrainJobs and their children: a ClusterRole when watching
@@ -86,6 +93,20 @@ cluster-wide, else one Role per watched namespace. */}}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+{{- if .Values.kueue.enabled }}
+# Application: one Workload per job with spec.queueName: Kueue admits all its tiers at
+# once; patch: spec.active (spec.suspend).
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+{{- end }}
+{{- if .Values.kueue.enabled }}
+# Application: condition Finished when the job ends (Kueue releases its quota), and the
+# quota given back after an eviction once the job's pods stopped.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads/status"]
+  verbs: ["patch"]
+{{- end }}
 {{ include "flextrain.eventRules" . }}
 {{- end -}}
 

@@ -1,0 +1,297 @@
+"""Kueue admits a FlexTrainJob as one gang, on the real control plane with a real Kueue.
+
+Kueue's own controllers, scheduler and webhooks (tests/cluster/kueue, built from the
+pinned sigs.k8s.io/kueue module) run against the test API server; the chart is
+installed a second time with `kueue.enabled=true` (its RBAC is what the operator runs
+with) serving the test's namespace. A ResourceFlavor per DeviceTier, a ClusterQueue with
+quota for one job's pods, a LocalQueue; two identical jobs: the first is admitted and all
+its pods are created at once, the second waits with nothing running even though its CPU
+tier and its aggregator would fit (its GPU tier does not: all or nothing), and it is
+admitted once the first finishes."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.cluster import install
+from tests.cluster.conftest import FAST_OPERATOR_ENV, wait_for
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.kueue_manager import KueueManager, version
+from tests.cluster.node_agent import NodeAgent
+from tests.cluster.test_operator import Jobs, factory_job
+
+KUEUE = ("kueue.x-k8s.io", "v1beta2")
+RELEASE = "ftkq"
+SYSTEM = "ftkq-system"
+Body = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def kueue(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KueueManager]:
+    manager = KueueManager.start(control_plane, tmp_path_factory.mktemp("kueue"))
+    print(f"\nKueue {version()} manager ready (webhooks registered) in {manager.start_seconds:.1f} s")
+    try:
+        yield manager
+    finally:
+        code = manager.stop()
+        assert code == 0, f"the Kueue manager exited {code} on SIGTERM:\n{manager.tail()}"
+
+
+def _kueue_object(api: client.ApiClient, plural: str, body: Body, namespace: str | None = None) -> Body:
+    custom = client.CustomObjectsApi(api)
+    if namespace:
+        made: Body = custom.create_namespaced_custom_object(*KUEUE, namespace, plural, body)
+    else:
+        made = custom.create_cluster_custom_object(*KUEUE, plural, body)
+    return made
+
+
+@contextlib.contextmanager
+def _queues(api: client.ApiClient, namespace: str, suffix: str) -> Iterator[tuple[str, str]]:
+    """A ResourceFlavor per DeviceTier of the job (same node labels, the GPU nodes' taint),
+    a ClusterQueue with quota for one job (CPU tier, aggregator and GPU tier), and a
+    LocalQueue in `namespace`. Yields (ClusterQueue, LocalQueue)."""
+    custom = client.CustomObjectsApi(api)
+    flavors = {
+        f"cpu-x86-{suffix}": {"nodeLabels": {"flextrain.dev/pool": "cpu"}},
+        f"gpu-{suffix}": {
+            "nodeLabels": {"nvidia.com/gpu.present": "true"},
+            "nodeTaints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
+        },
+    }
+    cluster_queue = f"factory-{suffix}"
+    quotas = {
+        # One job: CPU tier 2 x (2 CPU, 4Gi) + aggregator (1 CPU, 2Gi) = 5 CPU, 10Gi. Twice
+        # that, so the second job's CPU tier and aggregator fit while the first runs.
+        f"cpu-x86-{suffix}": {"cpu": "10", "memory": "20Gi", "nvidia.com/gpu": "0"},
+        # One job's GPU tier: 1 x (4 CPU, 16Gi, 1 GPU).
+        f"gpu-{suffix}": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"},
+    }
+    try:
+        for name, spec in flavors.items():
+            _kueue_object(api, "resourceflavors", {"apiVersion": "/".join(KUEUE), "kind": "ResourceFlavor", "metadata": {"name": name}, "spec": spec})
+        _kueue_object(
+            api,
+            "clusterqueues",
+            {
+                "apiVersion": "/".join(KUEUE),
+                "kind": "ClusterQueue",
+                "metadata": {"name": cluster_queue},
+                "spec": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                    "resourceGroups": [
+                        {
+                            "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
+                            "flavors": [
+                                {"name": name, "resources": [{"name": r, "nominalQuota": q} for r, q in quota.items()]}
+                                for name, quota in quotas.items()
+                            ],
+                        }
+                    ],
+                },
+            },
+        )
+        _kueue_object(
+            api,
+            "localqueues",
+            {"apiVersion": "/".join(KUEUE), "kind": "LocalQueue", "metadata": {"name": "training", "namespace": namespace}, "spec": {"clusterQueue": cluster_queue}},
+            namespace,
+        )
+        yield cluster_queue, "training"
+    finally:
+        with contextlib.suppress(client.ApiException):
+            custom.delete_namespaced_custom_object(*KUEUE, namespace, "localqueues", "training")
+        with contextlib.suppress(client.ApiException):
+            custom.delete_cluster_custom_object(*KUEUE, "clusterqueues", cluster_queue)
+        for name in flavors:
+            with contextlib.suppress(client.ApiException):
+                custom.delete_cluster_custom_object(*KUEUE, "resourceflavors", name)
+
+
+@contextlib.contextmanager
+def _kueue_operator(
+    control_plane: ControlPlane, api: client.ApiClient, agent: NodeAgent, helm_binary: Path, namespace: str, work: Path
+) -> Iterator[install.OperatorProcess]:
+    """A second release of the chart with kueue.enabled=true serving `namespace`, and its
+    operator as a local process with that release's ServiceAccount."""
+    done = install.helm(
+        helm_binary, control_plane, "install", RELEASE, str(install.CHART), "--namespace", SYSTEM, "--create-namespace",
+        "--set", "crds.enabled=false", "--set", "watch.clusterWide=false", "--set", f"watch.namespaces[0]={namespace}",
+        "--set", "kueue.enabled=true", "--wait", "--timeout", "120s",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    proc: install.OperatorProcess | None = None
+    try:
+        kubeconfig = install.token_kubeconfig(api, control_plane, f"{RELEASE}-flextrain", SYSTEM, work / "kubeconfig")
+        env = {
+            **install.chart_operator_env(api, RELEASE, SYSTEM),
+            **FAST_OPERATOR_ENV,
+            "FLEXTRAIN_OPERATOR_AGGREGATOR_ADDRESS": f"dns://{agent.dns.authority}/{{service}}.{{namespace}}.svc:{{port}}",
+        }
+        assert env["FLEXTRAIN_OPERATOR_KUEUE"] == "true"
+        proc = install.OperatorProcess(kubeconfig, env, work / "operator.log", scope=("-n", namespace)).start()
+        proc.wait_live()
+        yield proc
+    finally:
+        if proc is not None:
+            proc.stop()
+            denials = proc.forbidden()
+            assert not denials, "RBAC denials with kueue.enabled:\n" + "\n".join(denials[:10])
+        install.helm(helm_binary, control_plane, "uninstall", RELEASE, "--namespace", SYSTEM, "--wait")
+
+
+def _gang_job(name: str, namespace: str) -> Body:
+    body = factory_job(name, namespace, queueName="training")
+    body["spec"]["tiers"] = [
+        {"name": "gpu", "deviceTierRef": "gpu", "replicas": 1, "depth": 9},
+        {"name": "cpu", "deviceTierRef": "cpu-x86", "replicas": 2, "depth": 5},
+    ]
+    return body
+
+
+def _workload(api: client.ApiClient, namespace: str, name: str) -> Body | None:
+    try:
+        got: Body = client.CustomObjectsApi(api).get_namespaced_custom_object(*KUEUE, namespace, "workloads", name)
+    except client.ApiException:
+        return None
+    return got
+
+
+def _condition(body: Body | None, type_: str) -> Body | None:
+    for cond in ((body or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+def _is_true(body: Body | None, type_: str) -> bool:
+    cond = _condition(body, type_)
+    return bool(cond and cond.get("status") == "True")
+
+
+@pytest.mark.timeout(420)
+def test_kueue_admits_each_job_as_one_gang_and_the_second_runs_when_the_first_finishes(
+    control_plane: ControlPlane,
+    api: client.ApiClient,
+    agent: NodeAgent,
+    operator: install.OperatorProcess,
+    kueue: KueueManager,
+    helm_binary: Path,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    operator.stop()  # the cluster-wide operator (Kueue off) would serve this namespace too
+    suffix = uuid.uuid4().hex[:5]
+    try:
+        with _queues(api, namespace, suffix) as (cluster_queue, _), _kueue_operator(
+            control_plane, api, agent, helm_binary, namespace, tmp_path
+        ):
+            jobs = Jobs(api, namespace)
+            jobs.create(_gang_job("first", namespace))
+            first = wait_for(
+                lambda: _is_true(w := _workload(api, namespace, "first"), "Admitted") and w,
+                timeout=60,
+                what="the first job's Workload admitted",
+            )
+            pod_sets = {p["name"]: p["count"] for p in first["spec"]["podSets"]}
+            assert pod_sets == {"gpu": 1, "cpu": 2, "aggregator": 1}
+            flavors = {a["name"]: set(a["flavors"].values()) for a in first["status"]["admission"]["podSetAssignments"]}
+            assert flavors == {"gpu": {f"gpu-{suffix}"}, "cpu": {f"cpu-x86-{suffix}"}, "aggregator": {f"cpu-x86-{suffix}"}}
+            wait_for(lambda: len(jobs.trainer_pods("first")) == 3, timeout=60, what="the first job's 3 trainer pods")
+            wait_for(
+                lambda: (jobs.condition("first", "Admitted") or {}).get("reason") == "Admitted",
+                timeout=30,
+                what="the first job's condition Admitted=True",
+            )
+            # The flavor's node labels are on the pods (Kueue's placement), with the tier's own.
+            gpu_pod = next(p for p in jobs.trainer_pods("first") if p.metadata.labels["flextrain.dev/tier"] == "gpu")
+            assert gpu_pod.spec.node_selector["nvidia.com/gpu.present"] == "true"
+
+            jobs.create(_gang_job("second", namespace))
+            second = wait_for(
+                lambda: (w := _workload(api, namespace, "second")) and _condition(w, "QuotaReserved") and w,
+                timeout=60,
+                what="the second job's Workload evaluated by Kueue",
+            )
+            # Gang: its CPU tier and aggregator would fit the CPU flavor's remaining quota,
+            # its GPU tier fits nowhere: nothing of it runs, not even a tier Job.
+            time.sleep(3)
+            second = _workload(api, namespace, "second")
+            assert not _is_true(second, "QuotaReserved") and not _is_true(second, "Admitted"), second
+            # Partial fit: the CPU flavor's quota left by the first job holds the second's CPU
+            # tier and aggregator (Kueue's own accounting of both Workloads' requests), and
+            # Kueue finds no quota short there; only its GPU tier does not fit.
+            def requests(workload: Body | None, pod_sets: tuple[str, ...]) -> tuple[int, int]:
+                status = (workload or {})["status"]
+                if status.get("admission"):  # admitted: what Kueue charged the flavors
+                    rows = {a["name"]: a["resourceUsage"] for a in status["admission"]["podSetAssignments"]}
+                else:  # pending: what it asks for
+                    rows = {r["name"]: r["resources"] for r in status["resourceRequests"]}
+                cpu = sum(int(rows[p]["cpu"]) for p in pod_sets)
+                gib = sum(int(rows[p]["memory"].removesuffix("Gi")) for p in pod_sets)
+                return cpu, gib
+            used = requests(first, ("cpu", "aggregator"))
+            wanted = requests(second, ("cpu", "aggregator"))
+            assert wanted[0] <= 10 - used[0] and wanted[1] <= 20 - used[1], (used, wanted)
+            waiting = _condition(second, "QuotaReserved")["message"]  # type: ignore[index]
+            assert "pod set gpu" in waiting and f"insufficient unused quota for nvidia.com/gpu in flavor gpu-{suffix}" in waiting, waiting
+            assert f"quota for cpu in flavor cpu-x86-{suffix}" not in waiting, waiting
+            assert jobs.children("second")["Job"] == [] and jobs.children("second")["Deployment"] == []
+            assert jobs.trainer_pods("second") == []
+            status = jobs.get("second")["status"]
+            assert status["phase"] == "Pending"
+            admitted = jobs.condition("second", "Admitted")
+            assert admitted and admitted["status"] == "False" and admitted["reason"] == "Queued", admitted
+            assert "training" in admitted["message"] and "insufficient" in admitted["message"].lower(), admitted
+            print(f"\nsecond job waiting: {admitted['message']}")
+
+            # The first job finishes: every trainer exits 0.
+            wait_for(
+                lambda: all(p.status.phase == "Running" for p in jobs.trainer_pods("first")),
+                timeout=60,
+                what="the first job's trainer pods running",
+            )
+            for pod in jobs.trainer_pods("first"):
+                agent.finish(namespace, pod.metadata.name, 0)
+            t0 = time.monotonic()
+            marks: dict[str, float] = {}
+            deadline = t0 + 120
+            while time.monotonic() < deadline and len(marks) < 5:
+                now = time.monotonic() - t0
+                if "first Succeeded" not in marks and (jobs.get("first").get("status") or {}).get("phase") == "Succeeded":
+                    marks["first Succeeded"] = now
+                if "first Workload Finished" not in marks and _is_true(_workload(api, namespace, "first"), "Finished"):
+                    marks["first Workload Finished"] = now
+                if "second admitted" not in marks and _is_true(_workload(api, namespace, "second"), "Admitted"):
+                    marks["second admitted"] = now
+                if "second tier Jobs created" not in marks and len(jobs.children("second")["Job"]) == 2:
+                    marks["second tier Jobs created"] = now
+                if "second's 3 trainer pods created" not in marks and len(jobs.trainer_pods("second")) == 3:
+                    marks["second's 3 trainer pods created"] = now
+                time.sleep(0.05)
+            timeline = "\n".join(f"  +{t:6.2f} s  {what}" for what, t in sorted(marks.items(), key=lambda kv: kv[1]))
+            print(f"\nKueue gang timeline (from the first job's last trainer exiting 0):\n{timeline}")
+            assert len(marks) == 5, f"missing: {timeline}"
+            assert marks["first Workload Finished"] <= marks["second admitted"] <= marks["second tier Jobs created"]
+            assert marks["second tier Jobs created"] <= marks["second's 3 trainer pods created"]
+            wait_for(
+                lambda: (jobs.condition("second", "Admitted") or {}).get("reason") == "Admitted",
+                timeout=30,
+                what="the second job's condition Admitted=True",
+            )
+            wait_for(
+                lambda: (client.CustomObjectsApi(api).get_cluster_custom_object(*KUEUE, "clusterqueues", cluster_queue).get("status") or {}).get("admittedWorkloads") == 1,
+                timeout=30,
+                what="the ClusterQueue to count one admitted Workload (the second)",
+            )
+    finally:
+        operator.start()
+        operator.wait_live()
