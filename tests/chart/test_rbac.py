@@ -50,6 +50,7 @@ CI = {path.stem: path for path in CI_VALUES}
 MODES = [
     pytest.param((), None, id="cluster-wide"),
     pytest.param((CI["namespaced-values"],), ["ml-line-1", "ml-line-2"], id="namespaced"),
+    pytest.param((CI["kueue-values"],), ["ml-queued"], id="kueue"),
 ]
 
 
@@ -67,12 +68,14 @@ def test_rendered_rules_are_the_operators_rules(
     [cluster_role] = [r for r in of_kind(docs, "ClusterRole")
                       if r["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
     name = cluster_role["metadata"]["name"]
-    expected = rbac.cluster_role(name, cluster_wide=namespaces is None)
+    kueue = env_of(operator_container(docs)).get("FLEXTRAIN_OPERATOR_KUEUE") == "true"
+    assert kueue is (CI["kueue-values"] in values)
+    expected = rbac.cluster_role(name, cluster_wide=namespaces is None, kueue=kueue)
     assert permissions(cluster_role["rules"]) == permissions(expected["rules"])
     roles = {r["metadata"]["namespace"]: r for r in of_kind(docs, "Role") if r["metadata"]["name"] == name}
     assert sorted(roles) == sorted(namespaces or [])
     for namespace, role in roles.items():
-        assert permissions(role["rules"]) == permissions(rbac.role(name, namespace)["rules"])
+        assert permissions(role["rules"]) == permissions(rbac.role(name, namespace, kueue=kueue)["rules"])
     # The leader election's Role, in the operator's own namespace.
     [lease_role] = [r for r in of_kind(docs, "Role") if r["metadata"]["name"] != name]
     release_ns = lease_role["metadata"]["namespace"]
@@ -80,9 +83,15 @@ def test_rendered_rules_are_the_operators_rules(
     # ... and every role is bound to the operator's ServiceAccount.
     grants = Grants.of(docs, *service_account(docs))
     assert grants.cluster == permissions(expected["rules"])
-    expected_namespaced = {ns: permissions(rbac.rules("namespaced")) for ns in namespaces or []}
+    expected_namespaced = {ns: permissions(rbac.rules("namespaced", kueue=kueue)) for ns in namespaces or []}
     expected_namespaced.setdefault(release_ns, set()).update(permissions(rbac.rules("own-namespace")))
     assert grants.namespaced == expected_namespaced
+    # Kueue's API only with the integration on: Workloads where jobs live, flavors cluster-wide.
+    where = namespaces[0] if namespaces else None
+    assert grants.allows("kueue.x-k8s.io", "workloads", "watch", where) is kueue
+    assert grants.allows("kueue.x-k8s.io", "workloads/status", "patch", where) is kueue
+    assert grants.allows("kueue.x-k8s.io", "resourceflavors", "get", None) is kueue
+    assert not grants.allows("kueue.x-k8s.io", "resourceflavors", "list", None)
 
 
 def test_framework_and_application_rules_are_commented_apart(render: Render) -> None:

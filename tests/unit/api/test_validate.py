@@ -51,6 +51,18 @@ def _delete(path: str) -> Callable[[Body], None]:
     return mutate
 
 
+def _queued_tiers(names: list[str]) -> Callable[[Body], None]:
+    """Mutation giving the job a queueName (Kueue) and tiers of these names."""
+
+    def mutate(body: Body) -> None:
+        body["spec"]["queueName"] = "team-a"
+        body["spec"]["tiers"] = [
+            {"name": n, "deviceTierRef": "cpu", "replicas": 1, "depth": 3} for n in names
+        ]
+
+    return mutate
+
+
 def _vit(layers: int = 9, depths: tuple[int, int] = (9, 3), **vit: Any) -> Callable[[Body], None]:
     """Mutation making the job's model a ViT (tiers' depths set to fit by default)."""
 
@@ -237,6 +249,22 @@ BAD: list[tuple[str, str, Callable[[Body], None], str, bool]] = [
         True,
     ),
     ("suspend-not-bool", "job", _set("spec.suspend", "sometimes"), "spec.suspend", True),
+    ("queue-name-not-a-name", "job", _set("spec.queueName", "Team_Queue"), "spec.queueName", True),
+    ("queue-name-empty", "job", _set("spec.queueName", ""), "spec.queueName", True),
+    (
+        "queued-job-with-eight-tiers",
+        "job",
+        _queued_tiers([f"t{i}" for i in range(8)]),
+        "spec.tiers",
+        True,
+    ),
+    (
+        "queued-tier-named-aggregator",
+        "job",
+        _queued_tiers(["aggregator", "weak"]),
+        "spec.tiers[0].name",
+        True,
+    ),
     (
         "deadline-zero",
         "job",

@@ -96,6 +96,31 @@ def test_only_handlers_imports_kopf() -> None:
         assert ("kopf" in imported) is (path.name == "handlers.py"), path.name
 
 
+def test_kueue_rules_come_only_with_the_kueue_integration() -> None:
+    def kueue_resources(rules: list[dict[str, object]]) -> set[str]:
+        return {res for r in rules if r["apiGroups"] == ["kueue.x-k8s.io"] for res in r["resources"]}  # type: ignore[attr-defined]
+
+    assert kueue_resources(rbac.cluster_role("x")["rules"]) == set()
+    assert kueue_resources(rbac.role("x", "ns")["rules"]) == set()
+    everything = {"workloads", "workloads/status", "resourceflavors"}
+    assert kueue_resources(rbac.cluster_role("x", kueue=True)["rules"]) == everything
+    assert kueue_resources(rbac.cluster_role("x", cluster_wide=False, kueue=True)["rules"]) == {"resourceflavors"}
+    assert kueue_resources(rbac.role("x", "ns", kueue=True)["rules"]) == {"workloads", "workloads/status"}
+    for obj in (rbac.cluster_role("x", kueue=True), rbac.role("x", "ns", kueue=True)):
+        kubernetes_validate.validate(obj, "1.37", strict=True)
+    # What the Kueue path calls: create/watch/patch its Workload, patch its status, get flavors.
+    for needed in [
+        ("kueue.x-k8s.io", "workloads", "create"),
+        ("kueue.x-k8s.io", "workloads", "list"),
+        ("kueue.x-k8s.io", "workloads", "watch"),
+        ("kueue.x-k8s.io", "workloads", "patch"),
+        ("kueue.x-k8s.io", "workloads/status", "patch"),
+        ("kueue.x-k8s.io", "resourceflavors", "get"),
+    ]:
+        assert _allowed(*needed), needed
+    assert not _allowed("kueue.x-k8s.io", "workloads", "delete")
+
+
 def test_namespaces_are_listed_only_in_namespaced_mode() -> None:
     def has_namespaces(rules: list[dict[str, object]]) -> bool:
         return any("namespaces" in r["resources"] for r in rules)  # type: ignore[operator]
