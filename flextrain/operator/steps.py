@@ -358,9 +358,13 @@ def kueue_admission(
         )
         return Admission(False, Verdict(C.ADMITTED, F, R.EVICTED, message), patches=patches)
     message = f"waiting in LocalQueue {queue} for Kueue to admit every tier and the aggregator at once"
+    reason = R.QUEUED
+    if workload.evicted:
+        message = f"Kueue evicted the job ({workload.evicted}); {message}"
+        reason = R.EVICTED
     if workload.waiting:
         message += f": {workload.waiting}"
-    return Admission(False, Verdict(C.ADMITTED, F, R.QUEUED, message), patches=patches)
+    return Admission(False, Verdict(C.ADMITTED, F, reason, message), patches=patches)
 
 
 def finish_workload(job: FlexTrainJob, observed: Observed, phase: JobPhase, now: datetime) -> list[ObjectPatch]:

@@ -264,24 +264,27 @@ def test_kueue_admits_each_job_as_one_gang_and_the_second_runs_when_the_first_fi
             t0 = time.monotonic()
             marks: dict[str, float] = {}
             deadline = t0 + 120
-            while time.monotonic() < deadline and len(marks) < 5:
+            # Each stage only follows the one before; probed latest first, so that a stage
+            # seen in a round has its predecessors seen in that round too (one timestamp
+            # per round of reads, about 0.1 s apart).
+            stages = [
+                ("second's 3 trainer pods created", lambda: len(jobs.trainer_pods("second")) == 3),
+                ("second tier Jobs created", lambda: len(jobs.children("second")["Job"]) == 2),
+                ("second admitted", lambda: _is_true(_workload(api, namespace, "second"), "Admitted")),
+                ("first Workload Finished", lambda: _is_true(_workload(api, namespace, "first"), "Finished")),
+                ("first Succeeded", lambda: (jobs.get("first").get("status") or {}).get("phase") == "Succeeded"),
+            ]
+            while time.monotonic() < deadline and len(marks) < len(stages):
                 now = time.monotonic() - t0
-                if "first Succeeded" not in marks and (jobs.get("first").get("status") or {}).get("phase") == "Succeeded":
-                    marks["first Succeeded"] = now
-                if "first Workload Finished" not in marks and _is_true(_workload(api, namespace, "first"), "Finished"):
-                    marks["first Workload Finished"] = now
-                if "second admitted" not in marks and _is_true(_workload(api, namespace, "second"), "Admitted"):
-                    marks["second admitted"] = now
-                if "second tier Jobs created" not in marks and len(jobs.children("second")["Job"]) == 2:
-                    marks["second tier Jobs created"] = now
-                if "second's 3 trainer pods created" not in marks and len(jobs.trainer_pods("second")) == 3:
-                    marks["second's 3 trainer pods created"] = now
+                for what, seen in stages:
+                    if what not in marks and seen():
+                        marks[what] = now
                 time.sleep(0.05)
-            timeline = "\n".join(f"  +{t:6.2f} s  {what}" for what, t in sorted(marks.items(), key=lambda kv: kv[1]))
+            timeline = "\n".join(f"  +{marks[w]:6.2f} s  {w}" for w, _ in reversed(stages) if w in marks)
             print(f"\nKueue gang timeline (from the first job's last trainer exiting 0):\n{timeline}")
             assert len(marks) == 5, f"missing: {timeline}"
-            assert marks["first Workload Finished"] <= marks["second admitted"] <= marks["second tier Jobs created"]
-            assert marks["second tier Jobs created"] <= marks["second's 3 trainer pods created"]
+            order = [what for what, _ in reversed(stages)]
+            assert [marks[w] for w in order] == sorted(marks[w] for w in order), timeline
             wait_for(
                 lambda: (jobs.condition("second", "Admitted") or {}).get("reason") == "Admitted",
                 timeout=30,
@@ -292,6 +295,42 @@ def test_kueue_admits_each_job_as_one_gang_and_the_second_runs_when_the_first_fi
                 timeout=30,
                 what="the ClusterQueue to count one admitted Workload (the second)",
             )
+
+            # Eviction: the LocalQueue is stopped (HoldAndDrain), Kueue evicts the running
+            # second job; the operator stops its pods and gives the quota back; once the
+            # queue runs again Kueue admits it again and its pods come back.
+            custom = client.CustomObjectsApi(api)
+            custom.patch_namespaced_custom_object(*KUEUE, namespace, "localqueues", "training", {"spec": {"stopPolicy": "HoldAndDrain"}})
+            stopped_at = time.monotonic()
+            wait_for(lambda: jobs.trainer_pods("second") == [], timeout=60, what="the evicted job's trainer pods gone")
+            pods_gone = time.monotonic() - stopped_at
+            wait_for(
+                lambda: not _is_true(w := _workload(api, namespace, "second"), "QuotaReserved") and _is_true(w, "Evicted"),
+                timeout=60,
+                what="the evicted job's quota given back",
+            )
+            released = time.monotonic() - stopped_at
+            assert all(j.spec.suspend for j in jobs.batch.list_namespaced_job(namespace, label_selector="flextrain.dev/job=second").items)
+            wait_for(
+                lambda: (jobs.condition("second", "Admitted") or {}).get("reason") == "Evicted",
+                timeout=30,
+                what="the second job's condition Admitted=False, reason Evicted",
+            )
+            print(f"\nevicted: {jobs.condition('second', 'Admitted')['message']}")  # type: ignore[index]
+            custom.patch_namespaced_custom_object(*KUEUE, namespace, "localqueues", "training", {"spec": {"stopPolicy": "None"}})
+            resumed_at = time.monotonic()
+            wait_for(lambda: len(jobs.trainer_pods("second")) == 3, timeout=60, what="the second job's pods back after re-admission")
+            print(
+                f"eviction (LocalQueue HoldAndDrain): trainer pods gone after {pods_gone:.2f} s, quota given back "
+                f"after {released:.2f} s; queue resumed -> 3 trainer pods again after {time.monotonic() - resumed_at:.2f} s"
+            )
+            assert _is_true(_workload(api, namespace, "second"), "Admitted")
+
+            # The queue of a job is fixed once it is created (the CRD's transition rules).
+            for patch in ({"spec": {"queueName": "other"}}, {"spec": {"queueName": None}}):
+                with pytest.raises(client.ApiException) as refused:
+                    jobs.patch("second", patch)
+                assert refused.value.status == 422 and "queueName is immutable" in str(refused.value.body)
     finally:
         operator.start()
         operator.wait_live()

@@ -252,4 +252,4 @@ def test_a_waiting_job_keeps_its_running_tier_jobs_suspended() -> None:
     )
     plan = run(observed=observed)
     assert plan.patch == [] and plan.create == []
-    assert cond(plan, "Admitted") == ("False", "Queued")
+    assert cond(plan, "Admitted") == ("False", "Evicted")
