@@ -334,3 +334,34 @@ def test_kueue_admits_each_job_as_one_gang_and_the_second_runs_when_the_first_fi
     finally:
         operator.start()
         operator.wait_live()
+
+
+def test_the_kueue_example_is_what_kueue_and_the_api_server_accept(
+    api: client.ApiClient,
+    installed_chart: Any,
+    kueue: KueueManager,
+    kubectl: Any,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """examples/kueue: the ResourceFlavors, ClusterQueue and LocalQueue pass Kueue's own
+    webhooks and CRDs (server-side dry run), and the queued job passes FlexTrain's CRD."""
+    import yaml
+
+    from tests.tools import REPO
+
+    docs = [d for d in yaml.safe_load_all((REPO / "examples" / "kueue" / "queues.yaml").read_text()) if d]
+    docs += [yaml.safe_load((REPO / "examples" / "kueue" / "job.yaml").read_text())]
+    assert {d["kind"] for d in docs} == {"ResourceFlavor", "ClusterQueue", "LocalQueue", "FlexTrainJob"}
+    for doc in docs:
+        if "namespace" in doc["metadata"]:
+            doc["metadata"]["namespace"] = namespace
+    path = tmp_path / "kueue-example.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    done = kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("(server dry run)") == len(docs), done.stdout
+    # ... and Kueue's webhooks do run: a flavor with a toleration Kueue refuses is refused.
+    bad = {**docs[0], "spec": {"tolerations": [{"key": "a", "operator": "Exists", "value": "b"}]}}
+    refused = kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(bad), check=False)
+    assert refused.returncode != 0 and "operator" in refused.stderr, refused.stderr
