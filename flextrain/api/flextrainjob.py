@@ -920,10 +920,10 @@ class FlexTrainJobSpec(ApiModel):
                 f"{len(self.tiers)}): Kueue's Workload holds at most {MAX_QUEUED_TIERS + 1} "
                 "pod sets, one per tier and one for the aggregator",
             )
-        for i, tier in enumerate(self.tiers):
+        for tier in self.tiers:
             if tier.name == AGGREGATOR_POD_SET:
                 raise FieldProblem(
-                    ("tiers", i, "name"),
+                    ("tiers",),
                     tier.name,
                     f"a job with queueName may not have a tier named {AGGREGATOR_POD_SET!r}: "
                     "its Workload's pod set of that name is the aggregator's",

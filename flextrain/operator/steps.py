@@ -33,7 +33,7 @@ from flextrain.contract.env import EXPORTS_DIR
 from flextrain.jobplan import JobPlan, plan_job, plan_with_depths
 from flextrain.operator import builders, names
 from flextrain.operator.config import OperatorSettings
-from flextrain.operator.observed import FlavorState, Observed
+from flextrain.operator.observed import FlavorState, Observed, WorkloadState
 from flextrain.operator.plan import (
     JSON,
     AggregatorReading,
@@ -244,7 +244,7 @@ def _kueue_condition(type_: str, status: str, reason: str, message: str, now: da
 
 
 def _workload_status_patch(
-    workload: Any, ns: str, conditions: list[JSON], **status: Any
+    workload: WorkloadState, ns: str, conditions: list[JSON], **status: Any
 ) -> ObjectPatch:
     """A status patch of the Workload's conditions (merge patch: the whole list, so the
     stored ones are kept), refused (409) if Kueue changed the Workload meanwhile."""
@@ -318,13 +318,15 @@ def kueue_admission(
                 labels.update(flavors[flavor].node_labels)
                 tolerations += [dict(t) for t in flavors[flavor].tolerations if dict(t) not in tolerations]
             placements[pod_set] = builders.Placement(labels, tuple(tolerations))
-        if unknown:
+        if unknown and not (observed.aggregator or observed.tier_jobs):
             message = (
                 f"admitted by ClusterQueue {workload.cluster_queue}, but ResourceFlavor(s) "
                 f"{', '.join(sorted(set(unknown)))} cannot be read; the pods are created once "
                 "they can"
             )
             return Admission(False, Verdict(C.ADMITTED, F, R.QUEUED, message), patches=patches)
+        # (A flavor that cannot be read later, while the job runs, stops nothing: Kueue
+        # keeps flavors in use; the pods were placed when they were created.)
         where = ", ".join(
             f"{'the aggregator' if k == AGGREGATOR_POD_SET else 'tier ' + k} -> {'+'.join(v) or '-'}"
             for k, v in sorted(workload.flavors.items())

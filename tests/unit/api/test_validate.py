@@ -262,7 +262,7 @@ BAD: list[tuple[str, str, Callable[[Body], None], str, bool]] = [
         "queued-tier-named-aggregator",
         "job",
         _queued_tiers(["aggregator", "weak"]),
-        "spec.tiers[0].name",
+        "spec.tiers",
         True,
     ),
     (

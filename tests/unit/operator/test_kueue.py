@@ -253,3 +253,10 @@ def test_a_waiting_job_keeps_its_running_tier_jobs_suspended() -> None:
     plan = run(observed=observed)
     assert plan.patch == [] and plan.create == []
     assert cond(plan, "Admitted") == ("False", "Evicted")
+
+
+def test_a_flavor_unreadable_while_the_job_runs_stops_nothing() -> None:
+    running = dataclasses.replace(started(strong={"ready": 1}, weak={"ready": 2}), workload=ADMITTED)
+    plan = run(observed=running, flavors={})
+    assert plan.patch == [] and plan.create == []
+    assert cond(plan, "Admitted") == ("True", "Admitted")
