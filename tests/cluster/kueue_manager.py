@@ -14,7 +14,8 @@ scheduler and webhooks (the `sigs.k8s.io/kueue` module, the version its go.mod p
    Mutating/ValidatingWebhookConfigurations of Kueue's own manifests
    (`config/components/webhook/manifests.yaml`, the kueue.x-k8s.io ones) with
    `url: https://127.0.0.1:<port>/<path>` and the CA, so the API server calls them;
-4. stops it by its process id.
+4. at the end removes the CRDs and the webhook configurations again, and stops the
+   manager by its process id.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _kubectl(plane: ControlPlane, *args: str, input: str | None = None, timeout: float = 120) -> str:
+def _kubectl(plane: ControlPlane, *args: str, input: str | None = None, timeout: float = 120, check: bool = True) -> str:
     done = subprocess.run(
         [str(REPO / ".tools" / "bin" / "kubectl"), "--kubeconfig", str(plane.kubeconfig), *args],
         input=input,
@@ -167,7 +168,7 @@ def _kubectl(plane: ControlPlane, *args: str, input: str | None = None, timeout:
         timeout=timeout,
         check=False,
     )
-    if done.returncode != 0:
+    if check and done.returncode != 0:
         raise KueueError(f"kubectl {' '.join(args[:3])} failed: {done.stderr[-2000:]}")
     return done.stdout
 
@@ -184,6 +185,8 @@ class KueueManager:
     start_seconds: float = 0.0
     #: (kind, name) of the webhook configurations registered for it.
     webhooks: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: Names of the CRDs applied for it.
+    crds: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def start(cls, plane: ControlPlane, workdir: Path, *, timeout: float = 120) -> KueueManager:
@@ -226,7 +229,7 @@ class KueueManager:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        manager = cls(proc, plane, log, port)
+        manager = cls(proc, plane, log, port, crds=[_crd_name(c) for c in crds])
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
@@ -254,8 +257,14 @@ class KueueManager:
             return "(no log)"
 
     def stop(self, timeout: float = 30) -> int | None:
-        """Unregister its webhooks (a stopped manager would fail every write of a Kueue
-        object), then SIGTERM by process id, SIGKILL after `timeout`. Returns the exit code."""
+        """Remove Kueue's CRDs (their objects go with them, while the manager still runs
+        to release its finalizers) and unregister its webhooks (a stopped manager would
+        fail every write of a Kueue object), then SIGTERM by process id, SIGKILL after
+        `timeout`. Returns the exit code."""
+        if self.crds:
+            _kubectl(self.plane, "delete", "crd", "--ignore-not-found", "--wait=false", *self.crds)
+            _kubectl(self.plane, "wait", "--for=delete", "--timeout=60s", *(f"crd/{c}" for c in self.crds), check=False)
+            self.crds.clear()
         for kind, name in self.webhooks:
             _kubectl(self.plane, "delete", kind, name, "--ignore-not-found")
         self.webhooks.clear()

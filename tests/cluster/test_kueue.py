@@ -41,7 +41,9 @@ def kueue(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
     try:
         yield manager
     finally:
+        began = time.monotonic()
         code = manager.stop()
+        print(f"\nKueue's CRDs, webhooks and manager removed in {time.monotonic() - began:.1f} s")
         assert code == 0, f"the Kueue manager exited {code} on SIGTERM:\n{manager.tail()}"
 
 
@@ -175,6 +177,53 @@ def _condition(body: Body | None, type_: str) -> Body | None:
 def _is_true(body: Body | None, type_: str) -> bool:
     cond = _condition(body, type_)
     return bool(cond and cond.get("status") == "True")
+
+
+def _crd_exists(api: client.ApiClient, name: str) -> bool:
+    try:
+        client.ApiextensionsV1Api(api).read_custom_resource_definition(name)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+@pytest.mark.timeout(300)
+def test_with_kueue_on_and_no_kueue_installed_jobs_without_a_queue_still_run(
+    control_plane: ControlPlane,
+    api: client.ApiClient,
+    agent: NodeAgent,
+    operator: install.OperatorProcess,
+    helm_binary: Path,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """kueue.enabled on a cluster without Kueue's CRDs (runs before the `kueue` fixture
+    installs them): the operator starts, serves jobs without a queueName as usual, and a
+    job with one says that its Workload cannot be created."""
+    wait_for(lambda: not _crd_exists(api, "workloads.kueue.x-k8s.io"), timeout=60, what="no Kueue CRDs")
+    operator.stop()
+    try:
+        with _kueue_operator(control_plane, api, agent, helm_binary, namespace, tmp_path) as proc:
+            jobs = Jobs(api, namespace)
+            jobs.create(factory_job("plain", namespace))
+            wait_for(lambda: jobs.all_children_created("plain", 3), timeout=60, what="the plain job's children")
+            wait_for(lambda: len(jobs.trainer_pods("plain")) == 5, timeout=60, what="the plain job's trainer pods")
+            jobs.create(_gang_job("queued", namespace))
+            wait_for(
+                lambda: (jobs.condition("queued", "Progressing") or {}).get("reason") == "ChildCreateFailed",
+                timeout=60,
+                what="the queued job's refused Workload reported",
+            )
+            progressing = jobs.condition("queued", "Progressing")
+            assert "Workload queued" in progressing["message"] and "404" in progressing["message"], progressing  # type: ignore[index]
+            assert jobs.condition("queued", "Admitted")["reason"] == "Queued"  # type: ignore[index]
+            assert jobs.children("queued")["Job"] == [] and jobs.trainer_pods("queued") == []
+            assert "Unresolved resources cannot be served" in proc.text()
+    finally:
+        operator.start()
+        operator.wait_live()
 
 
 @pytest.mark.timeout(420)
