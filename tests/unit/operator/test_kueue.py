@@ -14,6 +14,7 @@ from flextrain.operator import builders
 from flextrain.operator.config import OperatorSettings
 from flextrain.operator.observed import (
     ChildState,
+    ClaimState,
     FlavorState,
     Observed,
     WorkloadState,
@@ -59,7 +60,7 @@ def only_simple() -> Observed:
         service=ChildState("job-aggregator", UID),
         network_policy=ChildState("job-aggregator", UID),
         disruption_budget=ChildState("job-aggregator", UID),
-        checkpoint_claim=ChildState("job-checkpoints", UID),
+        checkpoint_claim=ClaimState("job-checkpoints", UID, phase="Bound"),
     )
 
 
