@@ -1013,7 +1013,7 @@ class FlexTrainJobStatus(ApiModel):
     conditions: Conditions | None = Field(
         default=None,
         description="conditions: TiersAvailable, AggregatorReady, Progressing, Degraded, "
-        "Suspended, Complete, Failed, with reasons.",
+        "Suspended, Complete, Failed, and Admitted (jobs with queueName), with reasons.",
     )
     start_time: datetime | None = Field(
         default=None, description="startTime: when training started."

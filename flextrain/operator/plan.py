@@ -198,6 +198,7 @@ def _event_for(type_: str, before: Condition | None, after: Condition) -> Event 
             and after.reason in (R.AGGREGATOR_UNAVAILABLE, R.CHECKPOINT_CLAIM_PENDING)
         )
         or (type_ == C.PROGRESSING and after.reason in _PROGRESSING_PROBLEMS)
+        or (type_ == C.ADMITTED and after.reason in (R.KUEUE_DISABLED, R.CHILD_CONFLICT))
     )
     if bad:
         return Event("Warning", after.reason, after.message)

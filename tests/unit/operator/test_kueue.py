@@ -261,3 +261,12 @@ def test_a_flavor_unreadable_while_the_job_runs_stops_nothing() -> None:
     plan = run(observed=running, flavors={})
     assert plan.patch == [] and plan.create == []
     assert cond(plan, "Admitted") == ("True", "Admitted")
+
+
+def test_events_say_queued_admitted_and_warn_when_kueue_is_off() -> None:
+    queued_plan = run(observed=dataclasses.replace(only_simple(), workload=workload()))
+    assert [(e.type, e.reason) for e in queued_plan.events if e.reason in ("Queued", "Admitted")] == [("Normal", "Queued")]
+    admitted = run(observed=dataclasses.replace(only_simple(), workload=ADMITTED), status=queued_plan.status)
+    assert ("Normal", "Admitted") in [(e.type, e.reason) for e in admitted.events]
+    off = run(observed=only_simple(), settings=OperatorSettings(kueue=False))
+    assert ("Warning", "KueueDisabled") in [(e.type, e.reason) for e in off.events]
