@@ -237,7 +237,7 @@ async def trainer_pods(
     return {(namespace, labels[names.JOB_LABEL]): observed.pod_state(body)}
 
 
-def workloads(
+async def workloads(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
     """Kueue Workloads of jobs with spec.queueName (registered by `watch_workloads`)."""

@@ -141,6 +141,7 @@ def _kueue_operator(
         assert env["FLEXTRAIN_OPERATOR_KUEUE"] == "true"
         proc = install.OperatorProcess(kubeconfig, env, work / "operator.log", scope=("-n", namespace)).start()
         proc.wait_live()
+        proc.wait_leader()  # the chart elects a leader (the release's own Lease): this one, alone
         yield proc
     finally:
         if proc is not None:
@@ -224,6 +225,7 @@ def test_with_kueue_on_and_no_kueue_installed_jobs_without_a_queue_still_run(
     finally:
         operator.start()
         operator.wait_live()
+        operator.wait_leader()
 
 
 @pytest.mark.timeout(420)
@@ -383,6 +385,7 @@ def test_kueue_admits_each_job_as_one_gang_and_the_second_runs_when_the_first_fi
     finally:
         operator.start()
         operator.wait_live()
+        operator.wait_leader()
 
 
 def test_the_kueue_example_is_what_kueue_and_the_api_server_accept(
