@@ -214,11 +214,21 @@ def _check_positive(name: str, value: int) -> None:
 
 
 def profile(
-    family: str, layers: int, num_classes: int, in_channels: int, image_size: int
+    family: str,
+    layers: int,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    *,
+    stage_adapters: bool = False,
 ) -> ArchProfile:
     """Compute the per-unit costs of a CIFAR ResNet (3 stages, 16/32/64 channels).
 
     Other families: :func:`flextrain.core.families.profile` dispatches on the family.
+    ``stage_adapters`` (a research option, :mod:`flextrain.core.models`) adds the head's
+    per-stage adapters, ``Linear(C_s -> 64)`` without bias for the stages before the
+    last, to the head's tensors and parameters; their multiply-adds (at most 32 x 64
+    per example, one adapter per prefix) and activations are not counted.
 
     Args:
         family: ``"resnet"``.
@@ -260,15 +270,27 @@ def profile(
             blocks.append(_basic_block(f"blocks.{len(blocks)}", c_in, c_out, side))
             c_in = c_out
     features = STAGE_CHANNELS[-1]
+    adapters: Tensors = ()
+    if stage_adapters:
+        adapters = tuple(
+            (f"head.adapters.{s}.weight", (features, width))
+            for s, width in enumerate(STAGE_CHANNELS[:-1])
+        )
     head = UnitCost(
         name="head",
-        params=features * num_classes + num_classes,
+        params=features * num_classes
+        + num_classes
+        + sum(shape[0] * shape[1] for _, shape in adapters),
         bn_channels=0,
         bn_layers=0,
         macs=features * num_classes,
         activations=features + num_classes,
         out_shape=(num_classes, 1, 1),
-        tensors=(("head.fc.weight", (num_classes, features)), ("head.fc.bias", (num_classes,))),
+        tensors=(
+            ("head.fc.weight", (num_classes, features)),
+            ("head.fc.bias", (num_classes,)),
+            *adapters,
+        ),
     )
     assert len(blocks) == num_blocks(family, layers)
     return ArchProfile(

@@ -13,7 +13,10 @@ Families:
 
 ``resnet``
     CIFAR ResNet (:func:`flextrain.core.arch.profile`): ``layers`` is 8, 20, ..., 110;
-    no options.
+    a manifest sets no options. The research options
+    :data:`RESNET_RESEARCH_OPTIONS` (``pool_at_prefix``, ``stage_adapters``) exist for
+    the benchmarks; value 0 is the paper's model and is dropped by
+    :func:`normalise_options`, so a default spec's options stay empty.
 ``vit``
     Vision Transformer: ``layers`` is the number of transformer blocks K; options
     ``embed_dim`` D, ``heads`` h, ``patch_size`` p, ``mlp_ratio`` r (see
@@ -53,6 +56,15 @@ from flextrain.core.arch import ArchProfile, Tensors, UnitCost
 
 Options = tuple[tuple[str, int], ...]
 
+#: Options of the ResNet family that the benchmarks set and a job's manifest cannot
+#: (:data:`flextrain.api.catalog.FAMILY_OPTIONS` lists none for ``resnet``): name ->
+#: allowed values; 0, the paper's model, is the default. See
+#: :mod:`flextrain.core.models` for what they change.
+RESNET_RESEARCH_OPTIONS: Final[dict[str, tuple[int, ...]]] = {
+    "pool_at_prefix": (0, 1),
+    "stage_adapters": (0, 1),
+}
+
 
 def normalise_options(family: str, options: Mapping[str, int] | Options | None) -> Options:
     """The family's options as sorted (name, value) pairs, defaults filled in.
@@ -63,12 +75,20 @@ def normalise_options(family: str, options: Mapping[str, int] | Options | None) 
     given = dict(options or {})
     if family not in MODEL_FAMILIES:
         raise ValueError(f"unknown model family {family!r}; known: {list(MODEL_FAMILIES)}")
-    unknown = sorted(set(given) - set(FAMILY_OPTIONS[family]))
+    known = list(FAMILY_OPTIONS[family])
+    if family == "resnet":
+        known += list(RESNET_RESEARCH_OPTIONS)
+    unknown = sorted(set(given) - set(known))
     if unknown:
-        allowed = list(FAMILY_OPTIONS[family]) or "none"
-        raise ValueError(f"{family} takes no option(s) {unknown}; allowed: {allowed}")
+        raise ValueError(f"{family} takes no option(s) {unknown}; allowed: {known or 'none'}")
     if family == "vit":
         given = {**VIT_DEFAULTS, **given}
+    if family == "resnet":
+        for name, value in given.items():
+            allowed = RESNET_RESEARCH_OPTIONS[name]
+            if isinstance(value, bool) or value not in allowed:
+                raise ValueError(f"resnet option {name} must be one of {list(allowed)}, got {value!r}")
+        given = {name: value for name, value in given.items() if value != 0}
     return tuple(sorted(given.items()))
 
 
@@ -94,14 +114,24 @@ class ResNetFamily:
 
     def check(self, layers: int, options: Options, image_size: int | None = None) -> None:
         num_blocks("resnet", layers)
-        if options:
-            raise ValueError(f"resnet takes no options, got {dict(options)}")
+        for name, value in options:
+            allowed = RESNET_RESEARCH_OPTIONS.get(name)
+            if allowed is None:
+                raise ValueError(
+                    f"resnet takes no option {name!r}; research options: "
+                    f"{list(RESNET_RESEARCH_OPTIONS)}"
+                )
+            if isinstance(value, bool) or value not in allowed:
+                raise ValueError(f"resnet option {name} must be one of {list(allowed)}, got {value!r}")
 
     def profile(
         self, layers: int, num_classes: int, in_channels: int, image_size: int, options: Options
     ) -> ArchProfile:
         self.check(layers, options)
-        return arch.profile("resnet", layers, num_classes, in_channels, image_size)
+        adapters = bool(dict(options).get("stage_adapters", 0))
+        return arch.profile(
+            "resnet", layers, num_classes, in_channels, image_size, stage_adapters=adapters
+        )
 
 
 def _layer_norm(prefix: str, dim: int) -> Tensors:

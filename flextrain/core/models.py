@@ -9,6 +9,22 @@ channels at the final resolution (the method doc marks this as inferred).
 
 State-dict names are ``stem.*``, ``blocks.{i}.*`` and ``head.*``; the partition, merge
 and wire code rely on these prefixes.
+
+Two research options of the ResNet (``ModelSpec.options``, both off by default, which is
+the paper's model; see :data:`flextrain.core.families.RESNET_RESEARCH_OPTIONS`):
+
+``pool_at_prefix``
+    A prefix that ends before the last stage is pooled at its own resolution. By
+    default the skipped downsampling blocks' shortcuts subsample the map first: a
+    ResNet prefix ending in stage 1 pools every 4th row and column, 1/16 of its
+    positions. With the option the head averages all positions of the prefix's map and
+    places its channels where the shortcuts' zero padding would (no tensors change).
+``stage_adapters``
+    The head holds one bias-free linear map ``C_s -> 64`` per stage s before the last
+    (``head.adapters.{s}.weight``: 16 x 64 + 32 x 64 = 3,072 values), applied to the
+    pooled features of a prefix that ends in stage s instead of the zero padding. They
+    start as that padding (the model's outputs equal the plain model's at
+    initialisation) and travel with the head, so every tier holds and uploads them.
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -72,12 +89,57 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))  # (B, C_out, H', W')
 
 
-class Head(nn.Module):
-    """The one shared classifier: global average pool + Linear(64 -> classes)."""
+def channel_offset(c_in: int, c_out: int) -> int:
+    """Where the option-A shortcuts put ``c_in`` channels inside ``c_out``: the first
+    channel's index after every skipped downsampling block padded its zeros (each pads
+    ``(out - in) // 2`` channels in front), e.g. 16 -> 64 through 32: 8 + 16 = 24."""
+    offset, c = 0, c_in
+    for width in STAGE_CHANNELS:
+        if width > c:
+            offset += (width - c) // 2
+            c = width
+    if c != c_out:
+        raise ValueError(f"no chain of stage widths takes {c_in} channels to {c_out}")
+    return offset
 
-    def __init__(self, features: int, num_classes: int) -> None:
+
+class Head(nn.Module):
+    """The one shared classifier: global average pool + Linear(64 -> classes).
+
+    With ``stage_adapters`` it also holds one bias-free ``Linear(C_s -> 64)`` per stage
+    before the last (:meth:`embed` uses it for a prefix ending in that stage).
+    """
+
+    def __init__(self, features: int, num_classes: int, *, stage_adapters: bool = False) -> None:
         super().__init__()
+        self.features = features
         self.fc = nn.Linear(features, num_classes)
+        self.adapters: nn.ModuleList | None = None
+        if stage_adapters:
+            adapters = []
+            for width in STAGE_CHANNELS[:-1]:
+                # Draws no random numbers: the rest of the model initialises exactly as
+                # without adapters from the same seed.
+                with torch.random.fork_rng(devices=[]):
+                    lin = nn.Linear(width, features, bias=False)
+                with torch.no_grad():  # start as the zero padding: identity into its slot
+                    lin.weight.zero_()
+                    off = channel_offset(width, features)
+                    lin.weight[off : off + width].copy_(torch.eye(width))
+                adapters.append(lin)
+            self.adapters = nn.ModuleList(adapters)
+
+    def embed(self, pooled: Tensor) -> Tensor:
+        """Pooled features of any stage ``(B, C_s)`` -> the head's ``(B, 64)`` input:
+        the stage's adapter when there is one, the shortcuts' zero padding otherwise."""
+        c = pooled.shape[1]
+        if c == self.features:
+            return pooled
+        if self.adapters is not None:
+            out: Tensor = self.adapters[STAGE_CHANNELS.index(c)](pooled)  # (B, 64)
+            return out
+        off = channel_offset(c, self.features)
+        return F.pad(pooled, (off, self.features - c - off))  # (B, 64)
 
     def forward(self, h: Tensor) -> Tensor:
         pooled = h.mean(dim=(2, 3))  # (B, 64)
@@ -92,26 +154,50 @@ class FlexResNet(FlexModel):
     in ``[0, num_blocks]``; tiers use ``k >= 1``, depth 0 (stem + head) exists only for
     completeness. Works for any input size (the head pools globally), e.g. 1x8x8,
     1x28x28 and 3x32x32.
+
+    ``stage_blocks`` (n1, n2, n3), each >= 1, replaces the n blocks per stage that
+    ``layers`` implies (``layers`` is then ``2 * sum + 2``): the standalone models of
+    other sizes the benchmarks compare prefixes with. ``pool_at_prefix`` and
+    ``stage_adapters``: see the module docstring.
     """
 
-    def __init__(self, layers: int, num_classes: int, in_channels: int) -> None:
+    def __init__(
+        self,
+        layers: int,
+        num_classes: int,
+        in_channels: int,
+        *,
+        pool_at_prefix: bool = False,
+        stage_adapters: bool = False,
+        stage_blocks: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__()
-        n = resnet_blocks_per_stage(layers)
+        if stage_blocks is None:
+            n = resnet_blocks_per_stage(layers)
+            stage_blocks = (n, n, n)
+        elif len(stage_blocks) != len(STAGE_CHANNELS) or any(
+            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in stage_blocks
+        ):
+            raise ValueError(f"stage_blocks must be three ints >= 1, got {stage_blocks!r}")
+        else:
+            layers = 2 * sum(stage_blocks) + 2
         if num_classes < 1 or in_channels < 1:
             raise ValueError("num_classes and in_channels must be positive")
         self.layers = layers
         self.num_classes = num_classes
         self.in_channels = in_channels
+        self.stage_blocks = tuple(stage_blocks)
+        self.pool_at_prefix = pool_at_prefix
         self.stem = Stem(in_channels)
         blocks: list[BasicBlock] = []
         c_in = STEM_CHANNELS
-        for stage, c_out in enumerate(STAGE_CHANNELS):
+        for stage, (c_out, n) in enumerate(zip(STAGE_CHANNELS, stage_blocks, strict=True)):
             for j in range(n):
                 stride = 2 if stage > 0 and j == 0 else 1
                 blocks.append(BasicBlock(c_in, c_out, stride))
                 c_in = c_out
         self.blocks = nn.ModuleList(blocks)
-        self.head = Head(STAGE_CHANNELS[-1], num_classes)
+        self.head = Head(STAGE_CHANNELS[-1], num_classes, stage_adapters=stage_adapters)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -140,12 +226,29 @@ class FlexResNet(FlexModel):
         return h
 
     def logits_from(self, h: Tensor, depth: int) -> Tensor:
-        """Logits of the shared head from the features after ``depth`` blocks."""
-        logits: Tensor = self.head(self.skip_rest(h, depth))  # (B, classes)
+        """Logits of the shared head from the features after ``depth`` blocks.
+
+        Default (the paper's model): the skipped blocks' shortcuts carry ``h`` to 64
+        channels at the final resolution -- subsampling it -- and the head pools that.
+        ``pool_at_prefix`` pools ``h`` at its own resolution; ``stage_adapters`` maps
+        the pooled channels with the stage's adapter instead of the zero padding.
+        """
+        head = cast(Head, self.head)
+        if not self.pool_at_prefix and head.adapters is None:
+            logits: Tensor = head(self.skip_rest(h, depth))  # (B, classes)
+            return logits
+        c = h.shape[1]
+        if self.pool_at_prefix:
+            pooled = h.mean(dim=(2, 3))  # (B, C_s): every position of the prefix's map
+        else:
+            off = channel_offset(c, head.features)
+            pooled = self.skip_rest(h, depth).mean(dim=(2, 3))[:, off : off + c]  # (B, C_s)
+        logits = head.fc(head.embed(pooled))  # (B, classes)
         return logits
 
     def forward_features(self, x: Tensor, depth: int | None = None) -> Tensor:
-        """What the head sees at depth ``depth``: (B, 64, H_final, W_final) features."""
+        """What the default head pools at depth ``depth``: (B, 64, H_final, W_final) features
+        (with ``pool_at_prefix`` or ``stage_adapters`` the head reads the prefix's own map)."""
         k = self.check_depth(depth)
         h = self.stem(x)  # (B, 16, H, W)
         for block in self.blocks[:k]:
@@ -256,7 +359,14 @@ class ModelSpec:
 
 
 def _build_resnet(spec: ModelSpec) -> FlexModel:
-    return FlexResNet(spec.layers, spec.num_classes, spec.in_channels)
+    o = dict(spec.options)
+    return FlexResNet(
+        spec.layers,
+        spec.num_classes,
+        spec.in_channels,
+        pool_at_prefix=bool(o.get("pool_at_prefix", 0)),
+        stage_adapters=bool(o.get("stage_adapters", 0)),
+    )
 
 
 def _build_vit(spec: ModelSpec) -> FlexModel:
@@ -314,5 +424,6 @@ __all__ = [
     "ModelSpec",
     "Stem",
     "build_model",
+    "channel_offset",
     "trainable_parameter_count",
 ]
