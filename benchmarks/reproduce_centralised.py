@@ -7,6 +7,23 @@ benchmark runs that comparison with ``flextrain.core`` on Fashion-MNIST with a
 ResNet-20 backbone (K = 9 blocks) and adds two ablations the paper does not have:
 FlexTrain without auto-distillation (beta 0) and with the literal logits target.
 
+Two Independent baselines, named apart in every table:
+
+* ``standalone`` -- "Independent (standalone ResNet)", the paper's: for each depth a
+  separate CIFAR ResNet with all three stages and n blocks per stage, n (at most the
+  backbone's) chosen so that its parameter count is closest to the prefix's (both
+  counts are printed). On a ResNet-56 backbone that gives ResNet-20 for the ~35 %
+  prefix; on the default ResNet-20 backbone the only smaller choices are n = 1
+  (ResNet-8, 27.8 %) and n = 2 (ResNet-14, 63.8 %), so both smaller prefixes (17.6 and
+  45.1 %) are compared with ResNet-8, trained once per seed.
+* ``independent`` -- "Independent (prefix alone)": the depth-k prefix of the same
+  backbone trained alone (its architecture is exactly the prefix's).
+
+``--seeds 0,1,2`` (or ``--seeds 3``) runs every method once per seed; each seed writes
+``<out>/runs/seed<seed>.json`` with the git commit and command line, and the report
+(:mod:`benchmarks.reproduce_report`) aggregates every seed file under ``<out>/runs``
+into mean ± sample std over seeds and the claims its rule allows.
+
 It also reports the cost claims: the analytic parameter and multiply-add ratios of one
 FlexTrain run vs Single and vs the independent models, and the *measured* wall-clock
 ratios, (a) from the full runs (evaluation time subtracted) and (b) from short timing
@@ -29,8 +46,11 @@ from benchmarks.reproduce_common import (
     log,
     markdown_table,
     mean_std,
+    parse_seeds,
     pct,
     pct_pm,
+    provenance,
+    write_json,
     write_outputs,
 )
 
@@ -61,7 +81,7 @@ from flextrain.core.centralised import (
     train_single,
 )
 from flextrain.core.losses import DEFAULT_BETA, TrainingDiverged
-from flextrain.core.models import FlexResNet, ModelSpec
+from flextrain.core.models import FlexResNet, ModelSpec, trainable_parameter_count
 from flextrain.core.optim import PAPER_SGD, OptimizerConfig
 from flextrain.data import make_loader, stratified_subset
 
@@ -69,7 +89,8 @@ NAME = "centralised"
 
 #: Method keys, in run order, and their table labels.
 METHODS: dict[str, str] = {
-    "independent": "Independent",
+    "standalone": "Independent (standalone ResNet)",
+    "independent": "Independent (prefix alone)",
     "flextrain": f"FlexTrain (β={DEFAULT_BETA}, probs)",
     "flextrain-nodistill": "FlexTrain (β=0)",
     "flextrain-logits": f"FlexTrain (β={DEFAULT_BETA}, logits)",
@@ -139,6 +160,34 @@ def paper_pi(arch: ArchProfile) -> dict[int, float]:
     return dict(zip(sampler.depths, sampler.probs, strict=True))
 
 
+def standalone_matches(spec: ModelSpec, depths: Sequence[int]) -> dict[int, dict[str, int]]:
+    """For each prefix depth, the standalone ResNet of closest parameter count.
+
+    Candidates: all three stages, n blocks per stage for n = 1 .. the backbone's n
+    (ties: the smaller n). ``{depth: {"n", "layers", "params", "prefix_params"}}``.
+    """
+    backbone = spec.build()
+    assert isinstance(backbone, FlexResNet)
+    counts = {
+        n: trainable_parameter_count(
+            FlexResNet(spec.layers, spec.num_classes, spec.in_channels, stage_blocks=(n, n, n))
+        )
+        for n in range(1, backbone.stage_blocks[0] + 1)
+    }
+    arch = spec.profile()
+    out: dict[int, dict[str, int]] = {}
+    for k in depths:
+        prefix = arch.parameters(k)
+        n = min(counts, key=lambda m: (abs(counts[m] - prefix), m))
+        out[k] = {"n": n, "layers": 6 * n + 2, "params": counts[n], "prefix_params": prefix}
+    return out
+
+
+def build_standalone(spec: ModelSpec, n: int) -> FlexResNet:
+    """The standalone ResNet with ``n`` blocks per stage, same classes and input."""
+    return FlexResNet(spec.layers, spec.num_classes, spec.in_channels, stage_blocks=(n, n, n))
+
+
 # -- runs --------------------------------------------------------------------------------
 
 
@@ -157,12 +206,15 @@ class Run:
     final: dict[int, float] = field(default_factory=dict)
     #: ``None`` or a description of the divergence.
     diverged: str | None = None
+    #: Standalone baseline only: the model trained (``n``, ``layers``, ``params``).
+    standalone: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "seed": self.seed,
             "depths": self.depths,
+            "standalone": self.standalone,
             "train_s": self.train_s,
             "eval_s": self.eval_s,
             "final_accuracy": {str(k): v for k, v in self.final.items()},
@@ -280,30 +332,48 @@ def run_seed(
 
     Independent runs :func:`train_fixed_depth` on a fresh model per depth (what
     ``train_independent`` does; it takes one optimiser for the whole run) and shares
-    one batch stream across the depths, as ``train_independent`` does.
+    one batch stream across the depths, as ``train_independent`` does. Standalone
+    trains each distinct matching ResNet (:func:`standalone_matches`) once, at its full
+    depth, and reports it in every row it matches.
     """
     all_depths = list(range(1, spec.num_blocks + 1))
     epochs = sum(n for _, n in stages)
+    matches = standalone_matches(spec, depths)
     runs: list[Run] = []
     for method in methods:
         log(f"[seed {seed}] {METHODS[method]}")
         batches = make_loader(train, batch_size=BATCH_SIZE, shuffle=True, seed=seed)
-        jobs = (
-            [(f"fixed-k{k}", [k]) for k in depths]
-            if method == "independent"
-            else [(method, list(depths))]
-        )
-        for key, run_depths in jobs:
+        # (training key, rows of the tables, the model's own evaluation depth, n or None)
+        jobs: list[tuple[str, list[int], list[int], int | None]]
+        if method == "independent":
+            jobs = [(f"fixed-k{k}", [k], [k], None) for k in depths]
+        elif method == "standalone":
+            by_n: dict[int, list[int]] = {}
+            for k in depths:
+                by_n.setdefault(matches[k]["n"], []).append(k)
+            jobs = [(f"fixed-k{3 * n}", rows, [3 * n], n) for n, rows in sorted(by_n.items())]
+        else:
+            jobs = [(method, list(depths), list(depths), None)]
+        for key, run_depths, own_depths, n in jobs:
             run = Run(method, seed, run_depths)
             torch.manual_seed(seed)
-            model = spec.build()
+            if n is None:
+                model = spec.build()
+            else:
+                model = build_standalone(spec, n)
+                run.standalone = {
+                    "n": n,
+                    "layers": 6 * n + 2,
+                    "params": trainable_parameter_count(model),
+                }
+                log(f"  standalone ResNet-{6 * n + 2} for depth(s) {run_depths}")
             stage = partial(
                 _train,
                 key,
                 model,
                 batches,
                 pi=pi,
-                depths=run_depths,
+                depths=own_depths,
                 curve=curve,
                 progress=_progress(run, curve, epochs),
             )
@@ -316,9 +386,17 @@ def run_seed(
                 runs.append(run)
                 continue
             run.train_s = wall_s - run.eval_s
-            run.final = evaluate(
-                model, final_loader, run_depths if method == "independent" else all_depths
-            )
+            if method == "standalone":
+                acc = evaluate(model, final_loader, own_depths)[own_depths[0]]
+                run.final = dict.fromkeys(run_depths, acc)
+                for record in run.epochs:  # curves keyed by the rows, as for the others
+                    got = record.get("accuracy", {}).get(own_depths[0])
+                    if got is not None:
+                        record["accuracy"] = dict.fromkeys(run_depths, got)
+            else:
+                run.final = evaluate(
+                    model, final_loader, run_depths if method == "independent" else all_depths
+                )
             runs.append(run)
     return runs
 
@@ -465,6 +543,27 @@ def report(
         f"{PAPER_SHARES[1]:.0%}) on ResNet-{spec.layers}, {spec.num_classes} classes, "
         f"{spec.in_channels} channel(s), {spec.image_size}x{spec.image_size} inputs.",
         "",
+        "## The two Independent baselines",
+        "",
+        "Independent (standalone ResNet), the paper's: a separate ResNet with all three "
+        "stages and n blocks per stage, n chosen for the parameter count closest to the "
+        "prefix's. Independent (prefix alone): the depth-k prefix of this backbone "
+        "trained alone (the prefix's own architecture).",
+        "",
+        markdown_table(
+            ["depth k", "prefix params", "standalone model", "standalone params", "ratio"],
+            [
+                (
+                    k,
+                    f"{m['prefix_params']:,}",
+                    f"ResNet-{m['layers']} (n = {m['n']})",
+                    f"{m['params']:,}",
+                    f"{m['params'] / m['prefix_params']:.2f}",
+                )
+                for k, m in sorted(standalone_matches(spec, depths).items(), reverse=True)
+            ],
+        ),
+        "",
         "## Test accuracy (%) on the full test set"
         + (" (mean ± sample std over seeds)" if args.seeds > 1 else ""),
         "",
@@ -477,7 +576,7 @@ def report(
         )
     lines += [markdown_table(["depth", *[METHODS[m] for m in args.methods]], rows), ""]
 
-    whole = [m for m in args.methods if m != "independent"]
+    whole = [m for m in args.methods if m not in ("independent", "standalone")]
     if whole:
         lines += [
             "## Shared models at every depth (%, mean over seeds)",
@@ -525,7 +624,7 @@ def report(
         "The paper's claims (62 % of Single, 41 % of the independent models) are the "
         "parameter ratios with its rounded shares (0.5 + 0.25 x 0.35 + 0.25 x 0.15 = 0.625; "
         "0.625 / 1.5 = 0.417). The 'Indep.' columns above compare with depth-k prefixes "
-        "trained alone (our Independent baseline). Against standalone ResNet-20 and "
+        "trained alone (Independent (prefix alone)). Against standalone ResNet-20 and "
         "ResNet-8 as the two smaller independent models (the paper's row names), one "
         f"FlexTrain step costs {standalone['params']:.3f} of the three models by parameters "
         f"and {standalone['macs']:.3f} by multiply-adds: the 0.80 / 0.56 MAC reading.",
@@ -601,6 +700,8 @@ def report(
         mine = [r for r in runs if (r.method, tuple(r.depths)) == (method, run_depths)]
         done = [r for r in mine if not r.diverged]
         label = METHODS[method] + (f" k={run_depths[0]}" if method == "independent" else "")
+        if method == "standalone" and mine[0].standalone is not None:
+            label += f" ResNet-{mine[0].standalone['layers']} (rows k={list(run_depths)})"
         if not done:
             rows.append([label, "diverged", "-"])
             continue
@@ -664,7 +765,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     add_scale_arguments(p, NAME, limit=12000, curve_limit=2000, curve_unit="epoch")
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default 4)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 2)")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="a count (3 = seeds 0,1,2) or a comma-separated list (0,1,2; one seed: 4,); "
+        "default 3 (--quick: 1)",
+    )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip a seed whose JSON file exists (resume an interrupted run)",
+    )
     p.add_argument(
         "--decay-epochs",
         type=int,
@@ -684,7 +795,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     defaults = {
         "epochs": (1, 4),
-        "seeds": (1, 2),
         "limit": (1000, 12000),
         "curve_limit": (500, 2000),
         "timing_steps": (4, 40),
@@ -695,17 +805,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         p.error(f"unknown method(s) {unknown}; known: {list(METHODS)}")
-    if args.epochs < 1 or args.seeds < 1 or args.limit < 1 or args.curve_limit < 1:
-        p.error("epochs, seeds, limit and curve-limit must be >= 1")
+    try:
+        args.seeds = parse_seeds(args.seeds or ("1" if args.quick else "3"))
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.epochs < 1 or args.limit < 1 or args.curve_limit < 1:
+        p.error("epochs, limit and curve-limit must be >= 1")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Imported here: the report module imports this one.
+    from benchmarks.reproduce_report import centralised_report
+
     args = parse_args(argv)
+    origin = provenance(argv, "benchmarks.reproduce_centralised")
     setup = begin(args, NAME)
     start, info, out, splits, spec = setup.start, setup.machine, setup.out, setup.splits, setup.spec
     arch = spec.profile()
-    paper_arch = profile("resnet", 56, 100, 3, 32)
     pi = paper_pi(arch)
     depths = sorted(pi)
     for share in PAPER_SHARES:
@@ -722,16 +839,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(
         f"centralised reproduction: {args.dataset}, {len(splits.train_labels)} train / "
         f"{len(splits.test_labels)} test examples, ResNet-{args.layers} (K={spec.num_blocks}), "
-        f"depths {depths}, pi {pi}, {args.epochs} epoch(s), {args.seeds} seed(s), "
+        f"depths {depths}, pi {pi}, {args.epochs} epoch(s), seeds {args.seeds}, "
         f"torch threads {torch.get_num_threads()}"
     )
+    for k, m in sorted(standalone_matches(spec, depths).items()):
+        log(
+            f"  depth {k}: prefix {m['prefix_params']:,} parameters; standalone "
+            f"ResNet-{m['layers']} (n = {m['n']}) {m['params']:,}"
+        )
     stages = schedule(args.epochs, args.decay_epochs, args.decay_factor)
+    context = {
+        "kind": NAME,
+        "provenance": origin,
+        "args": {k: v for k, v in vars(args).items()},
+        "stages": [(c.lr, n) for c, n in stages],
+        "dataset": args.dataset,
+        "train_examples": len(splits.train_labels),
+        "test_examples": len(splits.test_labels),
+        "curve_examples": n_curve,
+        "machine": info,
+        "model": {"family": spec.family, "layers": spec.layers, "num_blocks": spec.num_blocks},
+        "spec": spec.to_dict(),
+        "depths": depths,
+        "pi": {str(k): v for k, v in pi.items()},
+        "standalone_matches": {str(k): v for k, v in standalone_matches(spec, depths).items()},
+        "shares": {
+            str(k): {"params": arch.parameter_fraction(k), "macs": arch.mac_fraction(k)}
+            for k in range(1, spec.num_blocks + 1)
+        },
+        "analytic_costs": analytic_costs(arch, pi),
+    }
+    written = []
     runs: list[Run] = []
-    for seed in range(args.seeds):
-        runs += run_seed(
+    for seed in args.seeds:
+        path = out / "runs" / f"seed{seed}.json"
+        if args.skip_existing and path.exists():
+            log(f"[seed {seed}] {path} exists: skipped")
+            written.append(path)
+            continue
+        t0 = time.perf_counter()
+        mine = run_seed(
             seed, spec, splits.train, curve, final_loader, pi, depths, stages, args.methods
         )
-    timing = None
+        runs += mine
+        record = {
+            **context,
+            "seed": seed,
+            "wall_s": time.perf_counter() - t0,
+            "loadavg_end": list(os.getloadavg()),
+            "runs": [r.to_dict() for r in mine],
+        }
+        written.append(write_json(path, record))
+        log(f"[seed {seed}] wrote {path} ({record['wall_s']:.0f} s)")
     if args.timing_repeats > 0:
         log(
             f"interleaved timing: {args.timing_repeats} repeat(s) x {args.timing_steps} steps "
@@ -740,41 +899,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         timing = timing_blocks(
             spec, splits.train, pi, depths, args.timing_steps, args.timing_repeats
         )
-    meta = {
-        "stages": [(c.lr, n) for c, n in stages],
-        "dataset": args.dataset,
-        "train_examples": len(splits.train_labels),
-        "test_examples": len(splits.test_labels),
-        "curve_examples": n_curve,
-        "machine": info,
-        "loadavg_end": list(os.getloadavg()),
-        "wall_s": time.perf_counter() - start,
-        "command": " ".join(
-            ["python -m benchmarks.reproduce_centralised", *(argv or sys.argv[1:])]
-        ),
-    }
-    markdown = report(args, spec, arch, pi, depths, runs, timing, meta)
+        written.append(
+            write_json(out / "runs" / "timing.json", {**context, "kind": "timing", **timing})
+        )
+    markdown = centralised_report(written)
     plot_path = out / f"{NAME}.png"
     plot(plot_path, runs, depths, args.methods, stages[0][1] if len(stages) > 1 else None)
-    data = {
-        "meta": meta,
-        "args": vars(args),
-        "model": {"family": spec.family, "layers": spec.layers, "num_blocks": spec.num_blocks},
-        "depths": depths,
-        "pi": {str(k): v for k, v in pi.items()},
-        "shares": {
-            str(k): {"params": arch.parameter_fraction(k), "macs": arch.mac_fraction(k)}
-            for k in range(1, spec.num_blocks + 1)
+    md_path, json_path = write_outputs(
+        out,
+        NAME,
+        markdown,
+        {
+            "provenance": origin,
+            "files": [str(p) for p in written],
+            "wall_s": time.perf_counter() - start,
         },
-        "analytic_costs": analytic_costs(arch, pi),
-        "paper_analytic_costs": analytic_costs(paper_arch, paper_pi(paper_arch)),
-        "paper_vs_standalone": paper_vs_standalone(),
-        "runs": [r.to_dict() for r in runs],
-        "timing": timing,
-    }
-    md_path, json_path = write_outputs(out, NAME, markdown, data)
+    )
     print(markdown, flush=True)
-    log(f"wrote {md_path}, {json_path}, {plot_path} in {meta['wall_s']:.0f} s")
+    log(
+        f"wrote {md_path}, {json_path}, {plot_path} and {len(written)} run file(s) in "
+        f"{time.perf_counter() - start:.0f} s; all runs under {out / 'runs'}: "
+        f"python -m benchmarks.reproduce_report --centralised {out}"
+    )
     return 0
 
 

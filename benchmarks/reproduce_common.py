@@ -13,11 +13,15 @@ average of about 20 (measured interleaved; 1 thread: 0.7-2 s).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
 import platform
+import shlex
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -203,6 +207,61 @@ def write_outputs(
     md_path.write_text(markdown + "\n", encoding="utf-8")
     json_path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return md_path, json_path
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: ``"3"`` -> seeds 0, 1, 2; ``"0,1,2"`` or ``"5,"`` -> exactly those.
+
+    Raises ValueError (argparse shows it) for anything else: negative or repeated
+    seeds, a count below 1, or non-integers.
+    """
+    items = [item.strip() for item in text.split(",")]
+    try:
+        if len(items) == 1:
+            count = int(items[0])
+            if count < 1:
+                raise ValueError
+            return list(range(count))
+        seeds = [int(item) for item in items if item]
+    except ValueError:
+        raise ValueError(
+            f"--seeds takes a count >= 1 (3 = seeds 0,1,2) or a comma-separated list "
+            f"of seeds >= 0 (0,1,2; one seed: 5,), got {text!r}"
+        ) from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds lists distinct seeds >= 0, got {text!r}")
+    return seeds
+
+
+def provenance(argv: Sequence[str] | None, module: str) -> dict[str, Any]:
+    """What produced a result: the git commit (and whether tracked files differed from
+    it), the command line and the UTC start time."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    args = list(sys.argv[1:] if argv is None else argv)
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": None if status is None else bool(status),
+        "command": shlex.join(["python", "-m", module, *args]),
+        "started_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    }
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` as indented JSON to ``path`` (parents created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def log(message: str) -> None:

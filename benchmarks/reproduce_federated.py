@@ -10,6 +10,17 @@ parameter share onto ResNet-20's depths, for an IID and a Dirichlet label-skewed
 ``holder-weighted``. ``--runs flextrain-pad,flextrain-robust`` compares the paper's merge
 with the robust one (``--robust-method``, ``--trim-fraction``, ``--clip-multiple``).
 
+Seeds and splits: ``--seeds 0,1,2`` (or ``--seeds 3``) and ``--split iid,dir0.5,dir0.1``
+run every (seed, split) pair; each writes one JSON file,
+``<out>/runs/<variant>/<split>/seed<seed>.json``, with the git commit and the command
+line that produced it. A seed fixes the model initialisation, the partition and the
+devices' batch order; the training subset is the same for every seed (data seed 0).
+``--pool-at-prefix`` and ``--stage-adapters`` set the model's research options
+(:mod:`flextrain.core.models`) for every run of the invocation, baselines included;
+the variant directory is named after them (``paper`` without). After the runs the
+report step (:mod:`benchmarks.reproduce_report`) aggregates every JSON file under
+``<out>/runs`` into mean ± sample std over seeds and states the claims its rule allows.
+
 Reported: mean device accuracy and accuracy per tier on the full test set after the
 last round, bytes uploaded per round relative to full-model FedAvg (every device
 uploading the whole model), wall time. Run ``python -m benchmarks.reproduce_federated
@@ -25,8 +36,10 @@ from benchmarks.reproduce_common import (
     csv_list,
     fill_defaults,
     log,
-    markdown_table,
+    parse_seeds,
     pct,
+    provenance,
+    write_json,
     write_outputs,
 )
 
@@ -188,6 +201,31 @@ def robust_label(args: argparse.Namespace) -> str:
     return ", ".join(words)
 
 
+def parse_split(text: str, default_alpha: float) -> tuple[str, str, float | None]:
+    """``iid`` / ``dir0.5`` / ``dirichlet`` (alpha ``default_alpha``) ->
+    ``(name, scheme, alpha)``; the name is the split's directory and table label."""
+    if text == "iid":
+        return "iid", "iid", None
+    if text == "dirichlet":
+        alpha = default_alpha
+    elif text.startswith("dir"):
+        try:
+            alpha = float(text.removeprefix("dir"))
+        except ValueError:
+            raise ValueError(f"split {text!r}: dir takes a concentration, e.g. dir0.5") from None
+    else:
+        raise ValueError(f"unknown split {text!r}; allowed: iid, dir<alpha> (dir0.5), dirichlet")
+    if not (alpha > 0 and alpha < float("inf")):
+        raise ValueError(f"split {text!r}: the Dirichlet concentration must be > 0")
+    return f"dir{alpha:g}", "dirichlet", alpha
+
+
+def variant_name(options: dict[str, int]) -> str:
+    """``paper`` for the paper's model, else the research options set, joined by ``+``."""
+    on = sorted(name for name, value in options.items() if value)
+    return "+".join(on) if on else "paper"
+
+
 def run_split(
     split: str,
     args: argparse.Namespace,
@@ -196,17 +234,25 @@ def run_split(
     tiers: list[tuple[int, int]],
     curve_test: Any,
     final_loader: Any,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """All runs of one split, one after another (same partition, same seed)."""
+    """All runs of one split and seed, one after another (same partition, same seed)."""
     devices = sum(n for _, n in tiers)
-    shards = partition(splits.train_labels, devices, split, args.alpha, seed=args.seed)
+    _, scheme, alpha = parse_split(split, args.alpha)
+    shards = partition(splits.train_labels, devices, scheme, alpha, seed=seed)
     info = skew(splits.train_labels, shards, splits.num_classes)
     log(
         f"[{split}] shards: sizes {info['size_min']}-{info['size_max']}, "
         f"dominant class share {info['top_class_share_mean']:.2f}, "
         f"classes >5 % {info['classes_over_5pct_mean']:.1f}"
     )
-    results: dict[str, Any] = {"partition": info, "runs": {}}
+    results: dict[str, Any] = {
+        "partition": info,
+        "scheme": scheme,
+        "alpha": alpha,
+        "seed": seed,
+        "runs": {},
+    }
     for key in args.runs:
         method, strategy, label = RUNS[key]
         strategy = strategy or args.baseline_strategy
@@ -238,10 +284,11 @@ def run_split(
             method=method,
             partitions=shards,
             optimizer=PAPER_SGD,
-            seed=args.seed,
+            seed=seed,
             eval_batch_size=EVAL_BATCH_SIZE,
             progress=progress,
         )
+        wall_s = time.perf_counter() - start
         t0 = time.perf_counter()
         final = final_accuracy(spec, result, method, tiers, final_loader)
         final_eval_s = time.perf_counter() - t0
@@ -264,6 +311,8 @@ def run_split(
             "round_train_s_median": statistics.median(r.train_s for r in result.rounds),
             "eval_s": sum(r.eval_s for r in result.rounds),
             "final_eval_s": final_eval_s,
+            "wall_s": wall_s + final_eval_s,
+            "full_model_bytes": result.full_model_bytes,
             "simulation": result.to_dict(),
         }
         log(
@@ -272,129 +321,6 @@ def run_split(
             + " ".join(f"k{k}={pct(v)}" for k, v in sorted(final.items()))
         )
     return results
-
-
-def report(
-    args: argparse.Namespace,
-    spec: ModelSpec,
-    arch: ArchProfile,
-    tiers: list[tuple[int, int]],
-    mapping: list[dict[str, Any]],
-    by_split: dict[str, Any],
-    meta: dict[str, Any],
-) -> str:
-    devices = sum(n for _, n in tiers)
-    paper_share = paper_bytes_share()
-    lines = ["# Federated FlexTrain reproduction (paper Table 4), reduced scale", ""]
-    lines += [
-        f"Scale: {meta['dataset']}, {meta['train_examples']} training examples (stratified "
-        f"subset, data seed 0) split over {devices} simulated devices; {args.rounds} rounds x "
-        f"{args.local_epochs} local epoch(s), batch {BATCH_SIZE}, SGD lr {PAPER_SGD.lr} "
-        f"(constant), momentum {PAPER_SGD.momentum} (reset every round), weight decay "
-        f"{PAPER_SGD.weight_decay}, distillation beta 0.2 on probabilities, seed {args.seed}, "
-        "one seed. Final accuracies on the full "
-        f"{meta['test_examples']}-example test set; per-round curves on a stratified "
-        f"{meta['curve_examples']}-example subset. Paper: CIFAR-10/100, ResNet-56, 160 rounds "
-        "x 10 local epochs - only orderings and gaps are comparable.",
-        "",
-        f"Machine: {meta['machine']['cpu_count']} CPU cores, torch "
-        f"{meta['machine']['torch']} with {meta['machine']['torch_threads']} threads, no GPU; "
-        f"load average at start {meta['machine']['loadavg_1_5_15'][0]:.1f}, at end "
-        f"{meta['loadavg_end'][0]:.1f} (runs are sequential; another benchmark may share "
-        f"the machine, so wall times are noisy). Wall time of the whole benchmark: "
-        f"{meta['wall_s']:.0f} s.",
-        "",
-        f"FedSmall and FedClass merge with `{args.baseline_strategy}` (every member of a "
-        "group holds the same prefix, so this is plain FedAvg"
-        + (
-            ", weighted by examples)."
-            if args.baseline_strategy == "holder-weighted"
-            else ", uniform over devices)."
-        ),
-        "",
-        "## Tiers: the paper's Table 3 mapped onto ResNet-" + str(spec.layers),
-        "",
-        markdown_table(
-            [
-                "paper r_j %",
-                "paper k_j (ResNet-56)",
-                "devices",
-                "our k",
-                "our params %",
-                "our MACs %",
-            ],
-            [
-                [
-                    pct(m["paper_share"]),
-                    m["paper_depth"],
-                    m["devices"],
-                    m["depth"],
-                    pct(m["params"]),
-                    pct(m["macs"]),
-                ]
-                for m in mapping
-            ],
-        ),
-        "",
-        "Tiers used (depth: devices): "
-        + ", ".join(f"k={k}: {n}" for k, n in tiers)
-        + " (paper tiers mapping to the same depth are merged). FedSmall trains every "
-        f"device at k={tiers[0][0]}.",
-        "",
-    ]
-    for split, data in by_split.items():
-        part = data["partition"]
-        title = "IID" if split == "iid" else f"Dirichlet alpha={args.alpha}"
-        lines += [
-            f"## {title} split",
-            "",
-            f"Shard sizes {part['size_min']}-{part['size_max']}; dominant class holds "
-            f"{100 * part['top_class_share_mean']:.0f} % of a shard on average; "
-            f"{part['classes_over_5pct_mean']:.1f} classes above 5 % per shard.",
-            "",
-        ]
-        headers = ["method", "mean device acc %", *[f"k={k} (x{n})" for k, n in tiers]]
-        headers += ["upload / FedAvg", "training s", "median s/round"]
-        rows = []
-        for run in data["runs"].values():
-            acc = run["final_accuracy"]
-            rows.append(
-                [run["label"], pct(run["final_mean_device_accuracy"])]
-                + [pct(acc[str(k)]) for k, _ in tiers]
-                + [
-                    f"{100 * run['bytes_up_share_of_fedavg']:.1f} %",
-                    f"{run['train_s']:.0f}",
-                    f"{run['round_train_s_median']:.1f}",
-                ]
-            )
-        lines += [markdown_table(headers, rows), ""]
-    flex = next(
-        (
-            run
-            for data in by_split.values()
-            for key, run in data["runs"].items()
-            if key.startswith("flextrain")
-        ),
-        None,
-    )
-    lines += ["## Upload per round relative to full-model FedAvg", ""]
-    if flex is not None:
-        lines += [
-            "FedFlexTrain, per tier (bytes a device of the tier uploads / full model state): "
-            + ", ".join(
-                f"k={k}: {100 * v:.1f} %" for k, v in flex["bytes_up_share_per_tier"].items()
-            )
-            + f"; mean over the {devices} devices {100 * flex['bytes_up_share_of_fedavg']:.1f} %"
-            " (measured from the tensors the simulator moved, BatchNorm buffers included).",
-            "",
-        ]
-    lines += [
-        f"Paper setting (ResNet-56/100 classes, Table 3 tiers), analytic: "
-        f"{100 * paper_share['params']:.1f} % by parameters (the paper's 55.8 %), "
-        f"{100 * paper_share['state_bytes']:.1f} % by state-dict bytes.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def plot(path: Any, by_split: dict[str, Any], tiers: list[tuple[int, int]]) -> None:
@@ -445,8 +371,37 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_scale_arguments(p, NAME, limit=10000, curve_limit=1000, curve_unit="round")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 10)")
     p.add_argument("--local-epochs", type=int, default=None, help="local epochs (default 1)")
-    p.add_argument("--split", default="iid,dirichlet", help="comma-separated: iid, dirichlet")
-    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="comma-separated splits: iid, dir<alpha> (Dirichlet label skew of concentration "
+        "alpha, e.g. dir0.5; smaller is more skewed), dirichlet (= dir<--alpha>) "
+        "(default iid,dir0.5,dir0.1; --quick: iid,dir0.5)",
+    )
+    p.add_argument(
+        "--alpha", type=float, default=0.5, help="concentration of the split 'dirichlet'"
+    )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="a count (3 = seeds 0,1,2) or a comma-separated list (0,1,2; one seed: 4,); "
+        "default 3 (--quick: 1)",
+    )
+    p.add_argument(
+        "--pool-at-prefix",
+        action="store_true",
+        help="model option: a shallow prefix is pooled at its own resolution (every run)",
+    )
+    p.add_argument(
+        "--stage-adapters",
+        action="store_true",
+        help="model option: per-stage adapters in the shared head (every run)",
+    )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip a (seed, split) whose JSON file exists (resume an interrupted run)",
+    )
     p.add_argument(
         "--runs",
         default=",".join(DEFAULT_RUNS),
@@ -477,7 +432,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=STRATEGIES,
         help="merge of FedSmall/FedClass (default holder-weighted = example-weighted FedAvg)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="one seed (= --seeds SEED,)")
     args = p.parse_args(argv)
     defaults = {
         "rounds": (2, 10),
@@ -486,9 +441,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "curve_limit": (500, 1000),
     }
     fill_defaults(args, defaults)
-    args.split = csv_list(args.split)
-    if any(s not in ("iid", "dirichlet") for s in args.split):
-        p.error("--split takes iid and/or dirichlet")
+    if args.seed is not None and args.seeds is not None:
+        p.error("give --seeds or --seed, not both")
+    if args.seed is not None:
+        args.seeds = f"{args.seed},"
+    try:
+        args.seeds = parse_seeds(args.seeds or ("1" if args.quick else "3"))
+        args.split = csv_list(args.split or ("iid,dir0.5" if args.quick else "iid,dir0.5,dir0.1"))
+        names = [parse_split(s, args.alpha)[0] for s in args.split]
+    except ValueError as exc:
+        p.error(str(exc))
+    if not args.split or len(set(names)) != len(names):
+        p.error(f"--split names each split once, got {args.split}")
     args.runs = csv_list(args.runs)
     if any(r not in RUNS for r in args.runs):
         p.error(f"--runs takes a subset of {list(RUNS)}")
@@ -500,9 +464,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Imported here: the report module imports this one for its constants.
+    from benchmarks.reproduce_report import federated_report
+
     args = parse_args(argv)
+    origin = provenance(argv, "benchmarks.reproduce_federated")
+    options = {
+        "pool_at_prefix": int(args.pool_at_prefix),
+        "stage_adapters": int(args.stage_adapters),
+    }
+    variant = variant_name(options)
     setup = begin(args, NAME)
-    start, info, out, splits, spec = setup.start, setup.machine, setup.out, setup.splits, setup.spec
+    start, info, out, splits, base = setup.start, setup.machine, setup.out, setup.splits, setup.spec
+    spec = ModelSpec(
+        base.family, base.layers, base.num_classes, base.in_channels, base.image_size, options
+    )
     arch = spec.profile()
     tiers, mapping = map_tiers(arch)
     n_curve = min(args.curve_limit, len(splits.test_labels))
@@ -513,38 +489,71 @@ def main(argv: Sequence[str] | None = None) -> int:
     final_loader = make_loader(splits.test, batch_size=EVAL_BATCH_SIZE)
     log(
         f"federated reproduction: {args.dataset}, {len(splits.train_labels)} train / "
-        f"{len(splits.test_labels)} test examples, ResNet-{args.layers}, tiers {tiers}, "
-        f"{args.rounds} rounds x {args.local_epochs} local epoch(s), splits {args.split}, "
-        f"torch threads {torch.get_num_threads()}"
+        f"{len(splits.test_labels)} test examples, ResNet-{args.layers} ({variant}), tiers "
+        f"{tiers}, {args.rounds} rounds x {args.local_epochs} local epoch(s), splits "
+        f"{args.split}, seeds {args.seeds}, torch threads {torch.get_num_threads()}"
     )
-    by_split = {
-        split: run_split(split, args, spec, splits, tiers, curve_test, final_loader)
-        for split in args.split
-    }
-    meta = {
-        "dataset": args.dataset,
-        "train_examples": len(splits.train_labels),
-        "test_examples": len(splits.test_labels),
-        "curve_examples": n_curve,
-        "machine": info,
-        "loadavg_end": list(os.getloadavg()),
-        "wall_s": time.perf_counter() - start,
-        "command": " ".join(["python -m benchmarks.reproduce_federated", *(argv or sys.argv[1:])]),
-    }
-    markdown = report(args, spec, arch, tiers, mapping, by_split, meta)
+    written: list[Any] = []
+    first: dict[str, Any] = {}
+    for seed in args.seeds:
+        for split in args.split:
+            name = parse_split(split, args.alpha)[0]
+            path = out / "runs" / variant / name / f"seed{seed}.json"
+            if args.skip_existing and path.exists():
+                log(f"[{name} seed {seed}] {path} exists: skipped")
+                written.append(path)
+                continue
+            t0 = time.perf_counter()
+            data = run_split(split, args, spec, splits, tiers, curve_test, final_loader, seed)
+            first.setdefault(name, data)
+            record = {
+                "kind": NAME,
+                "provenance": origin,
+                "variant": variant,
+                "model_options": options,
+                "seed": seed,
+                "split": name,
+                "dataset": args.dataset,
+                "train_examples": len(splits.train_labels),
+                "test_examples": len(splits.test_labels),
+                "curve_examples": n_curve,
+                "layers": args.layers,
+                "rounds": args.rounds,
+                "local_epochs": args.local_epochs,
+                "batch_size": BATCH_SIZE,
+                "baseline_strategy": args.baseline_strategy,
+                "args": {k: v for k, v in vars(args).items()},
+                "machine": info,
+                "loadavg_end": list(os.getloadavg()),
+                "wall_s": time.perf_counter() - t0,
+                "tiers": tiers,
+                "tier_mapping": mapping,
+                "parameters": arch.parameters(),
+                "paper_bytes_share": paper_bytes_share(),
+                **data,
+            }
+            written.append(write_json(path, record))
+            log(f"[{name} seed {seed}] wrote {path} ({record['wall_s']:.0f} s)")
+    markdown = federated_report(written)
     plot_path = out / f"{NAME}.png"
-    plot(plot_path, by_split, tiers)
-    data = {
-        "meta": meta,
-        "args": vars(args),
-        "tiers": tiers,
-        "tier_mapping": mapping,
-        "paper_bytes_share": paper_bytes_share(),
-        "splits": by_split,
-    }
-    md_path, json_path = write_outputs(out, NAME, markdown, data)
+    if first:
+        plot(plot_path, first, tiers)
+    md_path, json_path = write_outputs(
+        out,
+        NAME,
+        markdown,
+        {
+            "provenance": origin,
+            "files": [str(p) for p in written],
+            "wall_s": time.perf_counter() - start,
+        },
+    )
     print(markdown, flush=True)
-    log(f"wrote {md_path}, {json_path}, {plot_path} in {meta['wall_s']:.0f} s")
+    log(
+        f"wrote {md_path}, {json_path}, {plot_path} and {len(written)} run file(s) in "
+        f"{time.perf_counter() - start:.0f} s; all runs under {out / 'runs'}: "
+        f"python -m benchmarks.reproduce_report --federated {out}"
+    )
     return 0
 
 
