@@ -480,7 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         base.family, base.layers, base.num_classes, base.in_channels, base.image_size, options
     )
     arch = spec.profile()
-    tiers, mapping = map_tiers(arch)
+    # Tiers by the paper model's shares, so that every model variant has the same
+    # devices (the adapters would shift every share by their 3,072 parameters).
+    tiers, mapping = map_tiers(base.profile())
     n_curve = min(args.curve_limit, len(splits.test_labels))
     curve_idx = stratified_subset(splits.test_labels, n_curve, 0)
     curve_test = torch.utils.data.TensorDataset(

@@ -86,7 +86,7 @@ def normalise_options(family: str, options: Mapping[str, int] | Options | None) 
     if family == "resnet":
         for name, value in given.items():
             allowed = RESNET_RESEARCH_OPTIONS[name]
-            if isinstance(value, bool) or value not in allowed:
+            if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
                 raise ValueError(f"resnet option {name} must be one of {list(allowed)}, got {value!r}")
         given = {name: value for name, value in given.items() if value != 0}
     return tuple(sorted(given.items()))
@@ -121,7 +121,7 @@ class ResNetFamily:
                     f"resnet takes no option {name!r}; research options: "
                     f"{list(RESNET_RESEARCH_OPTIONS)}"
                 )
-            if isinstance(value, bool) or value not in allowed:
+            if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
                 raise ValueError(f"resnet option {name} must be one of {list(allowed)}, got {value!r}")
 
     def profile(

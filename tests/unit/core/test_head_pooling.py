@@ -126,6 +126,8 @@ def test_options_only_take_their_values_and_zero_is_the_default() -> None:
     )
     with pytest.raises(ValueError, match="pool_at_prefix must be one of"):
         normalise_options("resnet", {"pool_at_prefix": 2})
+    with pytest.raises(ValueError, match="pool_at_prefix must be one of"):
+        normalise_options("resnet", {"pool_at_prefix": 1.0})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="stage_adapters must be one of"):
         normalise_options("resnet", {"stage_adapters": True})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="resnet takes no option"):
@@ -147,3 +149,31 @@ def test_stage_blocks_build_standalone_resnets_of_other_sizes(
         assert count(model) == count(same)
     with pytest.raises(ValueError, match="stage_blocks"):
         FlexResNet(20, 10, 1, stage_blocks=(1, 0, 1))
+
+
+@pytest.mark.parametrize("options", [POOL, ADAPT, (*ADAPT, *POOL)])
+def test_options_run_through_the_federated_simulation_and_its_bytes(
+    options: tuple[tuple[str, int], ...],
+) -> None:
+    from flextrain.core.simulator import simulate
+    from tests.unit.core.conftest import make_blobs
+
+    spec = ModelSpec("resnet", 8, 4, 1, 8, options)
+    train, test = make_blobs(n_train=64, n_test=16)
+    tiers = [(1, 2), (3, 1)]
+    result = simulate(spec, train, test, tiers, rounds=1, local_epochs=1, batch_size=32)
+    profile = spec.profile()
+    record = result.rounds[0]
+    for depth, devices in tiers:  # the adapters travel with the head, at every depth
+        assert record.bytes_up[depth] == devices * profile.state_bytes(depth)
+    state = result.final_states[0]
+    torch.manual_seed(0)
+    initial = spec.build().state_dict()
+    if "stage_adapters" in dict(options):
+        assert state["head.adapters.1.weight"].shape == (64, 32)
+        # The k = 1 devices read stage 0's adapter; the k = 3 device's distillation
+        # student (depth 2, ending in stage 2) reads stage 1's: both moved.
+        for key in ("head.adapters.0.weight", "head.adapters.1.weight"):
+            assert not torch.equal(state[key], initial[key])
+    else:
+        assert not any("adapters" in key for key in state)
