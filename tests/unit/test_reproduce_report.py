@@ -144,3 +144,76 @@ def test_goal_is_undecided_with_one_seed(tmp_path: Path) -> None:
     assert "undecided (fewer than 2 seeds)" in text
     assert "(1 seed)" in text
     assert callable(goal)
+
+
+def _centralised_file(tmp: Path, seed: int, flex: float) -> Path:
+    def run(method: str, depths: list[int], acc: float, **extra: Any) -> dict[str, Any]:
+        return {
+            "method": method,
+            "seed": seed,
+            "depths": depths,
+            "train_s": 1.0,
+            "eval_s": 0.1,
+            "final_accuracy": {str(k): acc for k in depths},
+            "diverged": None,
+            "epochs": [],
+            **extra,
+        }
+
+    record = {
+        "kind": "centralised",
+        "provenance": {"commit": "def456", "dirty": True, "command": "python -m y"},
+        "args": {"epochs": 1},
+        "stages": [[0.05, 1]],
+        "dataset": "digits",
+        "train_examples": 100,
+        "test_examples": 50,
+        "curve_examples": 20,
+        "machine": {"cpu_count": 2, "torch": "x", "torch_threads": 2, "loadavg_1_5_15": [1, 1, 1]},
+        "loadavg_end": [1, 1, 1],
+        "wall_s": 10.0,
+        "spec": {
+            "family": "resnet",
+            "layers": 20,
+            "num_classes": 10,
+            "in_channels": 1,
+            "image_size": 8,
+        },
+        "depths": [5, 7, 9],
+        "pi": {"5": 0.25, "7": 0.25, "9": 0.5},
+        "seed": seed,
+        "runs": [
+            run(
+                "standalone",
+                [5, 7],
+                0.80 + 0.01 * seed,
+                standalone={"n": 1, "layers": 8, "params": 75002},
+            ),
+            run("standalone", [9], 0.90, standalone={"n": 3, "layers": 20, "params": 269434}),
+            *[run("independent", [k], 0.79 + 0.01 * seed) for k in (5, 7, 9)],
+            run("flextrain", list(range(1, 10)), flex),
+            run("single", list(range(1, 10)), 0.2 + 0.1 * seed),
+        ],
+    }
+    path = tmp / "runs" / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_centralised_report_names_both_independent_baselines_and_claims(tmp_path: Path) -> None:
+    from benchmarks.reproduce_report import centralised_report
+
+    for seed, flex in ((0, 0.70), (1, 0.72), (2, 0.74)):
+        _centralised_file(tmp_path, seed, flex)
+    text = centralised_report([tmp_path])
+    assert "| k=5 (17.6 % params) | 81.0 ± 1.0 | 80.0 ± 1.0 | 72.0 ± 2.0 | 30.0 ± 10.0 |" in text
+    assert "| 5 | 47,354 | ResNet-8 (n = 1) | 75,002 | 1.58 |" in text
+    assert (
+        "| k=5 | FlexTrain (β=0.2, probs) | Independent (standalone ResNet) | 72.0 ± 2.0 "
+        "| 81.0 ± 1.0 | below beyond noise (gap -9.00, spread 3.00) |"
+    ) in text
+    assert (
+        "| k=9 | FlexTrain (β=0.2, probs) | Single (truncated) | 72.0 ± 2.0 | 30.0 ± 10.0 |" in text
+    )
+    assert "commit `def456 (dirty)`, `python -m y`: seed 0, seed 1, seed 2" in text
