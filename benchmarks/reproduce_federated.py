@@ -17,7 +17,8 @@ line that produced it. A seed fixes the model initialisation, the partition and 
 devices' batch order; the training subset is the same for every seed (data seed 0).
 ``--pool-at-prefix`` and ``--stage-adapters`` set the model's research options
 (:mod:`flextrain.core.models`) for every run of the invocation, baselines included;
-the variant directory is named after them (``paper`` without). After the runs the
+``--beta`` sets the distillation weight (the baselines do not distil); the variant
+directory is named after them (``paper`` without). After the runs the
 report step (:mod:`benchmarks.reproduce_report`) aggregates every JSON file under
 ``<out>/runs`` into mean ± sample std over seeds and states the claims its rule allows.
 
@@ -63,6 +64,7 @@ import torch
 from flextrain.core.arch import ArchProfile, closest_depth_to_parameter_share, profile
 from flextrain.core.baselines import plan_devices
 from flextrain.core.centralised import evaluate
+from flextrain.core.losses import DEFAULT_BETA
 from flextrain.core.merge import (
     ROBUST_METHODS,
     STRATEGIES,
@@ -220,9 +222,12 @@ def parse_split(text: str, default_alpha: float) -> tuple[str, str, float | None
     return f"dir{alpha:g}", "dirichlet", alpha
 
 
-def variant_name(options: dict[str, int]) -> str:
-    """``paper`` for the paper's model, else the research options set, joined by ``+``."""
+def variant_name(options: dict[str, int], beta: float = DEFAULT_BETA) -> str:
+    """``paper`` for the paper's model and β, else the research options set and a
+    ``beta<value>`` for another distillation weight, joined by ``+``."""
     on = sorted(name for name, value in options.items() if value)
+    if beta != DEFAULT_BETA:
+        on.append(f"beta{beta:g}")
     return "+".join(on) if on else "paper"
 
 
@@ -284,6 +289,7 @@ def run_split(
             method=method,
             partitions=shards,
             optimizer=PAPER_SGD,
+            beta=args.beta,
             seed=seed,
             eval_batch_size=EVAL_BATCH_SIZE,
             progress=progress,
@@ -398,6 +404,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="model option: per-stage adapters in the shared head (every run)",
     )
     p.add_argument(
+        "--beta",
+        type=float,
+        default=DEFAULT_BETA,
+        help=f"distillation weight of the FlexTrain runs (default {DEFAULT_BETA}, the paper's; "
+        "0: no distillation); another value names the model directory",
+    )
+    p.add_argument(
         "--skip-existing",
         action="store_true",
         help="skip a (seed, split) whose JSON file exists (resume an interrupted run)",
@@ -456,6 +469,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.runs = csv_list(args.runs)
     if any(r not in RUNS for r in args.runs):
         p.error(f"--runs takes a subset of {list(RUNS)}")
+    if not (0.0 <= args.beta < float("inf")):
+        p.error(f"--beta must be a finite number >= 0, got {args.beta}")
     try:
         robust_strategy(args)
     except ValueError as exc:
@@ -473,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pool_at_prefix": int(args.pool_at_prefix),
         "stage_adapters": int(args.stage_adapters),
     }
-    variant = variant_name(options)
+    variant = variant_name(options, args.beta)
     setup = begin(args, NAME)
     start, info, out, splits, base = setup.start, setup.machine, setup.out, setup.splits, setup.spec
     spec = ModelSpec(
@@ -524,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "local_epochs": args.local_epochs,
                 "batch_size": BATCH_SIZE,
                 "baseline_strategy": args.baseline_strategy,
+                "beta": args.beta,
                 "args": {k: v for k, v in vars(args).items()},
                 "machine": info,
                 "loadavg_end": list(os.getloadavg()),

@@ -39,6 +39,8 @@ def test_splits_name_their_concentration() -> None:
         with pytest.raises(ValueError, match="split"):
             parse_split(bad, 0.5)
     assert variant_name({"pool_at_prefix": 0, "stage_adapters": 0}) == "paper"
+    assert variant_name({"pool_at_prefix": 1}, beta=0.0) == "pool_at_prefix+beta0"
+    assert variant_name({}, beta=0.2) == "paper"
     assert (
         variant_name({"stage_adapters": 1, "pool_at_prefix": 1}) == "pool_at_prefix+stage_adapters"
     )
