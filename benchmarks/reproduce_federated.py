@@ -223,9 +223,12 @@ def parse_split(text: str, default_alpha: float) -> tuple[str, str, float | None
 
 
 def variant_name(options: dict[str, int], beta: float = DEFAULT_BETA) -> str:
-    """``paper`` for the paper's model and β, else the research options set and a
-    ``beta<value>`` for another distillation weight, joined by ``+``."""
-    on = sorted(name for name, value in options.items() if value)
+    """``paper`` for the paper's model and β, else the research options set (with their
+    value when it is not 1: ``stage_adapters2`` = affine adapters) and a ``beta<value>``
+    for another distillation weight, joined by ``+``."""
+    on = sorted(
+        name if value == 1 else f"{name}{value}" for name, value in options.items() if value
+    )
     if beta != DEFAULT_BETA:
         on.append(f"beta{beta:g}")
     return "+".join(on) if on else "paper"
@@ -400,8 +403,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--stage-adapters",
-        action="store_true",
-        help="model option: per-stage adapters in the shared head (every run)",
+        nargs="?",
+        const="linear",
+        default=None,
+        choices=("linear", "affine"),
+        help="model option: per-stage adapters in the shared head (every run): linear "
+        "(C_s -> 64, 3,072 values; the default of the bare flag) or affine (a scale and "
+        "shift per channel, 96 values)",
     )
     p.add_argument(
         "--beta",
@@ -486,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     origin = provenance(argv, "benchmarks.reproduce_federated")
     options = {
         "pool_at_prefix": int(args.pool_at_prefix),
-        "stage_adapters": int(args.stage_adapters),
+        "stage_adapters": {None: 0, "linear": 1, "affine": 2}[args.stage_adapters],
     }
     variant = variant_name(options, args.beta)
     setup = begin(args, NAME)

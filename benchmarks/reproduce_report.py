@@ -255,6 +255,7 @@ def federated_report(paths: Iterable[Path | str]) -> str:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["variant"], r["split"]), []).append(r)
+    _borrow_baselines(groups)
     ref = records[0]
     for r in records[1:]:
         for key in ("tiers", "dataset", "train_examples", "rounds", "local_epochs", "layers"):
@@ -381,6 +382,27 @@ def federated_report(paths: Iterable[Path | str]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+BASELINES = ("fedsmall", "fedclass")
+
+
+def _borrow_baselines(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+    """A model variant that differs from the paper's only in β (no research option set)
+    has the paper model's baselines: FedSmall and FedClass do not distil. Where such a
+    run file lacks them, take them from the ``paper`` file of the same split and seed,
+    labelled as taken. (Files are changed in memory only.)"""
+    for (variant, split), group in groups.items():
+        if variant == "paper":
+            continue
+        paper = {g["seed"]: g for g in groups.get(("paper", split), [])}
+        for record in group:
+            if any(record.get("model_options", {}).values()) or record["seed"] not in paper:
+                continue
+            for key in BASELINES:
+                source = paper[record["seed"]]["runs"].get(key)
+                if key not in record["runs"] and source is not None:
+                    record["runs"][key] = {**source, "label": f"{source['label']} (paper run)"}
 
 
 def _alpha(split: str) -> float:

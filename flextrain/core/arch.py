@@ -39,6 +39,7 @@ Definitions (all per unit, then summed over the prefix):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -220,15 +221,16 @@ def profile(
     in_channels: int,
     image_size: int,
     *,
-    stage_adapters: bool = False,
+    stage_adapters: int = 0,
 ) -> ArchProfile:
     """Compute the per-unit costs of a CIFAR ResNet (3 stages, 16/32/64 channels).
 
     Other families: :func:`flextrain.core.families.profile` dispatches on the family.
     ``stage_adapters`` (a research option, :mod:`flextrain.core.models`) adds the head's
-    per-stage adapters, ``Linear(C_s -> 64)`` without bias for the stages before the
-    last, to the head's tensors and parameters; their multiply-adds (at most 32 x 64
-    per example, one adapter per prefix) and activations are not counted.
+    per-stage adapters for the stages before the last -- 1: ``Linear(C_s -> 64)``
+    without bias; 2: a per-channel scale and shift of ``C_s`` values each -- to the
+    head's tensors and parameters; their multiply-adds (at most 32 x 64 per example,
+    one adapter per prefix) and activations are not counted.
 
     Args:
         family: ``"resnet"``.
@@ -271,16 +273,24 @@ def profile(
             c_in = c_out
     features = STAGE_CHANNELS[-1]
     adapters: Tensors = ()
-    if stage_adapters:
+    if stage_adapters == 1:
         adapters = tuple(
             (f"head.adapters.{s}.weight", (features, width))
             for s, width in enumerate(STAGE_CHANNELS[:-1])
         )
+    elif stage_adapters == 2:
+        adapters = tuple(
+            (f"head.adapters.{s}.{name}", (width,))
+            for s, width in enumerate(STAGE_CHANNELS[:-1])
+            for name in ("weight", "bias")
+        )
+    elif stage_adapters:
+        raise ValueError(f"stage_adapters must be 0, 1 or 2, got {stage_adapters!r}")
     head = UnitCost(
         name="head",
         params=features * num_classes
         + num_classes
-        + sum(shape[0] * shape[1] for _, shape in adapters),
+        + sum(math.prod(shape) for _, shape in adapters),
         bn_channels=0,
         bn_layers=0,
         macs=features * num_classes,

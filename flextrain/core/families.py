@@ -62,7 +62,7 @@ Options = tuple[tuple[str, int], ...]
 #: :mod:`flextrain.core.models` for what they change.
 RESNET_RESEARCH_OPTIONS: Final[dict[str, tuple[int, ...]]] = {
     "pool_at_prefix": (0, 1),
-    "stage_adapters": (0, 1),
+    "stage_adapters": (0, 1, 2),
 }
 
 
@@ -87,7 +87,9 @@ def normalise_options(family: str, options: Mapping[str, int] | Options | None) 
         for name, value in given.items():
             allowed = RESNET_RESEARCH_OPTIONS[name]
             if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
-                raise ValueError(f"resnet option {name} must be one of {list(allowed)}, got {value!r}")
+                raise ValueError(
+                    f"resnet option {name} must be one of {list(allowed)}, got {value!r}"
+                )
         given = {name: value for name, value in given.items() if value != 0}
     return tuple(sorted(given.items()))
 
@@ -122,13 +124,15 @@ class ResNetFamily:
                     f"{list(RESNET_RESEARCH_OPTIONS)}"
                 )
             if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
-                raise ValueError(f"resnet option {name} must be one of {list(allowed)}, got {value!r}")
+                raise ValueError(
+                    f"resnet option {name} must be one of {list(allowed)}, got {value!r}"
+                )
 
     def profile(
         self, layers: int, num_classes: int, in_channels: int, image_size: int, options: Options
     ) -> ArchProfile:
         self.check(layers, options)
-        adapters = bool(dict(options).get("stage_adapters", 0))
+        adapters = int(dict(options).get("stage_adapters", 0))
         return arch.profile(
             "resnet", layers, num_classes, in_channels, image_size, stage_adapters=adapters
         )

@@ -20,11 +20,14 @@ the paper's model; see :data:`flextrain.core.families.RESNET_RESEARCH_OPTIONS`):
     positions. With the option the head averages all positions of the prefix's map and
     places its channels where the shortcuts' zero padding would (no tensors change).
 ``stage_adapters``
-    The head holds one bias-free linear map ``C_s -> 64`` per stage s before the last
-    (``head.adapters.{s}.weight``: 16 x 64 + 32 x 64 = 3,072 values), applied to the
-    pooled features of a prefix that ends in stage s instead of the zero padding. They
-    start as that padding (the model's outputs equal the plain model's at
-    initialisation) and travel with the head, so every tier holds and uploads them.
+    The head holds one adapter per stage s before the last, applied to the pooled
+    features of a prefix that ends in stage s. 1 (``linear``): a bias-free linear map
+    ``C_s -> 64`` used instead of the zero padding (``head.adapters.{s}.weight``:
+    16 x 64 + 32 x 64 = 3,072 values). 2 (``affine``): a per-channel scale and shift
+    before the padding (``head.adapters.{s}.weight`` and ``.bias`` of ``C_s`` values:
+    2 x (16 + 32) = 96 values). Both start as the identity (the model's outputs equal
+    the plain model's at initialisation) and travel with the head, so every tier holds
+    and uploads them.
 """
 
 from __future__ import annotations
@@ -103,21 +106,44 @@ def channel_offset(c_in: int, c_out: int) -> int:
     return offset
 
 
+#: Kinds of ``stage_adapters`` by option value (0: none).
+ADAPTER_KINDS: Final[dict[int, str]] = {1: "linear", 2: "affine"}
+
+
+class ChannelAffine(nn.Module):
+    """``x * weight + bias`` per channel of pooled features ``(B, C)``; starts as identity."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.weight + self.bias  # (B, C)
+
+
 class Head(nn.Module):
     """The one shared classifier: global average pool + Linear(64 -> classes).
 
-    With ``stage_adapters`` it also holds one bias-free ``Linear(C_s -> 64)`` per stage
-    before the last (:meth:`embed` uses it for a prefix ending in that stage).
+    With ``stage_adapters`` (1 linear, 2 affine; see the module docstring) it also holds
+    one adapter per stage before the last (:meth:`embed` uses it for a prefix ending in
+    that stage).
     """
 
-    def __init__(self, features: int, num_classes: int, *, stage_adapters: bool = False) -> None:
+    def __init__(self, features: int, num_classes: int, *, stage_adapters: int = 0) -> None:
         super().__init__()
+        if stage_adapters not in (0, *ADAPTER_KINDS):
+            raise ValueError(f"stage_adapters must be one of 0, 1, 2, got {stage_adapters!r}")
         self.features = features
         self.fc = nn.Linear(features, num_classes)
+        self.adapter_kind = ADAPTER_KINDS.get(stage_adapters)
         self.adapters: nn.ModuleList | None = None
         if stage_adapters:
-            adapters = []
+            adapters: list[nn.Module] = []
             for width in STAGE_CHANNELS[:-1]:
+                if self.adapter_kind == "affine":
+                    adapters.append(ChannelAffine(width))
+                    continue
                 # Draws no random numbers: the rest of the model initialises exactly as
                 # without adapters from the same seed.
                 with torch.random.fork_rng(devices=[]):
@@ -136,8 +162,10 @@ class Head(nn.Module):
         if c == self.features:
             return pooled
         if self.adapters is not None:
-            out: Tensor = self.adapters[STAGE_CHANNELS.index(c)](pooled)  # (B, 64)
-            return out
+            out: Tensor = self.adapters[STAGE_CHANNELS.index(c)](pooled)  # (B, 64) or (B, C_s)
+            if self.adapter_kind == "linear":
+                return out
+            pooled = out  # affine: rescaled, then padded like the plain head
         off = channel_offset(c, self.features)
         return F.pad(pooled, (off, self.features - c - off))  # (B, 64)
 
@@ -168,7 +196,7 @@ class FlexResNet(FlexModel):
         in_channels: int,
         *,
         pool_at_prefix: bool = False,
-        stage_adapters: bool = False,
+        stage_adapters: int = 0,
         stage_blocks: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
@@ -365,7 +393,7 @@ def _build_resnet(spec: ModelSpec) -> FlexModel:
         spec.num_classes,
         spec.in_channels,
         pool_at_prefix=bool(o.get("pool_at_prefix", 0)),
-        stage_adapters=bool(o.get("stage_adapters", 0)),
+        stage_adapters=int(o.get("stage_adapters", 0)),
     )
 
 
@@ -415,8 +443,10 @@ def trainable_parameter_count(model: nn.Module) -> int:
 
 
 __all__ = [
+    "ADAPTER_KINDS",
     "BUILDERS",
     "BasicBlock",
+    "ChannelAffine",
     "FlexModel",
     "FlexResNet",
     "FlexViT",

@@ -41,6 +41,7 @@ def test_splits_name_their_concentration() -> None:
     assert variant_name({"pool_at_prefix": 0, "stage_adapters": 0}) == "paper"
     assert variant_name({"pool_at_prefix": 1}, beta=0.0) == "pool_at_prefix+beta0"
     assert variant_name({}, beta=0.2) == "paper"
+    assert variant_name({"stage_adapters": 2}) == "stage_adapters2"
     assert (
         variant_name({"stage_adapters": 1, "pool_at_prefix": 1}) == "pool_at_prefix+stage_adapters"
     )
@@ -219,3 +220,15 @@ def test_centralised_report_names_both_independent_baselines_and_claims(tmp_path
         "| k=9 | FlexTrain (β=0.2, probs) | Single (truncated) | 72.0 ± 2.0 | 30.0 ± 10.0 |" in text
     )
     assert "commit `def456 (dirty)`, `python -m y`: seed 0, seed 1, seed 2" in text
+
+
+def test_a_beta_only_variant_takes_the_paper_runs_baselines(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        _file(tmp_path, "paper", "iid", seed, (0.40 + 0.01 * seed, 0.80))
+        path = _file(tmp_path, "beta0", "iid", seed, (0.45 + 0.01 * seed, 0.80))
+        record = json.loads(path.read_text())
+        del record["runs"]["fedsmall"], record["runs"]["fedclass"]
+        path.write_text(json.dumps(record))
+    text = federated_report([tmp_path])
+    assert "| FedSmall (paper run) | 50.5 ± 0.7 |" in text
+    assert text.count("- Goal for FedFlexTrain (pad):") == 2

@@ -100,6 +100,36 @@ def test_stage_adapters_count_start_as_padding_and_draw_no_random_numbers() -> N
             torch.testing.assert_close(adapted(x, depth), plain(x, depth))
 
 
+def test_affine_adapters_are_96_values_that_start_as_identity() -> None:
+    torch.manual_seed(0)
+    plain = ModelSpec("resnet", 20, 10, 1, 28).build().eval()
+    torch.manual_seed(0)
+    spec = ModelSpec("resnet", 20, 10, 1, 28, (("stage_adapters", 2),))
+    adapted = spec.build().eval()
+    assert count(adapted) - count(plain) == 2 * (16 + 32) == 96
+    assert spec.profile().parameters() == count(adapted)
+    assert list(adapted.state_dict()) == spec.profile().tensor_names()
+    assert [k for k in adapted.state_dict() if k not in plain.state_dict()] == [
+        "head.adapters.0.weight",
+        "head.adapters.0.bias",
+        "head.adapters.1.weight",
+        "head.adapters.1.bias",
+    ]
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        for depth in range(10):
+            torch.testing.assert_close(adapted(x, depth), plain(x, depth))
+        head = adapted.head
+        assert isinstance(head, Head) and head.adapters is not None
+        head.adapters[0].weight.fill_(2.0)
+        head.adapters[0].bias.fill_(0.5)
+        assert isinstance(adapted, FlexResNet)
+        h = _features(adapted, x, 2)  # ends in stage 1: 16 channels, placed at 24..39
+        pooled = h[:, :, ::4, ::4].mean(dim=(2, 3)) * 2.0 + 0.5
+        torch.testing.assert_close(adapted(x, 2), head.fc(F.pad(pooled, (24, 24))))
+        torch.testing.assert_close(adapted(x, 8), plain(x, 8))  # stage 3: no adapter
+
+
 def test_stage_adapter_is_what_a_shallow_prefix_reads_once_trained() -> None:
     torch.manual_seed(0)
     model = ModelSpec("resnet", 20, 10, 1, 8, (*ADAPT, *POOL)).build().eval()
@@ -130,6 +160,8 @@ def test_options_only_take_their_values_and_zero_is_the_default() -> None:
         normalise_options("resnet", {"pool_at_prefix": 1.0})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="stage_adapters must be one of"):
         normalise_options("resnet", {"stage_adapters": True})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="stage_adapters must be one of"):
+        normalise_options("resnet", {"stage_adapters": 3})
     with pytest.raises(ValueError, match="resnet takes no option"):
         normalise_options("resnet", {"heads": 2})
 
@@ -151,7 +183,7 @@ def test_stage_blocks_build_standalone_resnets_of_other_sizes(
         FlexResNet(20, 10, 1, stage_blocks=(1, 0, 1))
 
 
-@pytest.mark.parametrize("options", [POOL, ADAPT, (*ADAPT, *POOL)])
+@pytest.mark.parametrize("options", [POOL, ADAPT, (*ADAPT, *POOL), (("stage_adapters", 2),)])
 def test_options_run_through_the_federated_simulation_and_its_bytes(
     options: tuple[tuple[str, int], ...],
 ) -> None:
@@ -170,7 +202,8 @@ def test_options_run_through_the_federated_simulation_and_its_bytes(
     torch.manual_seed(0)
     initial = spec.build().state_dict()
     if "stage_adapters" in dict(options):
-        assert state["head.adapters.1.weight"].shape == (64, 32)
+        linear = dict(options)["stage_adapters"] == 1
+        assert state["head.adapters.1.weight"].shape == ((64, 32) if linear else (32,))
         # The k = 1 devices read stage 0's adapter; the k = 3 device's distillation
         # student (depth 2, ending in stage 2) reads stage 1's: both moved.
         for key in ("head.adapters.0.weight", "head.adapters.1.weight"):
