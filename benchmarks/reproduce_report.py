@@ -150,7 +150,8 @@ def centralised_report(paths: Iterable[Path | str]) -> str:
         for key in keys:
             if r[key] != ref[key]:
                 raise ValueError(
-                    f"{r['_path']} differs from {ref['_path']} in {key}: not one experiment"
+                    f"{r['_path']} differs from {ref['_path']} in {key}: not one experiment "
+                    "(give each experiment its own --out directory)"
                 )
     spec = ModelSpec.from_dict(ref["spec"])
     arch = spec.profile()
@@ -261,7 +262,8 @@ def federated_report(paths: Iterable[Path | str]) -> str:
         for key in ("tiers", "dataset", "train_examples", "rounds", "local_epochs", "layers"):
             if r[key] != ref[key]:
                 raise ValueError(
-                    f"{r['_path']} differs from {ref['_path']} in {key}: not one experiment"
+                    f"{r['_path']} differs from {ref['_path']} in {key}: not one experiment "
+                    "(give each experiment its own --out directory)"
                 )
     tiers = [(int(k), int(n)) for k, n in ref["tiers"]]
     devices = sum(n for _, n in tiers)
