@@ -98,6 +98,22 @@ def test_a_deep_tensor_moves_by_the_share_of_holders_under_pad_only() -> None:
     assert merge("holder-weighted", g, [strong, *weak])["deep"].item() == pytest.approx(4.0)
 
 
+def test_a_tensor_every_tier_holds_is_not_weighted_towards_the_weak_tier_by_either_merge() -> None:
+    # The weakest tier's whole prefix (stem, first blocks, head) is held by every
+    # device: pad takes the uniform mean and holder-weighted the example-weighted one,
+    # so in both the weak devices' pull on it is their share of devices (or examples).
+    # Holder-weighting changes only the tensors some devices lack (the deep blocks).
+    g = {"head": torch.tensor([0.0])}
+    weak = [({"head": torch.tensor([10.0])}, 100)] * 2  # 2 weak devices
+    deep = [({"head": torch.tensor([0.0])}, 100)] * 8  # 8 deep devices
+    assert merge("pad", g, [*weak, *deep])["head"].item() == pytest.approx(2.0)
+    assert merge("holder-weighted", g, [*weak, *deep])["head"].item() == pytest.approx(2.0)
+    small_weak = [({"head": torch.tensor([10.0])}, 25)] * 2  # fewer examples: less pull
+    assert merge("holder-weighted", g, [*small_weak, *deep])["head"].item() == pytest.approx(
+        10.0 * 50 / 850
+    )
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_single_client_gives_its_tensors_and_global_values_elsewhere(name: str) -> None:
     new = merge(name, make_global(), [(client_1(), 17)])
