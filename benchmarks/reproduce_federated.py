@@ -8,7 +8,9 @@ on Fashion-MNIST with a ResNet-20 backbone (K = 9), the paper's tiers mapped by
 parameter share onto ResNet-20's depths, for an IID and a Dirichlet label-skewed split
 (``flextrain.data.partition``), and with both server merges: the paper's ``pad`` and
 ``holder-weighted``. ``--runs flextrain-pad,flextrain-robust`` compares the paper's merge
-with the robust one (``--robust-method``, ``--trim-fraction``, ``--clip-multiple``).
+with the robust one (``--robust-method``, ``--trim-fraction``, ``--clip-multiple``);
+``flextrain-tier`` runs the benchmark-only tier-balanced merge
+(:mod:`flextrain.core.merge.tier_balanced`).
 
 Seeds and splits: ``--seeds 0,1,2`` (or ``--seeds 3``) and ``--split iid,dir0.5,dir0.1``
 run every (seed, split) pair; each writes one JSON file,
@@ -72,6 +74,7 @@ from flextrain.core.merge import (
     RobustMerge,
 )
 from flextrain.core.merge.robust import DEFAULT_CLIP_MULTIPLE
+from flextrain.core.merge.tier_balanced import TierBalancedMerge
 from flextrain.core.models import ModelSpec
 from flextrain.core.optim import PAPER_SGD
 from flextrain.core.simulator import RoundRecord, SimulationResult, simulate
@@ -103,6 +106,7 @@ RUNS: dict[str, tuple[str, str, str]] = {
     "fedsmall": ("fedsmall", "", "FedSmall"),
     "fedclass": ("fedclass", "", "FedClass"),
     "flextrain-robust": ("flextrain", "robust", "FedFlexTrain (robust)"),
+    "flextrain-tier": ("flextrain", "tier-balanced", "FedFlexTrain (tier-balanced)"),
 }
 #: The runs of the paper's Table 4 (the default of --runs).
 DEFAULT_RUNS: tuple[str, ...] = ("flextrain-pad", "flextrain-holder", "fedsmall", "fedclass")
@@ -268,6 +272,8 @@ def run_split(
         if strategy == "robust":
             merger = robust_strategy(args)
             label = f"{label[:-1]}: {robust_label(args)})"
+        elif strategy == TierBalancedMerge.name:  # benchmark-only, not in the registry
+            merger = TierBalancedMerge()
         log(f"[{split}] {label} (merge {merger})")
         start = time.perf_counter()
 

@@ -238,7 +238,7 @@ def centralised_report(paths: Iterable[Path | str]) -> str:
 
 # -- federated -------------------------------------------------------------------------------
 
-FLEX_RUNS = ("flextrain-pad", "flextrain-holder", "flextrain-robust")
+FLEX_RUNS = ("flextrain-pad", "flextrain-holder", "flextrain-robust", "flextrain-tier")
 
 
 def _split_label(name: str) -> str:
@@ -335,8 +335,9 @@ def federated_report(paths: Iterable[Path | str]) -> str:
                 for b in ("fedsmall", "fedclass"):
                     if b in keys:
                         claims.append((a, b))
-            if "flextrain-pad" in keys and "flextrain-holder" in keys:
-                claims.append(("flextrain-pad", "flextrain-holder"))
+            merges = [k for k in keys if k in FLEX_RUNS and k != "flextrain-pad"]
+            if "flextrain-pad" in keys:
+                claims += [(k, "flextrain-pad") for k in merges]
             if "fedsmall" in keys and "fedclass" in keys:
                 claims.append(("fedsmall", "fedclass"))
             label = {k: runs_of(group, k)[0]["label"] for k in keys}
@@ -345,6 +346,13 @@ def federated_report(paths: Iterable[Path | str]) -> str:
                 claim = compare(mean_stat(group, a), mean_stat(group, b))
                 lines.append(f"- {label[a]} vs {label[b]}: {claim.words}")
             lines.append("")
+            if "flextrain-pad" in keys and merges:
+                k0 = tiers[0][0]
+                lines += [f"Weakest tier (k={k0}) against the paper's merge:", ""]
+                for a in merges:
+                    claim = compare(tier_stat(group, a, k0), tier_stat(group, "flextrain-pad", k0))
+                    lines.append(f"- {label[a]} vs {label['flextrain-pad']}: {claim.words}")
+                lines.append("")
             if "fedsmall" in keys:
                 lines += _weak_tier(group, keys, label, tiers, tier_stat, mean_stat)
     lines += _remedies(groups, variants, split_order, tiers, tier_stat, mean_stat)
@@ -503,7 +511,7 @@ def _remedies(
             group = groups.get((variant, split))
             if not group:
                 continue
-            for key in ("flextrain-pad", "flextrain-holder", "fedsmall"):
+            for key in ("flextrain-pad", "flextrain-holder", "flextrain-tier", "fedsmall"):
                 if not any(key in g["runs"] for g in group):
                     continue
                 t, m = tier_stat(group, key, shallow), mean_stat(group, key)

@@ -262,3 +262,73 @@ def test_checked_finite_skips_only_the_value_check(name: str) -> None:
         acc.add({"w": torch.tensor([1.0])}, 1, checked_finite=True)
     acc.add(client_1(), 1, checked_finite=True)
     assert acc.num_clients == 1
+
+
+def test_tier_balanced_gives_every_tier_that_holds_a_tensor_an_equal_say() -> None:
+    from flextrain.core.merge.tier_balanced import TierBalancedMerge, update_depth
+
+    g = {
+        "head.w": torch.tensor([0.0]),
+        "blocks.0.w": torch.tensor([0.0]),
+        "blocks.2.w": torch.tensor([0.0]),
+        "blocks.3.w": torch.tensor([5.0]),
+        "blocks.0.n": torch.tensor(0),
+    }
+    # One weak device (depth 1) and three deep ones (depth 3).
+    weak = (
+        {
+            "head.w": torch.tensor([10.0]),
+            "blocks.0.w": torch.tensor([4.0]),
+            "blocks.0.n": torch.tensor(3),
+        },
+        100,
+    )
+    deep = [
+        (
+            {
+                "head.w": torch.tensor([0.0]),
+                "blocks.0.w": torch.tensor([x]),
+                "blocks.2.w": torch.tensor([x]),
+                "blocks.0.n": torch.tensor(7),
+            },
+            n,
+        )
+        for x, n in ((1.0, 100), (1.0, 100), (3.0, 200))
+    ]
+    assert update_depth(weak[0]) == 1 and update_depth(deep[0][0]) == 3
+    assert update_depth(["stem.w", "head.w"]) == 0
+    acc = TierBalancedMerge().begin(g, expected_clients=4)
+    for tensors, n in [weak, *deep]:
+        acc.add(tensors, n)
+    new = acc.finish()
+    assert new["head.w"].item() == pytest.approx((10.0 + 0.0) / 2)  # tiers weigh equally
+    assert merge("pad", g, [weak, *deep])["head.w"].item() == pytest.approx(10.0 / 4)  # devices
+    # blocks.0: the weak tier's 4; the deep tier's example-weighted (1 + 1 + 2 * 3) / 4 = 2
+    assert new["blocks.0.w"].item() == pytest.approx((4.0 + 2.0) / 2)
+    assert new["blocks.2.w"].item() == pytest.approx(2.0)  # only the deep tier holds it
+    assert new["blocks.3.w"].item() == 5.0  # nobody sent it
+    assert new["blocks.0.n"].item() == 7  # integers: maximum over holders
+    assert g["head.w"].item() == 0.0  # the global state is not mutated
+
+
+def test_tier_balanced_staged_updates_equal_added_ones() -> None:
+    from flextrain.core.merge.tier_balanced import TierBalancedMerge
+
+    g = {"head.w": torch.zeros(3), "blocks.1.w": torch.zeros(2)}
+    updates = [
+        ({"head.w": torch.tensor([1.0, 2.0, 3.0])}, 5),
+        ({"head.w": torch.tensor([3.0, 2.0, 1.0]), "blocks.1.w": torch.tensor([4.0, 4.0])}, 7),
+    ]
+    added = TierBalancedMerge().begin(g, expected_clients=2)
+    staged = TierBalancedMerge().begin(g, expected_clients=2)
+    for tensors, n in updates:
+        added.add(tensors, n)
+        up = staged.stage({k: (v.shape, v.dtype) for k, v in tensors.items()}, n)
+        up.write([(k, 0, v.reshape(-1)) for k, v in tensors.items()])
+        up.commit()
+    with pytest.raises(MergeError):  # the round expects two updates
+        staged.add({"head.w": torch.zeros(3)}, 1)
+    a, b = added.finish(), staged.finish()
+    for key in g:
+        torch.testing.assert_close(a[key], b[key])
+    torch.testing.assert_close(a["head.w"], torch.tensor([2.0, 2.0, 2.0]))
