@@ -165,7 +165,9 @@ def standalone_matches(spec: ModelSpec, depths: Sequence[int]) -> dict[int, dict
 
     Candidates: all three stages, n blocks per stage for n = 1 .. the backbone's n
     (ties: the smaller n). ``{depth: {"n", "layers", "params", "prefix_params"}}``.
+    Prefixes are counted without the research options (the paper's model).
     """
+    spec = ModelSpec(spec.family, spec.layers, spec.num_classes, spec.in_channels, spec.image_size)
     backbone = spec.build()
     assert isinstance(backbone, FlexResNet)
     counts = {
@@ -777,6 +779,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="skip a seed whose JSON file exists (resume an interrupted run)",
     )
     p.add_argument(
+        "--pool-at-prefix",
+        action="store_true",
+        help="model option of the shared and prefix-alone models: a shallow prefix is "
+        "pooled at its own resolution (use another --out than the paper model's)",
+    )
+    p.add_argument(
+        "--stage-adapters",
+        nargs="?",
+        const="linear",
+        default=None,
+        choices=("linear", "affine"),
+        help="model option: per-stage adapters in the shared head, linear (the bare "
+        "flag) or affine (use another --out than the paper model's)",
+    )
+    p.add_argument(
         "--decay-epochs",
         type=int,
         default=1,
@@ -821,8 +838,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     origin = provenance(argv, "benchmarks.reproduce_centralised")
     setup = begin(args, NAME)
-    start, info, out, splits, spec = setup.start, setup.machine, setup.out, setup.splits, setup.spec
-    arch = spec.profile()
+    start, info, out, splits, base = setup.start, setup.machine, setup.out, setup.splits, setup.spec
+    options = {
+        "pool_at_prefix": int(args.pool_at_prefix),
+        "stage_adapters": {None: 0, "linear": 1, "affine": 2}[args.stage_adapters],
+    }
+    spec = ModelSpec(
+        base.family, base.layers, base.num_classes, base.in_channels, base.image_size, options
+    )
+    # Depths and pi by the paper model's parameter shares (adapters would shift them).
+    arch = base.profile()
     pi = paper_pi(arch)
     depths = sorted(pi)
     for share in PAPER_SHARES:
@@ -860,6 +885,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": info,
         "model": {"family": spec.family, "layers": spec.layers, "num_blocks": spec.num_blocks},
         "spec": spec.to_dict(),
+        "model_options": options,
         "depths": depths,
         "pi": {str(k): v for k, v in pi.items()},
         "standalone_matches": {str(k): v for k, v in standalone_matches(spec, depths).items()},

@@ -154,7 +154,10 @@ def centralised_report(paths: Iterable[Path | str]) -> str:
                     "(give each experiment its own --out directory)"
                 )
     spec = ModelSpec.from_dict(ref["spec"])
-    arch = spec.profile()
+    # Shares of the paper's model (as the benchmark chose its depths).
+    arch = ModelSpec(
+        spec.family, spec.layers, spec.num_classes, spec.in_channels, spec.image_size
+    ).profile()
     depths = [int(k) for k in ref["depths"]]
     pi = {int(k): v for k, v in ref["pi"].items()}
     runs: list[Any] = []
@@ -193,6 +196,14 @@ def centralised_report(paths: Iterable[Path | str]) -> str:
     lines = [rc.report(args, spec, arch, pi, depths, runs, timing, meta)]
     lines += [
         "## Seeds, spread and provenance",
+        "",
+        "Model: "
+        + (
+            ", ".join(f"{k} = {v}" for k, v in spec.options)
+            if spec.options
+            else "the paper's (no research option)"
+        )
+        + ".",
         "",
         f"Seeds {sorted(r['seed'] for r in seeds)}; every accuracy above is the mean ± "
         "sample standard deviation over them. Wall time per seed: "
