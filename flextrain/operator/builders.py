@@ -12,6 +12,7 @@ labels, environment and pod settings fill in what the user did not set.
 | Deployment | `<job>-aggregator` | 1 replica, Recreate, gRPC health probes, checkpoint volume |
 | Job (batch/v1) | `<job>-<tier>` | Indexed, one completion index per replica = data shard |
 | Workload (kueue.x-k8s.io) | `<job>` | jobs with `spec.queueName`: one pod set per tier and one for the aggregator |
+| Certificate (cert-manager.io/v1) | `<job>-tls` | only when the operator is set up with a cert-manager issuer: the aggregator's serving certificate, written by cert-manager into Secret `<job>-tls` |
 """
 
 from __future__ import annotations
@@ -209,13 +210,19 @@ def tls_enabled(job: FlexTrainJob) -> bool:
     return job.spec.aggregator is None or job.spec.aggregator.tls_enabled
 
 
-def _tls_volume(job_name: str, keys: Sequence[str]) -> tuple[JSON, JSON]:
-    """(volume, mount) of `keys` of the job's Secret only: trainers get the CA alone,
+def tls_secret_name(job_name: str, settings: OperatorSettings) -> str:
+    """The Secret holding the job's `ca.crt`, `tls.crt` and `tls.key`: the job's own
+    (`<job>-token`), or the one cert-manager writes (`<job>-tls`)."""
+    return names.certificate_name(job_name) if settings.cert_manager else names.secret_name(job_name)
+
+
+def _tls_volume(secret: str, keys: Sequence[str]) -> tuple[JSON, JSON]:
+    """(volume, mount) of `keys` of the TLS Secret only: trainers get the CA alone,
     never the serving key (a Secret volume without `items` would hold every key)."""
     volume = {
         "name": TLS_VOLUME,
         "secret": {
-            "secretName": names.secret_name(job_name),
+            "secretName": secret,
             "items": [{"key": k, "path": k} for k in keys],
             "defaultMode": 0o444,
         },
@@ -260,6 +267,35 @@ def build_secret(
         "metadata": _meta(names.secret_name(name), namespace, names.job_labels(name), owner),
         "type": "Opaque",
         "data": secret_data(job, token, certificates),
+    }
+
+
+def build_certificate(job: FlexTrainJob, owner: JSON, settings: OperatorSettings) -> JSON:
+    """The cert-manager Certificate of the aggregator (when the operator is set up with
+    an issuer): ECDSA P-256, a new key at each renewal, the Service's DNS names, the
+    operator's lifetime and renewal point; cert-manager writes Secret `<job>-tls`."""
+    name, namespace = job.metadata.name, job.metadata.namespace or "default"
+    hours = settings.tls_certificate_days * 24
+    return {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": _meta(
+            names.certificate_name(name), namespace, names.aggregator_labels(name), owner
+        ),
+        "spec": {
+            "secretName": names.certificate_name(name),
+            "secretTemplate": {"labels": names.aggregator_labels(name)},
+            "dnsNames": certificate_names(job, settings),
+            "duration": f"{hours:g}h",
+            "renewBefore": f"{hours * settings.tls_renew_fraction:.0f}h",
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+            "usages": ["server auth", "digital signature"],
+            "issuerRef": {
+                "name": settings.tls_issuer_name,
+                "kind": settings.tls_issuer_kind,
+                "group": settings.tls_issuer_group,
+            },
+        },
     }
 
 
@@ -443,7 +479,7 @@ def build_aggregator_deployment(
     tls_volumes: list[JSON] = []
     tls_mounts: list[JSON] = []
     if tls:
-        volume, mount = _tls_volume(name, (certs.CERT_KEY, certs.KEY_KEY))
+        volume, mount = _tls_volume(tls_secret_name(name, settings), (certs.CERT_KEY, certs.KEY_KEY))
         tls_volumes, tls_mounts = [volume], [mount]
         ports.append(
             {"name": names.HEALTH_PORT_NAME, "containerPort": settings.aggregator_health_port, "protocol": "TCP"}
@@ -616,7 +652,7 @@ def build_tier_job(
     tls_volumes: list[JSON] = []
     tls_mounts: list[JSON] = []
     if tls:
-        volume, mount = _tls_volume(name, (certs.CA_CERT_KEY,))
+        volume, mount = _tls_volume(tls_secret_name(name, settings), (certs.CA_CERT_KEY,))
         tls_volumes, tls_mounts = [volume], [mount]
     env = [*_contract_env(variables, _secret_env(contract.TIER_KEY, name, secret_key_of(tier.name))), *tmp_env]
     container: JSON = {

@@ -46,6 +46,9 @@ override the process-level ones).
 | FLEXTRAIN_OPERATOR_TLS_CERTIFICATE_DAYS | tls_certificate_days | 365 |
 | FLEXTRAIN_OPERATOR_TLS_RENEW_FRACTION | tls_renew_fraction | 0.33 |
 | FLEXTRAIN_OPERATOR_AGGREGATOR_HEALTH_PORT | aggregator_health_port | 50052 |
+| FLEXTRAIN_OPERATOR_TLS_ISSUER_KIND | tls_issuer_kind | Issuer |
+| FLEXTRAIN_OPERATOR_TLS_ISSUER_NAME | tls_issuer_name | (empty: the operator issues) |
+| FLEXTRAIN_OPERATOR_TLS_ISSUER_GROUP | tls_issuer_group | cert-manager.io |
 """
 
 from __future__ import annotations
@@ -256,6 +259,25 @@ class OperatorSettings:
     """Plaintext port of the aggregator's gRPC health service alone, for the kubelet's
     probes (they cannot speak TLS) when the job serves TLS; never carries job traffic."""
 
+    tls_issuer_kind: str = "Issuer"
+    """cert-manager: the kind of `tls_issuer_name`, Issuer (in each job's namespace) or
+    ClusterIssuer."""
+
+    tls_issuer_name: str = ""
+    """cert-manager: when set, the operator creates a cert-manager Certificate per job
+    (`<job>-tls`, for the aggregator's Service names) from this issuer instead of issuing
+    certificates itself; the pods mount the Secret cert-manager writes (`ca.crt`,
+    `tls.crt`, `tls.key`). The issuer must write `ca.crt` (a CA or self-signed issuer
+    does). Empty: the operator's own per-job CA."""
+
+    tls_issuer_group: str = "cert-manager.io"
+    """cert-manager: the API group of the issuer (external issuers have their own)."""
+
+    @property
+    def cert_manager(self) -> bool:
+        """Certificates come from cert-manager (`tls_issuer_name` is set)."""
+        return bool(self.tls_issuer_name)
+
     @property
     def cluster_wide(self) -> bool:
         return not self.namespaces
@@ -314,6 +336,10 @@ class OperatorSettings:
             raise SettingsError(
                 f"{PREFIX}TLS_RENEW_FRACTION={self.tls_renew_fraction}: use a fraction between 0 and 1 "
                 "(of the certificate's lifetime left when it is renewed)"
+            )
+        if self.tls_issuer_name and self.tls_issuer_kind not in ("Issuer", "ClusterIssuer"):
+            raise SettingsError(
+                f"{PREFIX}TLS_ISSUER_KIND={self.tls_issuer_kind!r}: use Issuer or ClusterIssuer"
             )
         if self.cluster_domain and not DNS_SUBDOMAIN.fullmatch(self.cluster_domain):
             raise SettingsError(f"{PREFIX}CLUSTER_DOMAIN={self.cluster_domain!r} is not a DNS domain")

@@ -90,6 +90,11 @@ def tls_server_name(job: str, namespace: str) -> str:
     return f"{aggregator_name(job)}.{namespace}.svc"
 
 
+def certificate_name(job: str) -> str:
+    """Name of the job's cert-manager Certificate and of the Secret cert-manager writes."""
+    return _fit(f"{job}-tls")
+
+
 def checkpoint_claim_name(job: str) -> str:
     """Name of the PersistentVolumeClaim the operator creates for the job's checkpoints."""
     return _fit(f"{job}-checkpoints")

@@ -301,6 +301,9 @@ class Observed:
     network_policy: ChildState | None = None
     disruption_budget: ChildState | None = None
     checkpoint_claim: ClaimState | None = None
+    #: The cert-manager Certificate (operators set up with an issuer only; known from
+    #: this operator's own create, not watched).
+    certificate: ChildState | None = None
     aggregator: AggregatorState | None = None
     tier_jobs: Mapping[str, TierJobState] = field(default_factory=dict)
     pods: Sequence[PodState] = ()

@@ -148,6 +148,11 @@ class _JobMemory:
     #: The job's CA and the aggregator's serving certificate (TLS jobs), as in its Secret.
     certs: certs.Certificates | None = None
     secret: observed.ChildState | None = None
+    #: cert-manager: the job's Certificate once created (or found) by this operator, the
+    #: `ca.crt` cert-manager wrote for it, and when that was read (time.monotonic()).
+    certificate: observed.ChildState | None = None
+    issued_ca: str | None = None
+    issued_ca_read_at: float = 0.0
     #: Children created by this operator that the caches may not show yet.
     expected: dict[tuple[str, str], Any] = field(default_factory=dict)
     client: StatusClient | None = None
@@ -205,7 +210,7 @@ class _Pass:
     def seen(self) -> observed.Observed:
         """The children as the caches and this operator's own creates show them now."""
         state = self.runtime._observe(self.memory, self.snapshot, self.job)
-        return dataclasses.replace(state, secret=self.memory.secret)
+        return dataclasses.replace(state, secret=self.memory.secret, certificate=self.memory.certificate)
 
     def plan(self, seen: observed.Observed, refused: Sequence[CreateFailure] = ()) -> Plan:
         snapshot = self.snapshot
@@ -334,10 +339,11 @@ class Runtime:
         # an empty one, never None) and no child in the caches.
         fresh = not any(k != "kopf" for k in status_before) and not seen.any_child
         tls = seen.aggregator.tls if seen.aggregator is not None else builders.tls_enabled(job)
-        await self._ensure_token(memory, job, uid, fresh=fresh, tls=tls)
-        if tls:
+        own_certificates = tls and not self.settings.cert_manager
+        await self._ensure_token(memory, job, uid, fresh=fresh, tls=own_certificates)
+        if own_certificates:
             await self._renew_certificates(memory, job, uid, now)
-        seen = dataclasses.replace(seen, secret=memory.secret)
+        seen = dataclasses.replace(seen, secret=memory.secret, certificate=memory.certificate)
         reading = await self._read_aggregator(memory, seen, namespace, name)
         if seen.workload is not None:
             await self._read_flavors(memory, seen.workload)
@@ -558,13 +564,15 @@ class Runtime:
         address = self.settings.status_address_of(namespace, name, names.aggregator_name(name))
         ca = None
         if agg.tls:
-            if memory.certs is None:
+            ca = await self._trusted_ca(memory, namespace, name)
+            if ca is None:
+                holder = builders.tls_secret_name(name, self.settings)
                 memory.reading = AggregatorReading(
-                    error=f"the aggregator serves TLS but Secret {names.secret_name(name)} holds "
-                    f"no readable {certs.CA_CERT_KEY} to verify it with"
+                    error=f"the aggregator serves TLS but Secret {holder} holds no readable "
+                    f"{certs.CA_CERT_KEY} to verify it with"
                 )
+                memory.read_at = time.monotonic()
                 return memory.reading
-            ca = memory.certs.ca_cert
         if memory.client is None or memory.client_for != (address, ca):
             if memory.client:
                 memory.client.close()
@@ -587,6 +595,25 @@ class Runtime:
             memory.reading = AggregatorReading(error=str(exc))
         memory.read_at = time.monotonic()
         return memory.reading
+
+    async def _trusted_ca(self, memory: _JobMemory, namespace: str, name: str) -> str | None:
+        """The CA the aggregator's certificate must chain to: the job's own (known with its
+        Secret), or, with cert-manager, `ca.crt` of the Secret cert-manager wrote, read
+        once (again only while reads fail, at most every 10 status intervals)."""
+        if not self.settings.cert_manager:
+            return memory.certs.ca_cert if memory.certs else None
+        stale = memory.reading.error is not None and (
+            time.monotonic() - memory.issued_ca_read_at > 10 * self.settings.status_interval
+        )
+        if memory.issued_ca is None or stale:
+            memory.issued_ca_read_at = time.monotonic()
+            secret = await self.kube.get("v1", "Secret", names.certificate_name(name), namespace)
+            raw = ((secret or {}).get("data") or {}).get(certs.CA_CERT_KEY)
+            try:
+                memory.issued_ca = base64.b64decode(raw).decode() if raw else None
+            except ValueError:
+                memory.issued_ca = None
+        return memory.issued_ca
 
     async def _create_children(
         self,
@@ -627,6 +654,8 @@ class Runtime:
                 created.append(f"{kind} {child}")
             if kind == "Secret":
                 self._remember_secret(memory, body, uid)
+            elif kind == "Certificate":
+                memory.certificate = observed.child_state(body)
             elif (summary := _summary(kind, body)) is not None:
                 memory.expected[key] = summary
 

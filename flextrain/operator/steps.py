@@ -431,8 +431,9 @@ def desired_children(
     create += admission.create
     patches += admission.patches
     tls = observed.aggregator.tls if observed.aggregator is not None else builders.tls_enabled(job)
+    own_certificates = tls and not settings.cert_manager
     if observed.secret is None:
-        create.append(builders.build_secret(clean, token, owner, certificates if tls else None))
+        create.append(builders.build_secret(clean, token, owner, certificates if own_certificates else None))
     else:
         owned(observed.secret, "Secret")
     # The children that read no token: (wanted, what exists, how to build it).
@@ -444,6 +445,8 @@ def desired_children(
          lambda: builders.build_checkpoint_claim(clean, owner, settings)),
         ("PodDisruptionBudget", settings.disruption_budget, observed.disruption_budget,
          lambda: builders.build_disruption_budget(clean, owner)),
+        ("Certificate", tls and settings.cert_manager, observed.certificate,
+         lambda: builders.build_certificate(clean, owner, settings)),
     )
     for kind, wanted, state, build in simple:
         if not wanted:

@@ -554,3 +554,38 @@ def test_a_plaintext_job_gets_no_tls_anywhere() -> None:
     assert not set(secret["data"]) & {"ca.crt", "tls.crt", "tls.key", "ca.key"}
     assert service["spec"]["ports"][0]["appProtocol"] == "kubernetes.io/h2c"
     assert deployment["metadata"]["annotations"][names.TLS_ANNOTATION] == "Disabled"
+
+
+CERT_MANAGER = dataclasses.replace(SETTINGS, tls_issuer_name="flextrain-ca", tls_issuer_kind="ClusterIssuer")
+
+
+def test_with_cert_manager_the_pods_mount_the_secret_cert_manager_writes() -> None:
+    j = job()
+    tiers = {"cpu": CPU, "gpu": GPU, "arm": ARM}
+    plan = plan_job(j, tiers)
+    deployment = builders.build_aggregator_deployment(plan, OWNER, CERT_MANAGER, tls=True)
+    volume = _volume(deployment, builders.TLS_VOLUME)
+    assert volume["secret"]["secretName"] == "job-tls"
+    assert [i["key"] for i in volume["secret"]["items"]] == ["tls.crt", "tls.key"]
+    for t in plan.tiers:
+        tier_job = builders.build_tier_job(plan, t, tiers[t.device_tier], OWNER, CERT_MANAGER, tls=True)
+        volume = _volume(tier_job, builders.TLS_VOLUME)
+        assert volume["secret"]["secretName"] == "job-tls"
+        assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+
+
+def test_the_cert_manager_certificate_names_the_service_and_the_issuer() -> None:
+    cert = builders.build_certificate(job(), OWNER, CERT_MANAGER)
+    assert (cert["apiVersion"], cert["kind"], cert["metadata"]["name"]) == ("cert-manager.io/v1", "Certificate", "job-tls")
+    assert cert["metadata"]["ownerReferences"] == [OWNER]
+    spec = cert["spec"]
+    assert spec["secretName"] == "job-tls"
+    assert spec["dnsNames"] == [
+        "job-aggregator", "job-aggregator.default", "job-aggregator.default.svc",
+        "job-aggregator.default.svc.cluster.local",
+    ]
+    assert spec["issuerRef"] == {"name": "flextrain-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert spec["privateKey"] == {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"}
+    assert (spec["duration"], spec["renewBefore"]) == ("8760h", "2891h")  # 365 days, 0.33 of it
+    assert spec["usages"] == ["server auth", "digital signature"]
+    assert spec["secretTemplate"]["labels"][names.JOB_LABEL] == "job"
