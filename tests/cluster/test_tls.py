@@ -110,6 +110,15 @@ def test_a_job_that_opts_out_gets_no_tls_and_the_mode_is_immutable(
             raise AssertionError(f"changing the TLS mode of {name} was accepted: {change}")
     # Other edits of the aggregator section stay allowed.
     jobs.patch("secure", {"spec": {"aggregator": {"nodeSelector": {"flextrain.dev/pool": "cpu"}}}})
+    # An explicit null aggregator reads as unset (TLS) on create and on later updates.
+    jobs.create(factory_job("nulled", namespace, aggregator=None))
+    jobs.patch("nulled", {"spec": {"suspend": True}})
+    try:
+        jobs.patch("nulled", PLAINTEXT_PATCH)
+    except ApiException as exc:
+        assert exc.status == 422 and "aggregator.tls.mode is immutable" in exc.body, exc.body
+    else:
+        raise AssertionError("a null aggregator section was turned into a plaintext one")
 
 
 PLAINTEXT_PATCH = {"spec": PLAINTEXT}
