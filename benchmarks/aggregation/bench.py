@@ -60,7 +60,7 @@ def cases(args: argparse.Namespace) -> dict[str, Case]:
         args.large_classes,
         ((f"k{large_blocks}", large_blocks, 20),),
     )
-    return {
+    out = {
         "resnet56-table3": Case(
             "resnet56-table3", "ResNet-56/100 classes, Table 3 mix", 56, 100, TABLE3_TIERS
         ),
@@ -96,6 +96,11 @@ def cases(args: argparse.Namespace) -> dict[str, Case]:
             tiers=((f"k{large_blocks}", large_blocks, 80),),
         ),
     }
+    # The same over TLS (--tls): what the default transport of the operator's jobs costs.
+    for key in ("resnet56-full", "large"):
+        plain = out[key]
+        out[f"{key}-tls"] = replace(plain, key=f"{key}-tls", label=f"{plain.label}, TLS", tls=True)
+    return out
 
 
 def scale_case(clients: int) -> Case:
@@ -497,6 +502,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(a stand-in for local training that uses no CPU; needs --only flextrain)",
     )
     p.add_argument(
+        "--tls",
+        action="store_true",
+        help="measure only what TLS costs: ResNet-56 (all 20 at full depth) and the large model, each with "
+        "and without TLS, their rounds interleaved (no Flower, no raw rounds)",
+    )
+    p.add_argument(
         "--scale",
         action="store_true",
         help="add the scale case: one aggregator, the ResNet-56 Table 3 mix, --scale-clients clients",
@@ -527,6 +538,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.scale_rounds = 1 if args.quick else 3
     if args.only == "scale":
         args.scale = True
+    if args.tls and (args.only != "all" or args.scale or args.train_seconds):
+        p.error("--tls runs its own sections: leave out --only, --scale and --train-seconds")
     if args.train_seconds < 0:
         p.error("--train-seconds must be >= 0")
     if args.train_seconds and args.only != "flextrain":
@@ -588,6 +601,13 @@ def main(argv: list[str] | None = None) -> int:
         ]
     raw_cases = {"resnet56-table3", "resnet56-full", "large", "large-single"}
     memory_cases = [] if args.quick else ["large-80"]
+    if args.tls:
+        sections = [
+            ("tls-resnet56", ["resnet56-full", "resnet56-full-tls"], None),
+            ("tls-large", ["large", "large-tls"], None),
+        ]
+        raw_cases, memory_cases = set(), []
+        do_flower = do_legacy = do_deployment = False
     flower_models = {"resnet56": "resnet56-full", "large": "large"}
 
     report: dict[str, Any] = {
@@ -596,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
             ["python -m benchmarks.aggregation", *(sys.argv[1:] if argv is None else argv)]
         ),
         "quick": args.quick,
+        "tls": args.tls,
         "warmup": args.warmup,
         "measured": args.rounds,
         "deployment_measured": args.deployment_rounds,

@@ -67,6 +67,10 @@ class Case:
     #: Give the aggregator a checkpoint directory (the product's default); False
     #: measures the rounds without the checkpoint writes, for comparison.
     checkpoint: bool = True
+    #: Serve TLS with a certificate issued on the fly by the operator's per-job CA code
+    #: (flextrain.operator.certs, ECDSA P-256) and have the clients verify it, as the
+    #: operator's pods do.
+    tls: bool = False
 
     @property
     def num_clients(self) -> int:
@@ -225,6 +229,19 @@ class OursRun:
         port_file = work / "port"
         port_file.unlink(missing_ok=True)
         self.agg_log.unlink(missing_ok=True)
+        tls_args: list[str] = []
+        tls_ca: str | None = None
+        if case.tls:
+            import datetime as dt
+
+            from flextrain.operator import certs
+
+            # The certificate names the address the clients dial, as the job's names its Service.
+            chain = certs.issue("benchmark CA", ["127.0.0.1", "localhost"], now=dt.datetime.now(dt.UTC), days=1)
+            for key, text in chain.secret_data().items():
+                (work / key).write_text(text)
+            tls_args = ["--tls-cert", str(work / certs.CERT_KEY), "--tls-key", str(work / certs.KEY_KEY)]
+            tls_ca = str(work / certs.CA_CERT_KEY)
         checkpoint_args: list[str] = []
         if self.checkpoints is not None:
             shutil.rmtree(self.checkpoints, ignore_errors=True)  # a fresh job, not a resumed one
@@ -247,6 +264,7 @@ class OursRun:
             "--device",
             "cpu",
             *checkpoint_args,
+            *tls_args,
             *case.aggregator_args,
         ]
         aggregator = self.aggregator = tracker.start(f"ours-{case.key}-aggregator", argv, cwd=REPO)
@@ -279,6 +297,7 @@ class OursRun:
                 "timeout_seconds": 600 + self.per_round_budget * self.client_rounds,
                 "sync_dir": str(self.sync),
                 "train_seconds": self.train_seconds,
+                "tls_ca": tls_ca,
                 "index": i,
                 "clients": group,
             }

@@ -104,6 +104,7 @@ def run_client(
         depth=int(client["depth"]),
         replica_index=int(client["replica"]),
         device="cpu",
+        tls_ca=Path(spec["tls_ca"]) if spec.get("tls_ca") else None,
     )
     agg = AggregatorClient(config)
     keep.append(agg)  # closed by main() after the teardown signal

@@ -501,7 +501,51 @@ def _cpu(r: dict[str, Any]) -> str:
     )
 
 
+def _per_round(r: dict[str, Any], who: str) -> str:
+    value = r.get(f"{who}_cpu_seconds_per_round")
+    return "–" if value is None else f"{value:.2f}"
+
+
+def render_tls(report: dict[str, Any]) -> str:
+    """`--tls`: each model's rounds with and without TLS, interleaved in one section."""
+    res = report["results"]
+    m = report["machine"]
+    lines = [
+        "# What TLS costs the aggregator's rounds (loopback)",
+        "",
+        f"Machine: {m['cpus']} CPUs ({m['cpu_model']}); Python {m['python']}, grpcio {m['grpcio']}. "
+        f"Run {report['started']}, {report['wall_seconds']:.0f}s. {report['warmup']} warm-up + "
+        f"{report['measured']} measured rounds of each configuration; per model, the rounds with and without "
+        "TLS alternate (the order rotating every round), so a change in the machine's load falls on both. "
+        "20 clients at full depth, a checkpoint every round, no training. TLS: ECDSA P-256 certificate "
+        "from the operator's per-job CA code, verified by every client.",
+        "",
+        "| model | plaintext round (s) | TLS round (s) | TLS / plaintext (paired median) | aggregator CPU per round, plaintext → TLS (s) | clients' CPU per round, plaintext → TLS (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for plain_key in ("resnet56-full", "large"):
+        plain, tls = res.get(f"ours/{plain_key}", {}), res.get(f"ours/{plain_key}-tls", {})
+        label = _label(report, f"ours/{plain_key}").removesuffix(", all 20 at full depth")
+        if "error" in plain or "error" in tls or not plain or not tls:
+            why = plain.get("error") or tls.get("error") or "not run"
+            lines.append(f"| {label} | FAILED: {why} | | | | |")
+            continue
+        ratio = paired_ratio(tls, plain)
+        lines.append(
+            f"| {label} ({_mb(plain['model_bytes'])}) | {spread(plain)} | {spread(tls)} | "
+            + (f"{ratio:.3f} ({(ratio - 1) * 100:+.1f} %)" if ratio is not None else "–")
+            + f" | {_per_round(plain, 'server')} → {_per_round(tls, 'server')} | "
+            f"{_per_round(plain, 'clients')} → {_per_round(tls, 'clients')} |"
+        )
+    load = report.get("foreign_load") or []
+    if load:
+        lines += ["", f"Load of other processes before each section (cores): {', '.join(f'{x:.2f}' for x in load)}."]
+    return "\n".join(lines) + "\n"
+
+
 def render(report: dict[str, Any]) -> str:
+    if report.get("tls"):
+        return render_tls(report)
     res = report["results"]
     lb = res.get("loopback", {})
     ceiling = ceiling_of(res)

@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="gRPC port (default: $FLEXTRAIN_PORT, else 50051; 0: any free port)")
     p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default: $FLEXTRAIN_METRICS_PORT; 0: off)")
+    p.add_argument("--health-port", type=int, help="plaintext port of the gRPC health service alone, for probes (default: $FLEXTRAIN_HEALTH_PORT; 0: off)")
     p.add_argument("--checkpoint-dir", type=Path)
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--tls-cert", type=Path)
@@ -136,7 +137,9 @@ def _configure(args: argparse.Namespace) -> tuple[Callable[[], AggregatorServer]
             raise ConfigError(f"cannot serve metrics on port {args.metrics_port}: {exc}") from exc
 
     def make_server() -> AggregatorServer:  # grpc.aio needs the running event loop
-        return AggregatorServer(service, token, host=args.host, port=args.port, tls=tls)
+        return AggregatorServer(
+            service, token, host=args.host, port=args.port, tls=tls, health_port=args.health_port
+        )
 
     return (make_server,)
 

@@ -269,25 +269,68 @@ def add_servicer(servicer: AggregatorServicer, server: grpc.aio.Server) -> None:
 
 @dataclass
 class TlsFiles:
-    """Server certificate and key, and optionally a CA to require client certificates."""
+    """Server certificate and key, and optionally a CA to require client certificates.
+
+    The files are read again at the first TLS handshake after either of them changed
+    (their modification time or inode): a renewed certificate (the operator's, or
+    cert-manager's, written into the mounted Secret by the kubelet) is served to new
+    connections without a restart; connections open already keep theirs."""
 
     cert: Path
     key: Path
     client_ca: Path | None = None
 
-    def credentials(self) -> grpc.ServerCredentials:
+    def _stamp(self) -> tuple[tuple[int, int], ...]:
+        out = []
+        for path in (self.cert, self.key):
+            st = path.stat()
+            out.append((st.st_mtime_ns, st.st_ino))
+        return tuple(out)
+
+    def _configuration(self) -> Any:
         ca = self.client_ca.read_bytes() if self.client_ca else None
-        return grpc.ssl_server_credentials(
-            [(self.key.read_bytes(), self.cert.read_bytes())],
-            root_certificates=ca,
-            require_client_auth=ca is not None,
+        return grpc.ssl_server_certificate_configuration(
+            [(self.key.read_bytes(), self.cert.read_bytes())], root_certificates=ca
+        )
+
+    def credentials(self) -> grpc.ServerCredentials:
+        stamp = [self._stamp()]
+        initial = self._configuration()
+
+        def fetch() -> Any:
+            """Called by gRPC before each handshake: None keeps the current files."""
+            try:
+                now = self._stamp()
+                if now == stamp[0]:
+                    return None
+                configuration = self._configuration()
+            except OSError as exc:  # in the middle of a change: the next handshake retries
+                log.warning("could not read the new TLS certificate: %s", exc)
+                return None
+            stamp[0] = now
+            log.info("serving the renewed TLS certificate %s", self.cert)
+            return configuration
+
+        return grpc.dynamic_ssl_server_credentials(
+            initial, fetch, require_client_authentication=self.client_ca is not None
         )
 
 
 class AggregatorServer:
-    """The running gRPC server: servicer + health service + graceful stop."""
+    """The running gRPC server: servicer + health service + graceful stop. With
+    `health_port`, the health service alone is also served in plaintext there (the
+    kubelet's gRPC probes cannot speak TLS); nothing else answers on that port."""
 
-    def __init__(self, service: AggregatorService, token: str, *, host: str = "0.0.0.0", port: int = 50051, tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self,
+        service: AggregatorService,
+        token: str,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 50051,
+        tls: TlsFiles | None = None,
+        health_port: int = 0,
+    ) -> None:
         self.service = service
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         add_servicer(AggregatorServicer(service, token), self.server)
@@ -299,6 +342,27 @@ class AggregatorServer:
         )
         if self.port == 0:
             raise OSError(f"cannot listen on {address}: the port is in use or not allowed")
+        self.health_server: grpc.aio.Server | None = None
+        if health_port:
+            self.health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            if self.health_server.add_insecure_port(f"{host}:{health_port}") == 0:
+                raise OSError(f"cannot listen on {host}:{health_port} (health): the port is in use or not allowed")
+
+    async def start(self) -> None:
+        await self.service.start()
+        await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
+        await self._set_health(True)
+        log.info("aggregator for job %s listening on port %d", self.service.name, self.port)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self._set_health(False)
+        await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
+        await self.service.stop()
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -306,17 +370,6 @@ class AggregatorServer:
             result: Any = self.health.set(name, status)
             if asyncio.iscoroutine(result):
                 await result
-
-    async def start(self) -> None:
-        await self.service.start()
-        await self.server.start()
-        await self._set_health(True)
-        log.info("aggregator for job %s listening on port %d", self.service.name, self.port)
-
-    async def stop(self, grace: float = 5.0) -> None:
-        await self._set_health(False)
-        await self.server.stop(grace)
-        await self.service.stop()
 
     async def serve_until_signal(self, on_started: Callable[[int], None] | None = None) -> None:
         """Serve until SIGTERM/SIGINT, then stop gracefully (in-flight RPCs get `grace`)."""

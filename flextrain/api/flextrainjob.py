@@ -579,6 +579,24 @@ class AggregatorResources(Resources):
     )
 
 
+#: `spec.aggregator.tls.mode`: the aggregator serves TLS (the default) or plaintext gRPC.
+TLS_ENABLED: Final = "Enabled"
+TLS_DISABLED: Final = "Disabled"
+
+
+class AggregatorTls(ApiModel):
+    """Transport security between the job's trainers, the operator and the aggregator."""
+
+    mode: Literal["Enabled", "Disabled"] = Field(
+        default=TLS_ENABLED,
+        description="mode: Enabled (default): the aggregator serves TLS with a certificate "
+        "for its Service names from a CA of this job's own (or from cert-manager when the "
+        "operator is set up so), and the trainers and the operator verify it. Disabled: "
+        "plaintext gRPC (tokens and model updates readable on the network); the operator's "
+        "policy may forbid it (policy.allowPlaintext). Immutable (whether set or not).",
+    )
+
+
 class AggregatorSpec(ApiModel):
     """Where the job's aggregator runs and what it may use."""
 
@@ -600,6 +618,14 @@ class AggregatorSpec(ApiModel):
         description="resources: CPU, memory and ephemeral-storage requests and limits of the "
         "aggregator container.",
     )
+    tls: AggregatorTls | None = Field(
+        default=None,
+        description="tls: TLS of the aggregator's gRPC port; unset: TLS (mode Enabled).",
+    )
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls is None or self.tls.mode == TLS_ENABLED
 
 
 #: Environment variables the operator always sets itself: a pod template may not name them.
@@ -740,6 +766,13 @@ _TIERS_CEL = [
 ]
 
 
+#: CEL: the TLS mode of `obj` (a spec), Enabled when unset.
+_TLS_MODE_CEL: Final[str] = (
+    "(has({obj}.aggregator) && has({obj}.aggregator.tls) && has({obj}.aggregator.tls.mode) "
+    "? {obj}.aggregator.tls.mode : 'Enabled')"
+)
+
+
 class FlexTrainJobSpec(ApiModel):
     """Desired state of a FlexTrainJob."""
 
@@ -775,6 +808,11 @@ class FlexTrainJobSpec(ApiModel):
             + "[self.dataset.name] % self.model.vit.patchSize == 0",
             "model.vit.patchSize must divide the dataset's image size (8 for digits and "
             "synthetic, 28 for fashion-mnist, 32 for cifar10/cifar100)",
+        ),
+        cel(
+            _TLS_MODE_CEL.format(obj="self") + " == " + _TLS_MODE_CEL.format(obj="oldSelf"),
+            "aggregator.tls.mode is immutable (unset means Enabled): create a new FlexTrainJob",
+            field_path=".aggregator",
         ),
     )
 

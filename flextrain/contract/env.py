@@ -34,6 +34,8 @@ TLS_CA: Final = "FLEXTRAIN_TLS_CA"
 TLS_CERT: Final = "FLEXTRAIN_TLS_CERT"
 TLS_KEY: Final = "FLEXTRAIN_TLS_KEY"
 TLS_CLIENT_CA: Final = "FLEXTRAIN_TLS_CLIENT_CA"
+TLS_SERVER_NAME: Final = "FLEXTRAIN_TLS_SERVER_NAME"
+HEALTH_PORT: Final = "FLEXTRAIN_HEALTH_PORT"
 TRAINING_SLOTS: Final = "FLEXTRAIN_TRAINING_SLOTS"
 MALLOC_RETAIN: Final = "FLEXTRAIN_MALLOC_RETAIN"
 PLAN: Final = "FLEXTRAIN_PLAN"
@@ -189,6 +191,8 @@ class TrainerEnv:
     slots_dir: Path | None = None
     slots: int = 0
     log_format: str = "json"
+    #: The name the aggregator's certificate must carry (default: the host of `aggregator`).
+    tls_server_name: str | None = None
 
     def to_env(self, *, leave_out: Collection[str] = ()) -> dict[str, str]:
         """The variables that configure this trainer. `leave_out`: what the pod gets
@@ -211,6 +215,7 @@ class TrainerEnv:
                 (TLS_CA, self.tls_ca),
                 (TLS_CERT, self.tls_cert),
                 (TLS_KEY, self.tls_key),
+                (TLS_SERVER_NAME, self.tls_server_name),
                 (TRAINING_SLOTS, slots),
             ),
             leave_out,
@@ -243,6 +248,7 @@ class TrainerEnv:
             tls_ca=r.path(TLS_CA),
             tls_cert=r.path(TLS_CERT),
             tls_key=r.path(TLS_KEY),
+            tls_server_name=r.get(TLS_SERVER_NAME),
             slots_dir=slots_dir,
             slots=slots,
             log_format=r.log_format(),
@@ -272,6 +278,7 @@ class AggregatorEnv:
     push_idle_seconds: float | None = None
     push_grace_seconds: float | None = None
     push_min_bytes_per_second: float | None = None
+    health_port: int = 0
 
     def to_env(self, *, leave_out: Collection[str] = ()) -> dict[str, str]:
         """The variables that configure this aggregator (`leave_out`: FLEXTRAIN_TOKEN
@@ -282,6 +289,7 @@ class AggregatorEnv:
                 (TOKEN, self.token),
                 (PORT, self.port),
                 (METRICS_PORT, self.metrics_port),
+                (HEALTH_PORT, self.health_port or None),
                 (CHECKPOINT_DIR, self.checkpoint_dir),
                 (DEVICE, self.device),
                 (LOG_FORMAT, self.log_format),
@@ -305,6 +313,7 @@ class AggregatorEnv:
             token=r.get(TOKEN),
             port=r.port(PORT, DEFAULT_PORT, 0),
             metrics_port=r.port(METRICS_PORT, 0, 0),
+            health_port=r.port(HEALTH_PORT, 0, 0),
             checkpoint_dir=r.path(CHECKPOINT_DIR),
             data_dir=r.path(DATA_DIR),
             device=r.device(),
@@ -337,6 +346,7 @@ TRAINER_VARIABLES: Final[dict[str, tuple[str, str]]] = {
     TLS_CA: ("no", "CA certificate file: connect with TLS"),
     TLS_CERT: ("no", "client certificate for mutual TLS (with FLEXTRAIN_TLS_KEY)"),
     TLS_KEY: ("no", "the client certificate's key"),
+    TLS_SERVER_NAME: ("no", "name the aggregator's certificate must carry (default: the host of FLEXTRAIN_AGGREGATOR)"),
     TRAINING_SLOTS: ("no", "`DIR:N`: at most N trainers of this machine train at once (`flextrain run`)"),
     MALLOC_RETAIN: ("no", "0: give freed memory back to the system (flextrain.allocator)"),
 }
@@ -345,6 +355,7 @@ AGGREGATOR_VARIABLES: Final[dict[str, tuple[str, str]]] = {
     TOKEN: ("--token-file FILE", "the job token: authenticates GetStatus, and every replica credential is derived from it"),
     PORT: ("--port", f"gRPC port (default {DEFAULT_PORT}; 0: any free port)"),
     METRICS_PORT: ("--metrics-port", "Prometheus /metrics port (0: off)"),
+    HEALTH_PORT: ("--health-port", "plaintext port serving only the gRPC health service, for probes that cannot speak TLS (0: off)"),
     CHECKPOINT_DIR: ("--checkpoint-dir", "round checkpoints; resumes from the newest"),
     DATA_DIR: ("--data-dir", "dataset directory for held-out evaluation"),
     DEVICE: ("--device", "evaluation device: auto, cpu, cuda or cuda:N"),

@@ -7,11 +7,12 @@ labels, environment and pod settings fill in what the user did not set.
 
 | child | name | what |
 |---|---|---|
-| Secret | `<job>-token` | the per-job token trainers and aggregator authenticate with |
+| Secret | `<job>-token` | the per-job token trainers and aggregator authenticate with, and (TLS) the job's CA and the aggregator's serving certificate (flextrain.operator.certs) |
 | Service | `<job>-aggregator` | headless: gRPC (and metrics) of the aggregator |
 | Deployment | `<job>-aggregator` | 1 replica, Recreate, gRPC health probes, checkpoint volume |
 | Job (batch/v1) | `<job>-<tier>` | Indexed, one completion index per replica = data shard |
 | Workload (kueue.x-k8s.io) | `<job>` | jobs with `spec.queueName`: one pod set per tier and one for the aggregator |
+| Certificate (cert-manager.io/v1) | `<job>-tls` | only when the operator is set up with a cert-manager issuer: the aggregator's serving certificate, written by cert-manager into Secret `<job>-tls` |
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from flextrain.contract import env as contract
 from flextrain.contract.credentials import secret_key_of, tier_key
 from flextrain.contract.env import EXIT_PERMANENT, AggregatorEnv, TrainerEnv
 from flextrain.jobplan import JobPlan, TierPlan
-from flextrain.operator import names
+from flextrain.operator import certs, names
 from flextrain.operator.config import OperatorSettings
 from flextrain.operator.tiers import node_selector
 
@@ -60,6 +61,9 @@ def _place(pod_spec: JSON, placement: Placement | None) -> None:
 
 TRAINER_CONTAINER = "trainer"
 AGGREGATOR_CONTAINER = "aggregator"
+#: Where the TLS files of the job's Secret are mounted (read-only) in its pods.
+TLS_MOUNT_PATH = "/var/run/flextrain/tls"
+TLS_VOLUME = "tls"
 #: Exit code of a trainer that cannot succeed by retrying (bad environment, rejected
 #: token, unknown job or tier, depth mismatch): that replica's index fails at once.
 
@@ -201,20 +205,60 @@ def _tmp(settings: OperatorSettings) -> tuple[list[JSON], list[JSON], list[JSON]
     )
 
 
+def tls_enabled(job: FlexTrainJob) -> bool:
+    """The job asks for TLS (the default: `spec.aggregator.tls.mode` unset or Enabled)."""
+    return job.spec.aggregator is None or job.spec.aggregator.tls_enabled
+
+
+def tls_secret_name(job_name: str, settings: OperatorSettings) -> str:
+    """The Secret holding the job's `ca.crt`, `tls.crt` and `tls.key`: the job's own
+    (`<job>-token`), or the one cert-manager writes (`<job>-tls`)."""
+    return names.certificate_name(job_name) if settings.cert_manager else names.secret_name(job_name)
+
+
+def _tls_volume(secret: str, keys: Sequence[str]) -> tuple[JSON, JSON]:
+    """(volume, mount) of `keys` of the TLS Secret only: trainers get the CA alone,
+    never the serving key (a Secret volume without `items` would hold every key)."""
+    volume = {
+        "name": TLS_VOLUME,
+        "secret": {
+            "secretName": secret,
+            "items": [{"key": k, "path": k} for k in keys],
+            "defaultMode": 0o444,
+        },
+    }
+    return volume, {"name": TLS_VOLUME, "mountPath": TLS_MOUNT_PATH, "readOnly": True}
+
+
+def certificate_names(job: FlexTrainJob, settings: OperatorSettings) -> list[str]:
+    """The DNS names of the aggregator's serving certificate: its Service's names."""
+    return certs.service_dns_names(
+        names.aggregator_name(job.metadata.name), job.metadata.namespace or "default", settings.cluster_domain
+    )
+
+
 # -- the children ---------------------------------------------------------------------
 
 
-def secret_data(job: FlexTrainJob, token: str) -> dict[str, str]:
-    """The job Secret's data: the random job token under key `token` (the aggregator's)
-    and each tier's key under `tier-<tier>` (that tier's trainers'; see
-    flextrain.contract.credentials), base64-encoded."""
+def secret_data(
+    job: FlexTrainJob, token: str, certificates: certs.Certificates | None = None
+) -> dict[str, str]:
+    """The job Secret's data: the random job token under key `token` (the aggregator's),
+    each tier's key under `tier-<tier>` (that tier's trainers'; see
+    flextrain.contract.credentials) and, with `certificates`, the job's CA and the
+    aggregator's serving certificate (`ca.crt`, `ca.key`, `tls.crt`, `tls.key`; see
+    flextrain.operator.certs), base64-encoded."""
     name = job.metadata.name
     plain = {names.TOKEN_KEY: token}
     plain |= {secret_key_of(t.name): tier_key(token, name, t.name) for t in job.spec.tiers}
+    if certificates is not None:
+        plain |= certificates.secret_data()
     return {key: base64.b64encode(value.encode()).decode() for key, value in plain.items()}
 
 
-def build_secret(job: FlexTrainJob, token: str, owner: JSON) -> JSON:
+def build_secret(
+    job: FlexTrainJob, token: str, owner: JSON, certificates: certs.Certificates | None = None
+) -> JSON:
     """The job's Secret (see `secret_data`)."""
     name, namespace = job.metadata.name, job.metadata.namespace or "default"
     return {
@@ -222,7 +266,36 @@ def build_secret(job: FlexTrainJob, token: str, owner: JSON) -> JSON:
         "kind": "Secret",
         "metadata": _meta(names.secret_name(name), namespace, names.job_labels(name), owner),
         "type": "Opaque",
-        "data": secret_data(job, token),
+        "data": secret_data(job, token, certificates),
+    }
+
+
+def build_certificate(job: FlexTrainJob, owner: JSON, settings: OperatorSettings) -> JSON:
+    """The cert-manager Certificate of the aggregator (when the operator is set up with
+    an issuer): ECDSA P-256, a new key at each renewal, the Service's DNS names, the
+    operator's lifetime and renewal point; cert-manager writes Secret `<job>-tls`."""
+    name, namespace = job.metadata.name, job.metadata.namespace or "default"
+    hours = settings.tls_certificate_days * 24
+    return {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": _meta(
+            names.certificate_name(name), namespace, names.aggregator_labels(name), owner
+        ),
+        "spec": {
+            "secretName": names.certificate_name(name),
+            "secretTemplate": {"labels": names.aggregator_labels(name)},
+            "dnsNames": certificate_names(job, settings),
+            "duration": f"{hours:g}h",
+            "renewBefore": f"{hours * settings.tls_renew_fraction:.0f}h",
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+            "usages": ["server auth", "digital signature"],
+            "issuerRef": {
+                "name": settings.tls_issuer_name,
+                "kind": settings.tls_issuer_kind,
+                "group": settings.tls_issuer_group,
+            },
+        },
     }
 
 
@@ -234,15 +307,15 @@ def build_aggregator_service(job: FlexTrainJob, owner: JSON, settings: OperatorS
     at once, 0.50 s p50 for a ClusterIP Service (allocations take turns) against 0.02 s
     for the other children."""
     name, namespace = job.metadata.name, job.metadata.namespace or "default"
-    ports: list[JSON] = [
-        {
-            "name": names.GRPC_PORT_NAME,
-            "port": settings.aggregator_port,
-            "targetPort": names.GRPC_PORT_NAME,
-            "protocol": "TCP",
-            "appProtocol": "kubernetes.io/h2c",
-        }
-    ]
+    grpc_port: JSON = {
+        "name": names.GRPC_PORT_NAME,
+        "port": settings.aggregator_port,
+        "targetPort": names.GRPC_PORT_NAME,
+        "protocol": "TCP",
+    }
+    if not tls_enabled(job):
+        grpc_port["appProtocol"] = "kubernetes.io/h2c"  # HTTP/2 in cleartext
+    ports: list[JSON] = [grpc_port]
     if settings.metrics_port:
         ports.append(
             {
@@ -371,10 +444,13 @@ def build_aggregator_deployment(
     *,
     replicas: int = 1,
     placement: Placement | None = None,
+    tls: bool = False,
 ) -> JSON:
     """The aggregator: 1 replica (Recreate: never two aggregators on one checkpoint),
     started with the job plan, probed through the standard gRPC health service.
-    `placement`: where Kueue admitted it (jobs with spec.queueName)."""
+    `placement`: where Kueue admitted it (jobs with spec.queueName). With `tls`, it
+    serves TLS with `tls.crt`/`tls.key` of the job's Secret, and the probes go to the
+    plaintext health port (the kubelet's gRPC probes cannot speak TLS)."""
     job = plan.job
     name, namespace = job.metadata.name, job.metadata.namespace or "default"
     template = job.spec.pod_template
@@ -392,11 +468,22 @@ def build_aggregator_deployment(
         device="cpu",
         log_format="json",
         data_dir=Path(data_dir) if data_dir else None,
+        tls_cert=Path(TLS_MOUNT_PATH, certs.CERT_KEY) if tls else None,
+        tls_key=Path(TLS_MOUNT_PATH, certs.KEY_KEY) if tls else None,
+        health_port=settings.aggregator_health_port if tls else 0,
     ).to_env(leave_out=(contract.TOKEN,))
     env = [*_contract_env(variables, _secret_env(contract.TOKEN, name, names.TOKEN_KEY)), *tmp_env]
     ports: list[JSON] = [
         {"name": names.GRPC_PORT_NAME, "containerPort": settings.aggregator_port, "protocol": "TCP"}
     ]
+    tls_volumes: list[JSON] = []
+    tls_mounts: list[JSON] = []
+    if tls:
+        volume, mount = _tls_volume(tls_secret_name(name, settings), (certs.CERT_KEY, certs.KEY_KEY))
+        tls_volumes, tls_mounts = [volume], [mount]
+        ports.append(
+            {"name": names.HEALTH_PORT_NAME, "containerPort": settings.aggregator_health_port, "protocol": "TCP"}
+        )
     if settings.metrics_port:
         ports.append(
             {
@@ -405,7 +492,7 @@ def build_aggregator_deployment(
                 "protocol": "TCP",
             }
         )
-    grpc_probe = {"grpc": {"port": settings.aggregator_port}}
+    grpc_probe = {"grpc": {"port": settings.aggregator_health_port if tls else settings.aggregator_port}}
     container: JSON = {
         "name": AGGREGATOR_CONTAINER,
         "image": job.spec.image or settings.image,
@@ -419,13 +506,13 @@ def build_aggregator_deployment(
         "readinessProbe": {**grpc_probe, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {**grpc_probe, "periodSeconds": 10, "failureThreshold": 6},
         "resources": _aggregator_resources(job, settings),
-        "volumeMounts": [ckpt_mount, *data_mounts, *tmp_mounts],
+        "volumeMounts": [ckpt_mount, *data_mounts, *tmp_mounts, *tls_mounts],
     }
     if container_security:
         container["securityContext"] = container_security
     pod_spec: JSON = {
         "containers": [container],
-        "volumes": [ckpt_volume, *data_volumes, *tmp_volumes],
+        "volumes": [ckpt_volume, *data_volumes, *tmp_volumes, *tls_volumes],
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
         "nodeSelector": {
@@ -447,6 +534,7 @@ def build_aggregator_deployment(
             "annotations": {
                 names.DEPTHS_ANNOTATION: json.dumps(plan.depths, sort_keys=True),
                 names.TIERS_ANNOTATION: json.dumps(tiers_wire(job), sort_keys=True),
+                names.TLS_ANNOTATION: "Enabled" if tls else "Disabled",
             },
         },
         "spec": {
@@ -531,10 +619,13 @@ def build_tier_job(
     *,
     suspend: bool = False,
     placement: Placement | None = None,
+    tls: bool = False,
 ) -> JSON:
     """One tier's Indexed Job: completion index i is replica i and trains data shard
     `tier.shard_offset + i` (the aggregator maps it from the replica index at Join).
-    `placement`: where Kueue admitted the tier (jobs with spec.queueName)."""
+    `placement`: where Kueue admitted the tier (jobs with spec.queueName). With `tls`,
+    its trainers verify the aggregator against the job's CA (`ca.crt`, the only key of
+    the job's Secret they mount) and its Service name."""
     job = plan.job
     name, namespace = job.metadata.name, job.metadata.namespace or "default"
     template = job.spec.pod_template
@@ -555,7 +646,14 @@ def build_tier_job(
         log_format="json",
         data_dir=Path(data_dir) if data_dir else None,
         threads=_threads(device_tier) or 0,
+        tls_ca=Path(TLS_MOUNT_PATH, certs.CA_CERT_KEY) if tls else None,
+        tls_server_name=names.tls_server_name(name, namespace) if tls else None,
     ).to_env(leave_out=(contract.TIER_KEY, contract.REPLICA_INDEX))
+    tls_volumes: list[JSON] = []
+    tls_mounts: list[JSON] = []
+    if tls:
+        volume, mount = _tls_volume(tls_secret_name(name, settings), (certs.CA_CERT_KEY,))
+        tls_volumes, tls_mounts = [volume], [mount]
     env = [*_contract_env(variables, _secret_env(contract.TIER_KEY, name, secret_key_of(tier.name))), *tmp_env]
     container: JSON = {
         "name": TRAINER_CONTAINER,
@@ -565,7 +663,7 @@ def build_tier_job(
         # FLEXTRAIN_REPLICA_INDEX is left out: the trainer reads JOB_COMPLETION_INDEX.
         "env": _env(template, env),
         "resources": _trainer_resources(device_tier),
-        "volumeMounts": [*data_mounts, *tmp_mounts],
+        "volumeMounts": [*data_mounts, *tmp_mounts, *tls_mounts],
     }
     if container_security:
         container["securityContext"] = container_security
@@ -579,7 +677,7 @@ def build_tier_job(
     if device_tier.spec.tolerations:
         pod_spec["tolerations"] = [t.to_wire() for t in device_tier.spec.tolerations]
     _place(pod_spec, placement)
-    volumes = [*data_volumes, *tmp_volumes]
+    volumes = [*data_volumes, *tmp_volumes, *tls_volumes]
     if volumes:
         pod_spec["volumes"] = volumes
     if pod_security:

@@ -41,6 +41,14 @@ override the process-level ones).
 | FLEXTRAIN_OPERATOR_RENEW_DEADLINE | renew_deadline | 10 (seconds) |
 | FLEXTRAIN_OPERATOR_RETRY_PERIOD | retry_period | 2 (seconds) |
 | FLEXTRAIN_OPERATOR_KUEUE | kueue | false |
+| FLEXTRAIN_OPERATOR_ALLOW_PLAINTEXT | allow_plaintext | true |
+| FLEXTRAIN_OPERATOR_CLUSTER_DOMAIN | cluster_domain | cluster.local |
+| FLEXTRAIN_OPERATOR_TLS_CERTIFICATE_DAYS | tls_certificate_days | 365 |
+| FLEXTRAIN_OPERATOR_TLS_RENEW_FRACTION | tls_renew_fraction | 0.33 |
+| FLEXTRAIN_OPERATOR_AGGREGATOR_HEALTH_PORT | aggregator_health_port | 50052 |
+| FLEXTRAIN_OPERATOR_TLS_ISSUER_KIND | tls_issuer_kind | Issuer |
+| FLEXTRAIN_OPERATOR_TLS_ISSUER_NAME | tls_issuer_name | (empty: the operator issues) |
+| FLEXTRAIN_OPERATOR_TLS_ISSUER_GROUP | tls_issuer_group | cert-manager.io |
 """
 
 from __future__ import annotations
@@ -229,6 +237,47 @@ class OperatorSettings:
     runs on clusters without Kueue's CRDs when it is off; a job with a queueName then
     waits (condition Admitted=False, reason KueueDisabled)."""
 
+    allow_plaintext: bool = True
+    """Tenancy policy: whether a job may turn TLS off (`spec.aggregator.tls.mode:
+    Disabled`). TLS is the default either way; false refuses jobs that opt out."""
+
+    cluster_domain: str = "cluster.local"
+    """The cluster's DNS domain: the aggregator's serving certificate names
+    `<svc>.<ns>.svc.<domain>` besides `<svc>`, `<svc>.<ns>` and `<svc>.<ns>.svc`; empty
+    leaves the fully qualified name out."""
+
+    tls_certificate_days: float = 365.0
+    """Lifetime of an aggregator's serving certificate, in days (its job's CA lives ten
+    times as long). Renewed while the job runs, see `tls_renew_fraction`."""
+
+    tls_renew_fraction: float = 0.33
+    """The operator issues a new serving certificate (same CA) once less than this
+    fraction of the current one's lifetime is left; the aggregator loads it at its next
+    TLS handshake (docs/operator.md, "TLS")."""
+
+    aggregator_health_port: int = 50052
+    """Plaintext port of the aggregator's gRPC health service alone, for the kubelet's
+    probes (they cannot speak TLS) when the job serves TLS; never carries job traffic."""
+
+    tls_issuer_kind: str = "Issuer"
+    """cert-manager: the kind of `tls_issuer_name`, Issuer (in each job's namespace) or
+    ClusterIssuer."""
+
+    tls_issuer_name: str = ""
+    """cert-manager: when set, the operator creates a cert-manager Certificate per job
+    (`<job>-tls`, for the aggregator's Service names) from this issuer instead of issuing
+    certificates itself; the pods mount the Secret cert-manager writes (`ca.crt`,
+    `tls.crt`, `tls.key`). The issuer must write `ca.crt` (a CA or self-signed issuer
+    does). Empty: the operator's own per-job CA."""
+
+    tls_issuer_group: str = "cert-manager.io"
+    """cert-manager: the API group of the issuer (external issuers have their own)."""
+
+    @property
+    def cert_manager(self) -> bool:
+        """Certificates come from cert-manager (`tls_issuer_name` is set)."""
+        return bool(self.tls_issuer_name)
+
     @property
     def cluster_wide(self) -> bool:
         return not self.namespaces
@@ -273,6 +322,27 @@ class OperatorSettings:
             raise SettingsError(f"{PREFIX}SELF_METRICS_PORT must be 0..65535 (0 = off)")
         if self.metrics_port == self.aggregator_port:
             raise SettingsError("the metrics port must differ from the aggregator port")
+        if not 0 < self.aggregator_health_port < 65536 or self.aggregator_health_port in (
+            self.aggregator_port,
+            self.metrics_port,
+        ):
+            raise SettingsError(
+                f"{PREFIX}AGGREGATOR_HEALTH_PORT={self.aggregator_health_port}: use 1..65535, "
+                "another port than the aggregator's gRPC and metrics ports"
+            )
+        if not self.tls_certificate_days >= 1:
+            raise SettingsError(f"{PREFIX}TLS_CERTIFICATE_DAYS={self.tls_certificate_days}: use >= 1 (days)")
+        if not 0 < self.tls_renew_fraction < 1:
+            raise SettingsError(
+                f"{PREFIX}TLS_RENEW_FRACTION={self.tls_renew_fraction}: use a fraction between 0 and 1 "
+                "(of the certificate's lifetime left when it is renewed)"
+            )
+        if self.tls_issuer_name and self.tls_issuer_kind not in ("Issuer", "ClusterIssuer"):
+            raise SettingsError(
+                f"{PREFIX}TLS_ISSUER_KIND={self.tls_issuer_kind!r}: use Issuer or ClusterIssuer"
+            )
+        if self.cluster_domain and not DNS_SUBDOMAIN.fullmatch(self.cluster_domain):
+            raise SettingsError(f"{PREFIX}CLUSTER_DOMAIN={self.cluster_domain!r} is not a DNS domain")
         if self.backoff_limit_per_index < 0:
             raise SettingsError(f"{PREFIX}BACKOFF_LIMIT_PER_INDEX must be >= 0")
         for name in ("aggregator_cpu", "aggregator_memory", "checkpoint_size"):

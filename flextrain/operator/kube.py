@@ -51,6 +51,7 @@ KINDS: Final[dict[tuple[str, str], tuple[str, bool]]] = {
     ("batch/v1", "Job"): ("jobs", True),
     ("networking.k8s.io/v1", "NetworkPolicy"): ("networkpolicies", True),
     ("policy/v1", "PodDisruptionBudget"): ("poddisruptionbudgets", True),
+    ("cert-manager.io/v1", "Certificate"): ("certificates", True),
     (API_VERSION, "FlexTrainJob"): ("flextrainjobs", True),
     (API_VERSION, "DeviceTier"): ("devicetiers", False),
     ("coordination.k8s.io/v1", "Lease"): ("leases", True),

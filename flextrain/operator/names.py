@@ -32,8 +32,12 @@ DEPTHS_ANNOTATION: Final[str] = "flextrain.dev/depths"
 #: ... and the `spec.tiers` it was started with (a difference means `tiers` was edited).
 TIERS_ANNOTATION: Final[str] = "flextrain.dev/tiers"
 TOKEN_KEY: Final[str] = "token"
+#: The annotation on the aggregator Deployment saying whether it serves TLS ("Enabled" or
+#: "Disabled"); the trainers and the operator's status client follow it.
+TLS_ANNOTATION: Final[str] = "flextrain.dev/tls"
 
 GRPC_PORT_NAME: Final[str] = "grpc"
+HEALTH_PORT_NAME: Final[str] = "health"
 METRICS_PORT_NAME: Final[str] = "metrics"
 
 MAX_NAME: Final[int] = 63
@@ -77,6 +81,18 @@ def event_name(involved: str, unique: str) -> str:
 
 def secret_name(job: str) -> str:
     return _fit(f"{job}-token")
+
+
+def tls_server_name(job: str, namespace: str) -> str:
+    """The name trainers and the operator verify in the aggregator's certificate:
+    `<svc>.<ns>.svc` (the certificate also names `<svc>`, `<svc>.<ns>` and the fully
+    qualified `<svc>.<ns>.svc.<cluster domain>`)."""
+    return f"{aggregator_name(job)}.{namespace}.svc"
+
+
+def certificate_name(job: str) -> str:
+    """Name of the job's cert-manager Certificate and of the Secret cert-manager writes."""
+    return _fit(f"{job}-tls")
 
 
 def checkpoint_claim_name(job: str) -> str:

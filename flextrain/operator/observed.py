@@ -101,6 +101,9 @@ class AggregatorState:
     #: `spec.tiers` (wire form) the aggregator was started with.
     tiers: Sequence[Mapping[str, Any]] | None = None
     failure: str | None = None
+    #: It serves TLS (its annotation says Enabled; a Deployment without it, from before
+    #: TLS existed, serves plaintext).
+    tls: bool = False
 
 
 def aggregator_state(body: Mapping[str, Any]) -> AggregatorState:
@@ -137,6 +140,7 @@ def aggregator_state(body: Mapping[str, Any]) -> AggregatorState:
         depths=depths,
         tiers=tiers,
         failure=failure,
+        tls=annotations.get(names.TLS_ANNOTATION) == "Enabled",
     )
 
 
@@ -297,6 +301,9 @@ class Observed:
     network_policy: ChildState | None = None
     disruption_budget: ChildState | None = None
     checkpoint_claim: ClaimState | None = None
+    #: The cert-manager Certificate (operators set up with an issuer only; known from
+    #: this operator's own create, not watched).
+    certificate: ChildState | None = None
     aggregator: AggregatorState | None = None
     tier_jobs: Mapping[str, TierJobState] = field(default_factory=dict)
     pods: Sequence[PodState] = ()

@@ -10,7 +10,9 @@ make the operator run. Operator-wide (Helm values -> FLEXTRAIN_OPERATOR_* variab
   (default none: hostPath data is refused);
 - `aggregator_toleration_keys`: taint keys `spec.aggregator.tolerations` may tolerate
   (default none: a tenant's aggregator stays off tainted nodes, e.g. GPU servers or the
-  control plane; `*` allows any).
+  control plane; `*` allows any);
+- `allow_plaintext`: whether a job may turn TLS off (`spec.aggregator.tls.mode:
+  Disabled`; default yes, TLS stays the default).
 
 The operator refuses a job that breaks it (`violations`, a condition and an Event,
 nothing created); the chart's ValidatingAdmissionPolicy holds the same rules, so the
@@ -24,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from flextrain.api.flextrainjob import DataSource, FlexTrainJob
+from flextrain.api.flextrainjob import TLS_DISABLED, DataSource, FlexTrainJob
 from flextrain.operator.config import OperatorSettings
 
 
@@ -80,6 +82,15 @@ def violations(job: FlexTrainJob, settings: OperatorSettings) -> list[Violation]
                 "spec.podTemplate.serviceAccountName",
                 template.service_account_name,
                 "jobs run as the namespace's default account with no API token mounted",
+            )
+        )
+    tls = spec.aggregator.tls if spec.aggregator else None
+    if tls is not None and tls.mode == TLS_DISABLED and not settings.allow_plaintext:
+        found.append(
+            Violation(
+                "spec.aggregator.tls.mode",
+                tls.mode,
+                "the aggregator must serve TLS (mode Enabled, the default): plaintext is off in this cluster",
             )
         )
     sources: list[tuple[str, DataSource | None]] = [("spec.dataset.source", spec.dataset.source)]

@@ -31,8 +31,9 @@ class Rule:
     #: the leader election's Lease).
     scope: Literal["cluster", "namespaced", "own-namespace"]
     #: always, only when the operator watches named namespaces (-n) instead of all, or
-    #: only with the Kueue integration on (chart value kueue.enabled).
-    when: Literal["always", "namespaced-mode", "kueue"] = "always"
+    #: only with the Kueue integration on (chart value kueue.enabled), or only when
+    #: cert-manager issues the aggregators' certificates (chart tls.issuer.name).
+    when: Literal["always", "namespaced-mode", "kueue", "cert-manager"] = "always"
     #: Who needs it: kopf itself, FlexTrain's handlers, or both.
     needed_by: Literal["Framework (kopf)", "Application", "Framework and application"] = (
         "Application"
@@ -116,9 +117,19 @@ RULES: Final[tuple[Rule, ...]] = (
         "",
         ("secrets",),
         ("get", "create", "patch"),
-        "the per-job token Secret: created once, read by name (never listed); patched only to add "
-        "the tier keys to a Secret made before they existed",
+        "the per-job Secret (token, tier keys, TLS chain): created once, read by name (never "
+        "listed); patched to renew the aggregator's certificate and to add what a Secret made by "
+        "an older version lacks; with cert-manager, its Secret's ca.crt read by name",
         "namespaced",
+    ),
+    Rule(
+        "cert-manager.io",
+        ("certificates",),
+        ("get", "create"),
+        "with a cert-manager issuer: the aggregator's Certificate, created once (get: it "
+        "exists already after an operator restart)",
+        "namespaced",
+        when="cert-manager",
     ),
     Rule(
         "",
@@ -218,11 +229,13 @@ RULES: Final[tuple[Rule, ...]] = (
 )
 
 
-def _applies(rule: Rule, *, cluster_wide: bool, kueue: bool) -> bool:
+def _applies(rule: Rule, *, cluster_wide: bool, kueue: bool, cert_manager: bool) -> bool:
     if rule.when == "namespaced-mode":
         return not cluster_wide
     if rule.when == "kueue":
         return kueue
+    if rule.when == "cert-manager":
+        return cert_manager
     return True
 
 
@@ -231,16 +244,17 @@ def rules(
     *,
     cluster_wide: bool = True,
     kueue: bool = False,
+    cert_manager: bool = False,
 ) -> list[dict[str, Any]]:
     """The rules as RBAC PolicyRule dicts, optionally only one scope, for an operator that
-    watches all namespaces (cluster_wide) or named ones, with or without Kueue. No scope:
+    watches all namespaces (cluster_wide) or named ones, with or without Kueue and cert-manager. No scope:
     the cluster and namespaced ones (what the ClusterRole of a cluster-wide operator
     holds); the own-namespace rules only when asked for."""
     return [
         r.to_dict()
         for r in RULES
         if (r.scope == scope if scope is not None else r.scope != "own-namespace")
-        and _applies(r, cluster_wide=cluster_wide, kueue=kueue)
+        and _applies(r, cluster_wide=cluster_wide, kueue=kueue, cert_manager=cert_manager)
     ]
 
 
@@ -249,12 +263,13 @@ def cluster_role(
     *,
     cluster_wide: bool = True,
     kueue: bool = False,
+    cert_manager: bool = False,
     labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ClusterRole: every rule when watching cluster-wide, else the cluster-scoped ones
     (events on cluster-scoped DeviceTiers land in `default`, so `events` comes along)."""
     picked = (
-        rules(kueue=kueue)
+        rules(kueue=kueue, cert_manager=cert_manager)
         if cluster_wide
         else [
             *rules("cluster", cluster_wide=False, kueue=kueue),
@@ -270,7 +285,12 @@ def cluster_role(
 
 
 def role(
-    name: str, namespace: str, *, kueue: bool = False, labels: dict[str, str] | None = None
+    name: str,
+    namespace: str,
+    *,
+    kueue: bool = False,
+    cert_manager: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A Role with the namespaced rules, for one watched namespace."""
     meta: dict[str, Any] = {"name": name, "namespace": namespace}
@@ -280,7 +300,7 @@ def role(
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": meta,
-        "rules": rules("namespaced", kueue=kueue),
+        "rules": rules("namespaced", kueue=kueue, cert_manager=cert_manager),
     }
 
 
@@ -323,6 +343,8 @@ def _guarded(rule: Rule) -> list[str]:
         return ["{{- if not .Values.watch.clusterWide }}", *body, "{{- end }}"]
     if rule.when == "kueue":
         return ["{{- if .Values.kueue.enabled }}", *body, "{{- end }}"]
+    if rule.when == "cert-manager":
+        return ["{{- if .Values.tls.issuer.name }}", *body, "{{- end }}"]
     return body
 
 

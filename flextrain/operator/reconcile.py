@@ -1,7 +1,8 @@
 """reconcile(): one FlexTrainJob, what was observed, and the time -> a Plan.
 
 A pure function: no API calls, no clock, no randomness (the caller passes `now` and a
-fresh `token`, used only if the Secret is missing). The handler applies the Plan:
+fresh `token` and, for a TLS job, its `certificates`, used only if the Secret is missing).
+The handler applies the Plan:
 creates the missing children, patches the few fields the operator owns on existing
 ones (`spec.suspend` of tier Jobs, `spec.replicas` of the aggregator), posts the Events,
 and writes the status only when it differs from the stored one.
@@ -48,6 +49,7 @@ from flextrain.api.flextrainjob import (
 )
 from flextrain.jobplan import JobPlan, PlanError
 from flextrain.operator import builders, names, policy
+from flextrain.operator.certs import Certificates
 from flextrain.operator.config import OperatorSettings
 from flextrain.operator.observed import FlavorState, Observed, TierJobState
 from flextrain.operator.plan import (
@@ -108,6 +110,7 @@ def reconcile(
     invalid_tiers: Mapping[str, str] | None = None,
     refused: Sequence[CreateFailure] = (),
     flavors: Mapping[str, FlavorState] | None = None,
+    certificates: Certificates | None = None,
 ) -> Plan:
     """The plan for one FlexTrainJob (see the module docstring). `invalid_tiers`: the
     DeviceTiers that exist but do not read into the model, with what is wrong; `refused`:
@@ -167,7 +170,7 @@ def reconcile(
     conds.apply(admission.verdict)
     held = admission.held
     children = desired_children(
-        job, clean, plan, observed, device_tiers, settings, token, admission
+        job, clean, plan, observed, device_tiers, settings, token, admission, certificates
     )
     progress = job_progress(job, plan, observed, reading, prev, now, held=held)
     was_ready = conds.status_of(C.AGGREGATOR_READY) == T

@@ -32,6 +32,7 @@ from flextrain.api.flextrainjob import (
 from flextrain.contract.env import EXPORTS_DIR
 from flextrain.jobplan import JobPlan, plan_job, plan_with_depths
 from flextrain.operator import builders, names
+from flextrain.operator.certs import Certificates
 from flextrain.operator.config import OperatorSettings
 from flextrain.operator.observed import FlavorState, Observed, WorkloadState
 from flextrain.operator.plan import (
@@ -403,12 +404,15 @@ def desired_children(
     settings: OperatorSettings,
     token: str,
     admission: Admission = NOT_QUEUED,
+    certificates: Certificates | None = None,
 ) -> Children:
     """Create what is missing, patch the fields the job owns, leave the rest alone. The
     aggregator and the trainers read the token from the Secret: they are created (and
     kept running) only while this job owns it. A job Kueue holds (`admission`) gets its
     Workload and the children that run no pod; its aggregator and tier Jobs are created
-    once Kueue admits it, where Kueue placed them, and stopped when Kueue evicts it."""
+    once Kueue admits it, where Kueue placed them, and stopped when Kueue evicts it. TLS
+    follows the running aggregator (its annotation) once there is one, else the job's
+    `spec.aggregator.tls`; a new Secret of a TLS job carries `certificates`."""
     uid = job_uid(job)
     ns = job.metadata.namespace or "default"
     owner = names.owner_reference(KIND, job.metadata.name, uid)
@@ -426,8 +430,10 @@ def desired_children(
     secret_ours = observed.secret is not None and observed.secret.controller_uid == uid
     create += admission.create
     patches += admission.patches
+    tls = observed.aggregator.tls if observed.aggregator is not None else builders.tls_enabled(job)
+    own_certificates = tls and not settings.cert_manager
     if observed.secret is None:
-        create.append(builders.build_secret(clean, token, owner))
+        create.append(builders.build_secret(clean, token, owner, certificates if own_certificates else None))
     else:
         owned(observed.secret, "Secret")
     # The children that read no token: (wanted, what exists, how to build it).
@@ -439,6 +445,8 @@ def desired_children(
          lambda: builders.build_checkpoint_claim(clean, owner, settings)),
         ("PodDisruptionBudget", settings.disruption_budget, observed.disruption_budget,
          lambda: builders.build_disruption_budget(clean, owner)),
+        ("Certificate", tls and settings.cert_manager, observed.certificate,
+         lambda: builders.build_certificate(clean, owner, settings)),
     )
     for kind, wanted, state, build in simple:
         if not wanted:
@@ -463,7 +471,7 @@ def desired_children(
             placement = admission.placements.get(AGGREGATOR_POD_SET)
             create.append(
                 builders.build_aggregator_deployment(
-                    plan, owner, settings, replicas=replicas, placement=placement
+                    plan, owner, settings, replicas=replicas, placement=placement, tls=tls
                 )
             )
     elif owned(agg, "Deployment") and agg.replicas != replicas:
@@ -477,7 +485,7 @@ def desired_children(
                 placement = admission.placements.get(tier.name)
                 create.append(
                     builders.build_tier_job(
-                        plan, tier, device_tier, owner, settings, suspend=suspend, placement=placement
+                        plan, tier, device_tier, owner, settings, suspend=suspend, placement=placement, tls=tls
                     )
                 )
         elif owned(state, "Job") and not state.finished and state.suspended != suspend:

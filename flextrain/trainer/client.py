@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import torch
@@ -111,7 +112,10 @@ class AggregatorClient:
             key = config.tls_key.read_bytes() if config.tls_key else None
             cert = config.tls_cert.read_bytes() if config.tls_cert else None
             creds = grpc.ssl_channel_credentials(config.tls_ca.read_bytes(), key, cert)
-            self.channel = grpc.secure_channel(config.aggregator, creds, options=CHANNEL_OPTIONS)
+            options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
+            if config.tls_server_name:
+                options.append(("grpc.ssl_target_name_override", config.tls_server_name))
+            self.channel = grpc.secure_channel(config.aggregator, creds, options=options)
         else:
             self.channel = grpc.insecure_channel(config.aggregator, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.AggregatorStub(self.channel)  # type: ignore[no-untyped-call]

@@ -5,6 +5,7 @@ read the aggregator through it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -93,15 +94,22 @@ class StatusUnavailable(Exception):
 
 
 class StatusClient:
-    def __init__(self, address: str, token: str, *, credentials: grpc.ChannelCredentials | None = None) -> None:
+    """GetStatus of one aggregator. With `ca` (PEM), over TLS: the aggregator's
+    certificate must chain to `ca` and carry `server_name` (default: the address's host)."""
+
+    def __init__(
+        self, address: str, token: str, *, ca: bytes | None = None, server_name: str | None = None
+    ) -> None:
         # The aggregator's Service is headless: look its address up again soon after a
         # reschedule (gRPC's default waits 30 s between lookups).
-        options = [("grpc.dns_min_time_between_resolutions_ms", 1_000)]
-        self.channel = (
-            grpc.secure_channel(address, credentials, options=options)
-            if credentials
-            else grpc.insecure_channel(address, options=options)
-        )
+        options: list[tuple[str, Any]] = [("grpc.dns_min_time_between_resolutions_ms", 1_000)]
+        if ca is not None:
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+            self.channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(address, options=options)
         self.stub = pb_grpc.AggregatorStub(self.channel)  # type: ignore[no-untyped-call]
         self._metadata = metadata(token)
 

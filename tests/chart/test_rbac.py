@@ -51,6 +51,7 @@ MODES = [
     pytest.param((), None, id="cluster-wide"),
     pytest.param((CI["namespaced-values"],), ["ml-line-1", "ml-line-2"], id="namespaced"),
     pytest.param((CI["kueue-values"],), ["ml-queued"], id="kueue"),
+    pytest.param((CI["cert-manager-values"],), None, id="cert-manager"),
 ]
 
 
@@ -68,14 +69,17 @@ def test_rendered_rules_are_the_operators_rules(
     [cluster_role] = [r for r in of_kind(docs, "ClusterRole")
                       if r["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
     name = cluster_role["metadata"]["name"]
-    kueue = env_of(operator_container(docs)).get("FLEXTRAIN_OPERATOR_KUEUE") == "true"
+    env = env_of(operator_container(docs))
+    kueue = env.get("FLEXTRAIN_OPERATOR_KUEUE") == "true"
     assert kueue is (CI["kueue-values"] in values)
-    expected = rbac.cluster_role(name, cluster_wide=namespaces is None, kueue=kueue)
+    cert_manager = bool(env.get("FLEXTRAIN_OPERATOR_TLS_ISSUER_NAME"))
+    assert cert_manager is (CI["cert-manager-values"] in values)
+    expected = rbac.cluster_role(name, cluster_wide=namespaces is None, kueue=kueue, cert_manager=cert_manager)
     assert permissions(cluster_role["rules"]) == permissions(expected["rules"])
     roles = {r["metadata"]["namespace"]: r for r in of_kind(docs, "Role") if r["metadata"]["name"] == name}
     assert sorted(roles) == sorted(namespaces or [])
     for namespace, role in roles.items():
-        assert permissions(role["rules"]) == permissions(rbac.role(name, namespace, kueue=kueue)["rules"])
+        assert permissions(role["rules"]) == permissions(rbac.role(name, namespace, kueue=kueue, cert_manager=cert_manager)["rules"])
     # The leader election's Role, in the operator's own namespace.
     [lease_role] = [r for r in of_kind(docs, "Role") if r["metadata"]["name"] != name]
     release_ns = lease_role["metadata"]["namespace"]
@@ -83,7 +87,7 @@ def test_rendered_rules_are_the_operators_rules(
     # ... and every role is bound to the operator's ServiceAccount.
     grants = Grants.of(docs, *service_account(docs))
     assert grants.cluster == permissions(expected["rules"])
-    expected_namespaced = {ns: permissions(rbac.rules("namespaced", kueue=kueue)) for ns in namespaces or []}
+    expected_namespaced = {ns: permissions(rbac.rules("namespaced", kueue=kueue, cert_manager=cert_manager)) for ns in namespaces or []}
     expected_namespaced.setdefault(release_ns, set()).update(permissions(rbac.rules("own-namespace")))
     assert grants.namespaced == expected_namespaced
     # Kueue's API only with the integration on: Workloads where jobs live, flavors cluster-wide.
@@ -92,6 +96,8 @@ def test_rendered_rules_are_the_operators_rules(
     assert grants.allows("kueue.x-k8s.io", "workloads/status", "patch", where) is kueue
     assert grants.allows("kueue.x-k8s.io", "resourceflavors", "get", None) is kueue
     assert not grants.allows("kueue.x-k8s.io", "resourceflavors", "list", None)
+    # Certificates only where cert-manager issues them.
+    assert grants.allows("cert-manager.io", "certificates", "create", where) is cert_manager
 
 
 def test_framework_and_application_rules_are_commented_apart(render: Render) -> None:

@@ -24,7 +24,7 @@ The mapping from a pod to a process on this machine (no container runtime here):
 | pod IP | a distinct loopback address 127.1.x.y per pod (status.podIP) |
 | Service `<svc>.<ns>.svc` | `tests/cluster/cluster_dns.py`: gRPC resolves it through `dns://127.0.0.1:<port>/...` to the IPs of the Service's ready pods (the agent selects them as the EndpointSlice controller would: the API server refuses loopback addresses in EndpointSlices) |
 | listening ports | the host's: pods share the machine's network, so two pods listening on one port collide (run one job's aggregator at a time) |
-| volumes | each mount's path is a directory under the agent's work dir (emptyDir, PVC: per pod / per claim; hostPath: the host path); env values and arguments that start with a mount path are rewritten to that directory |
+| volumes | each mount's path is a directory under the agent's work dir (emptyDir, PVC: per pod / per claim; hostPath: the host path; Secret: per pod, holding its `items` only, as the kubelet writes them); env values and arguments that start with a mount path are rewritten to that directory |
 | working directory, logs | `<work>/pods/<ns>_<pod>/`, `stdout.log` there |
 
 The control plane has no storage provisioner: the agent plays a local-path one. Every
@@ -404,6 +404,8 @@ class NodeAgent:
                 local = Path(volume["hostPath"]["path"])
             elif "persistentVolumeClaim" in volume:
                 local = self.workdir / "claims" / state.namespace / volume["persistentVolumeClaim"]["claimName"]
+            elif "secret" in volume:
+                local = self._secret_volume(state, mount["name"], volume["secret"])
             else:
                 local = self._pod_dir(state) / "volumes" / mount["name"]
             if mount.get("subPath"):
@@ -411,6 +413,31 @@ class NodeAgent:
             local.mkdir(parents=True, exist_ok=True)
             out[mount["mountPath"]] = str(local)
         return out
+
+    def _secret_volume(self, state: _Pod, name: str, source: dict[str, Any]) -> Path:
+        """A Secret volume as the kubelet writes it: its `items` (every key when there are
+        none), each under its path, read-only; a missing Secret or key fails the pod's start
+        unless the volume is optional."""
+        import base64
+
+        local = self._pod_dir(state) / "volumes" / name
+        local.mkdir(parents=True, exist_ok=True)
+        try:
+            data = self.core.read_namespaced_secret(source["secretName"], state.namespace).data or {}
+        except ApiException:
+            if source.get("optional"):
+                return local
+            raise
+        items = source.get("items") or [{"key": k, "path": k} for k in data]
+        for item in items:
+            if item["key"] not in data:
+                raise KeyError(f"secret {state.namespace}/{source['secretName']} has no key {item['key']}")
+            path = local / item["path"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+            path.write_bytes(base64.b64decode(data[item["key"]]))
+            path.chmod(item.get("mode", source.get("defaultMode", 0o644)))
+        return local
 
     def _map_path(self, value: str, mounts: dict[str, str]) -> str:
         for mount_path in sorted(mounts, key=len, reverse=True):

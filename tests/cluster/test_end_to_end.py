@@ -1,9 +1,9 @@
 """End to end: the quickstart example through the real control plane. The operator (with
 the chart's RBAC) creates the children, the real scheduler and controllers place and
 run them, the node agent runs each pod's container command as a local process (the real
-`flextrain aggregator` and `flextrain trainer`, environment from the pod spec), the
-trainers reach the aggregator through its Service, and the job ends Succeeded with the
-accuracy per depth in `kubectl get ftj`."""
+`flextrain aggregator` and `flextrain trainer`, environment and Secret volumes from the
+pod spec), the trainers reach the aggregator through its Service over TLS (the job's own
+CA), and the job ends Succeeded with the accuracy per depth in `kubectl get ftj`."""
 
 from __future__ import annotations
 
@@ -68,3 +68,12 @@ def test_quickstart_trains_to_succeeded_through_the_control_plane(
     )
     deployment = jobs.apps.list_namespaced_deployment(namespace).items[0]
     assert deployment.spec.replicas == 0
+
+    # All of it over TLS (the default): the aggregator served the job's certificate, the
+    # trainers and the operator's status reads (the accuracy above) verified it.
+    assert deployment.metadata.annotations["flextrain.dev/tls"] == "Enabled"
+    [aggregator] = deployment.spec.template.spec.containers
+    assert {e.name for e in aggregator.env} >= {"FLEXTRAIN_TLS_CERT", "FLEXTRAIN_TLS_KEY", "FLEXTRAIN_HEALTH_PORT"}
+    for tier_job in jobs.batch.list_namespaced_job(namespace).items:
+        [trainer] = tier_job.spec.template.spec.containers
+        assert {e.name for e in trainer.env} >= {"FLEXTRAIN_TLS_CA", "FLEXTRAIN_TLS_SERVER_NAME"}

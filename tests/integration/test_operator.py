@@ -184,7 +184,10 @@ async def test_job_gets_secret_aggregator_and_one_indexed_job_per_tier(cluster: 
         assert deployment["spec"]["strategy"] == {"type": "Recreate"}
         [agg] = deployment["spec"]["template"]["spec"]["containers"]
         assert agg["command"] == ["flextrain", "aggregator"]
-        assert agg["readinessProbe"]["grpc"] == {"port": 50051}
+        # TLS by default: probed on the plaintext health port, the job's chain in its Secret.
+        assert agg["readinessProbe"]["grpc"] == {"port": FAST.aggregator_health_port}
+        assert deployment["metadata"]["annotations"]["flextrain.dev/tls"] == "Enabled"
+        assert {"ca.crt", "tls.crt", "tls.key", "ca.key"} <= set(secret["data"])
         service = cluster.get(SERVICES, "train-aggregator")
         assert (
             service is not None

@@ -48,15 +48,36 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _container_env(container: dict[str, Any], secret: dict[str, Any]) -> dict[str, str]:
-    """The container's env as the kubelet resolves it (secretKeyRefs from `secret`)."""
+def _container_env(
+    pod: dict[str, Any], secret: dict[str, Any], root: Path
+) -> dict[str, str]:
+    """The container's env as the kubelet resolves it (secretKeyRefs from `secret`), with
+    each Secret volume written under `root` as the kubelet would (only its `items`) and
+    the paths into it rewritten there."""
+    [container] = pod["containers"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts: dict[str, Path] = {}
+    for mount in container.get("volumeMounts", []):
+        source = volumes[mount["name"]].get("secret")
+        if source is None:
+            continue
+        assert source["secretName"] == secret["metadata"]["name"]
+        local = root / mount["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        for item in source["items"]:
+            (local / item["path"]).write_bytes(base64.b64decode(secret["data"][item["key"]]))
+        mounts[mount["mountPath"]] = local
     env = {}
     for var in container["env"]:
         if "valueFrom" in var:
             key = var["valueFrom"]["secretKeyRef"]["key"]
             env[var["name"]] = base64.b64decode(secret["data"][key]).decode()
         else:
-            env[var["name"]] = var["value"]
+            value = var["value"]
+            for path, local in mounts.items():
+                if value.startswith(path + "/"):
+                    value = str(local) + value[len(path) :]
+            env[var["name"]] = value
     return env
 
 
@@ -122,11 +143,14 @@ async def test_round_and_accuracy_come_from_the_real_aggregator(
             # The aggregator, started as its Deployment says (port and checkpoints local).
             deployment = cluster.get(DEPLOYMENTS, "live-aggregator")
             assert deployment is not None
-            [container] = deployment["spec"]["template"]["spec"]["containers"]
-            assert container["command"] == ["flextrain", "aggregator"]
-            env = _container_env(container, secret)
+            pod = deployment["spec"]["template"]["spec"]
+            assert pod["containers"][0]["command"] == ["flextrain", "aggregator"]
+            env = _container_env(pod, secret, tmp_path / "aggregator-volumes")
+            # Over TLS with the job's certificate from its Secret (the operator verifies it).
+            assert Path(env["FLEXTRAIN_TLS_CERT"]).is_file() and Path(env["FLEXTRAIN_TLS_KEY"]).is_file()
             env.update(
                 FLEXTRAIN_PORT=str(port),
+                FLEXTRAIN_HEALTH_PORT=str(_free_port()),
                 FLEXTRAIN_METRICS_PORT="0",
                 HOME=str(tmp_path),
                 FLEXTRAIN_CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
@@ -143,9 +167,12 @@ async def test_round_and_accuracy_come_from_the_real_aggregator(
 
             # The trainers, one per completion index, with their Job's environment.
             for job in cluster.list(JOBS):
-                [trainer] = job["spec"]["template"]["spec"]["containers"]
-                env = _container_env(trainer, secret)
+                root = tmp_path / f"{job['metadata']['name']}-volumes"
+                env = _container_env(job["spec"]["template"]["spec"], secret, root)
                 assert env["FLEXTRAIN_AGGREGATOR"] == "live-aggregator.default.svc:50051"
+                # The trainers get the job's CA alone, and verify the Service's name.
+                assert [f.name for f in (root / "tls").iterdir()] == ["ca.crt"]
+                assert env["FLEXTRAIN_TLS_SERVER_NAME"] == "live-aggregator.default.svc"
                 env.update(
                     FLEXTRAIN_AGGREGATOR=f"127.0.0.1:{port}",
                     HOME=str(tmp_path),

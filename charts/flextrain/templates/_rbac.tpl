@@ -59,11 +59,20 @@ cluster-wide, else one Role per watched namespace. */}}
 - apiGroups: ["flextrain.dev"]
   resources: ["flextrainjobs/status"]
   verbs: ["get", "patch"]
-# Application: the per-job token Secret: created once, read by name (never listed);
-# patched only to add the tier keys to a Secret made before they existed.
+# Application: the per-job Secret (token, tier keys, TLS chain): created once, read by
+# name (never listed); patched to renew the aggregator's certificate and to add what a
+# Secret made by an older version lacks; with cert-manager, its Secret's ca.crt read by
+# name.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "patch"]
+{{- if .Values.tls.issuer.name }}
+# Application: with a cert-manager issuer: the aggregator's Certificate, created once
+# (get: it exists already after an operator restart).
+- apiGroups: ["cert-manager.io"]
+  resources: ["certificates"]
+  verbs: ["get", "create"]
+{{- end }}
 # Application: the aggregator's Service.
 - apiGroups: [""]
   resources: ["services"]

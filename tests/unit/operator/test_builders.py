@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime
 import json
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from flextrain.contract.credentials import tier_key
 from flextrain.jobplan import JobPlan, plan_job
-from flextrain.operator import builders, names
+from flextrain.operator import builders, certs, names
 from flextrain.operator.config import OperatorSettings
 from tests.unit.operator.conftest import UID, job, tier
 
@@ -469,3 +470,122 @@ def test_the_aggregator_service_is_headless() -> None:
     svc = builders.build_aggregator_service(job(), OWNER, SETTINGS)
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"]
     assert dict(CHANNEL_OPTIONS)["grpc.dns_min_time_between_resolutions_ms"] <= 1_000
+
+
+# -- TLS ----------------------------------------------------------------------------------
+
+CHAIN = certs.issue(
+    "flextrain default/job",
+    builders.certificate_names(job(), SETTINGS),
+    now=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+)
+
+
+def _tls_children(spec: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    j = job(**(spec or {}))
+    tiers = {"cpu": CPU, "gpu": GPU, "arm": ARM}
+    plan = plan_job(j, tiers)
+    return [
+        builders.build_secret(j, "s3cret", OWNER, CHAIN),
+        builders.build_aggregator_service(j, OWNER, SETTINGS),
+        builders.build_aggregator_deployment(plan, OWNER, SETTINGS, tls=True),
+        *(builders.build_tier_job(plan, t, tiers[t.device_tier], OWNER, SETTINGS, tls=True) for t in plan.tiers),
+    ]
+
+
+def _volume(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    [volume] = [v for v in obj["spec"]["template"]["spec"].get("volumes", []) if v["name"] == name]
+    return volume
+
+
+def test_tls_children_pass_kubernetes_validate_strict() -> None:
+    for obj in _tls_children():
+        kubernetes_validate.validate(obj, K8S, strict=True)
+
+
+def test_the_job_secret_holds_the_ca_and_the_aggregators_certificate() -> None:
+    secret, *_ = _tls_children()
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data[certs.CA_CERT_KEY] == CHAIN.ca_cert
+    assert data[certs.CERT_KEY] == CHAIN.cert and data[certs.KEY_KEY] == CHAIN.key
+    assert data[certs.CA_KEY_KEY] == CHAIN.ca_key
+    assert data[names.TOKEN_KEY] == "s3cret"
+
+
+def test_trainers_mount_only_the_ca_and_verify_the_service_name() -> None:
+    *_, first, second = _tls_children()
+    for tier_job in (first, second):
+        volume = _volume(tier_job, builders.TLS_VOLUME)
+        assert volume["secret"]["secretName"] == "job-token"
+        assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+        env = _env(tier_job)
+        assert env["FLEXTRAIN_TLS_CA"] == f"{builders.TLS_MOUNT_PATH}/ca.crt"
+        assert env["FLEXTRAIN_TLS_SERVER_NAME"] == "job-aggregator.default.svc"
+        assert "FLEXTRAIN_TLS_KEY" not in env and "FLEXTRAIN_TLS_CERT" not in env
+        [mount] = [m for m in _container(tier_job)["volumeMounts"] if m["name"] == builders.TLS_VOLUME]
+        assert mount == {"name": "tls", "mountPath": builders.TLS_MOUNT_PATH, "readOnly": True}
+        assert "tls.key" not in json.dumps(tier_job["spec"]["template"])
+
+
+def test_the_aggregator_serves_its_certificate_and_is_probed_on_the_plaintext_health_port() -> None:
+    _, service, deployment, *_ = _tls_children()
+    volume = _volume(deployment, builders.TLS_VOLUME)
+    assert [i["key"] for i in volume["secret"]["items"]] == ["tls.crt", "tls.key"]
+    env = _env(deployment)
+    assert env["FLEXTRAIN_TLS_CERT"] == f"{builders.TLS_MOUNT_PATH}/tls.crt"
+    assert env["FLEXTRAIN_TLS_KEY"] == f"{builders.TLS_MOUNT_PATH}/tls.key"
+    assert env["FLEXTRAIN_HEALTH_PORT"] == str(SETTINGS.aggregator_health_port)
+    container = _container(deployment)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": SETTINGS.aggregator_health_port}
+    assert {"name": "health", "containerPort": SETTINGS.aggregator_health_port, "protocol": "TCP"} in container["ports"]
+    assert deployment["metadata"]["annotations"][names.TLS_ANNOTATION] == "Enabled"
+    assert "appProtocol" not in service["spec"]["ports"][0]  # not h2c: TLS
+
+
+def test_a_plaintext_job_gets_no_tls_anywhere() -> None:
+    j = job(aggregator={"tls": {"mode": "Disabled"}})
+    assert not builders.tls_enabled(j) and builders.tls_enabled(job())
+    objs = _children({"aggregator": {"tls": {"mode": "Disabled"}}})
+    for obj in objs[2:]:
+        assert not any(k.startswith("FLEXTRAIN_TLS") or k == "FLEXTRAIN_HEALTH_PORT" for k in _env(obj))
+        assert builders.TLS_VOLUME not in {v["name"] for v in obj["spec"]["template"]["spec"].get("volumes", [])}
+    secret, service, deployment = objs[:3]
+    assert not set(secret["data"]) & {"ca.crt", "tls.crt", "tls.key", "ca.key"}
+    assert service["spec"]["ports"][0]["appProtocol"] == "kubernetes.io/h2c"
+    assert deployment["metadata"]["annotations"][names.TLS_ANNOTATION] == "Disabled"
+
+
+CERT_MANAGER = dataclasses.replace(SETTINGS, tls_issuer_name="flextrain-ca", tls_issuer_kind="ClusterIssuer")
+
+
+def test_with_cert_manager_the_pods_mount_the_secret_cert_manager_writes() -> None:
+    j = job()
+    tiers = {"cpu": CPU, "gpu": GPU, "arm": ARM}
+    plan = plan_job(j, tiers)
+    deployment = builders.build_aggregator_deployment(plan, OWNER, CERT_MANAGER, tls=True)
+    volume = _volume(deployment, builders.TLS_VOLUME)
+    assert volume["secret"]["secretName"] == "job-tls"
+    assert [i["key"] for i in volume["secret"]["items"]] == ["tls.crt", "tls.key"]
+    for t in plan.tiers:
+        tier_job = builders.build_tier_job(plan, t, tiers[t.device_tier], OWNER, CERT_MANAGER, tls=True)
+        volume = _volume(tier_job, builders.TLS_VOLUME)
+        assert volume["secret"]["secretName"] == "job-tls"
+        assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+
+
+def test_the_cert_manager_certificate_names_the_service_and_the_issuer() -> None:
+    cert = builders.build_certificate(job(), OWNER, CERT_MANAGER)
+    assert (cert["apiVersion"], cert["kind"], cert["metadata"]["name"]) == ("cert-manager.io/v1", "Certificate", "job-tls")
+    assert cert["metadata"]["ownerReferences"] == [OWNER]
+    spec = cert["spec"]
+    assert spec["secretName"] == "job-tls"
+    assert spec["dnsNames"] == [
+        "job-aggregator", "job-aggregator.default", "job-aggregator.default.svc",
+        "job-aggregator.default.svc.cluster.local",
+    ]
+    assert spec["issuerRef"] == {"name": "flextrain-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert spec["privateKey"] == {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"}
+    assert (spec["duration"], spec["renewBefore"]) == ("8760h", "2891h")  # 365 days, 0.33 of it
+    assert spec["usages"] == ["server auth", "digital signature"]
+    assert spec["secretTemplate"]["labels"][names.JOB_LABEL] == "job"

@@ -47,6 +47,13 @@ def test_environment_overrides() -> None:
         ("AGGREGATOR_ADDRESS", "{svc}:1", "unknown placeholder"),
         ("AGGREGATOR_MEMORY", "lots", "not a Kubernetes quantity"),
         ("METRICS_PORT", "50051", "must differ"),
+        ("AGGREGATOR_HEALTH_PORT", "9090", "another port than"),
+        ("AGGREGATOR_HEALTH_PORT", "70000", "use 1..65535"),
+        ("TLS_CERTIFICATE_DAYS", "0.5", "use >= 1"),
+        ("TLS_RENEW_FRACTION", "1", "between 0 and 1"),
+        ("TLS_RENEW_FRACTION", "0", "between 0 and 1"),
+        ("CLUSTER_DOMAIN", "cluster..local", "is not a DNS domain"),
+        ("ALLOW_PLAINTEXT", "sometimes", "use true or false"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, message: str) -> None:

@@ -30,6 +30,7 @@ from flextrain.operator.kube import (
             ("flextrain.dev/v1alpha1", "FlexTrainJob", "a", "j", "status"),
             "/apis/flextrain.dev/v1alpha1/namespaces/a/flextrainjobs/j/status",
         ),
+        (("cert-manager.io/v1", "Certificate", "a"), "/apis/cert-manager.io/v1/namespaces/a/certificates"),
     ],
 )
 def test_url_of(args: tuple[str, ...], path: str) -> None:

@@ -140,3 +140,24 @@ def test_policy_settings_read_from_the_environment() -> None:
     assert settings.host_path_prefixes == ("/srv/data", "/mnt/line")
     with pytest.raises(SettingsError, match="not an absolute path"):
         OperatorSettings.from_env({"FLEXTRAIN_OPERATOR_HOST_PATH_PREFIXES": "srv"})
+
+
+@pytest.mark.parametrize(
+    ("tls", "allow_plaintext", "allowed"),
+    [
+        (None, False, True),  # TLS by default
+        ({"mode": "Enabled"}, False, True),
+        ({"mode": "Disabled"}, True, True),  # the explicit opt-out, allowed by default
+        ({"mode": "Disabled"}, False, False),
+    ],
+)
+def test_plaintext_only_by_explicit_opt_out_and_only_where_the_policy_allows_it(
+    tls: dict[str, str] | None, allow_plaintext: bool, allowed: bool
+) -> None:
+    spec = {"aggregator": {"tls": tls}} if tls else {}
+    settings = dataclasses.replace(SETTINGS, allow_plaintext=allow_plaintext)
+    broken = policy.violations(job(**spec), settings)
+    assert (not broken) is allowed, broken
+    if not allowed:
+        assert broken[0].field == "spec.aggregator.tls.mode" and "plaintext is off" in str(broken[0])
+    assert OperatorSettings().allow_plaintext  # the default

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from flextrain.api.flextrainjob import FlexTrainJobStatus
+from flextrain.operator import certs
 from flextrain.operator.config import OperatorSettings
 from flextrain.operator.observed import (
     AggregatorState,
@@ -615,3 +616,52 @@ def test_a_checkpoint_claim_no_volume_binds_is_said_on_the_job_once_it_lasts() -
     # Bound: nothing said.
     bound = dataclasses.replace(pending(600), checkpoint_claim=ClaimState("job-checkpoints", UID, phase="Bound"))
     assert cond(run(observed=bound), "AggregatorReady") == ("False", "AggregatorStarting")
+
+
+# -- TLS ----------------------------------------------------------------------------------
+
+
+def _kinds(plan: Plan) -> list[str]:
+    return [o["kind"] for o in plan.create]
+
+
+def test_a_new_tls_job_gets_its_chain_in_its_secret_and_no_certificate_object() -> None:
+    chain = certs.issue("ca", ["job-aggregator"], now=NOW)
+    plan = reconcile(
+        job(), None, TIERS, NODES, Observed(), AggregatorReading(), NOW, SETTINGS, "tok", certificates=chain
+    )
+    [secret] = [o for o in plan.create if o["kind"] == "Secret"]
+    assert {"ca.crt", "tls.crt", "tls.key", "ca.key"} <= set(secret["data"])
+    assert "Certificate" not in _kinds(plan)
+
+
+def test_with_cert_manager_the_job_gets_a_certificate_once_and_its_secret_no_chain() -> None:
+    settings = dataclasses.replace(SETTINGS, tls_issuer_name="ca-issuer")
+    chain = certs.issue("ca", ["job-aggregator"], now=NOW)
+    plan = reconcile(
+        job(), None, TIERS, NODES, Observed(), AggregatorReading(), NOW, settings, "tok", certificates=chain
+    )
+    assert _kinds(plan).count("Certificate") == 1
+    [secret] = [o for o in plan.create if o["kind"] == "Secret"]
+    assert not {"ca.crt", "tls.crt", "tls.key", "ca.key"} & set(secret["data"])
+    running = started()
+    running = dataclasses.replace(running, aggregator=dataclasses.replace(running.aggregator, tls=True))  # type: ignore[arg-type]
+    assert _kinds(run(observed=running, settings=settings)) == ["Certificate"]  # gone: made again
+    made = dataclasses.replace(running, certificate=ChildState("job-tls", UID))
+    assert "Certificate" not in _kinds(run(observed=made, settings=settings))
+    # A plaintext job needs none; a Certificate of someone else is a conflict.
+    assert "Certificate" not in _kinds(run(job(aggregator={"tls": {"mode": "Disabled"}}), settings=settings))
+    theirs = dataclasses.replace(running, certificate=ChildState("job-tls", "someone-else"))
+    assert cond(run(observed=theirs, settings=settings), "Progressing") == ("False", "ChildConflict")
+
+
+def test_tls_follows_the_running_aggregator_not_a_later_spec() -> None:
+    """An aggregator started before TLS existed (no annotation) keeps its trainers plaintext."""
+    observed = started()
+    observed.tier_jobs.pop("weak")  # re-created: like the aggregator's, plaintext
+    [weak] = [o for o in run(observed=observed).create if o["kind"] == "Job"]
+    env = {e["name"] for e in weak["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "FLEXTRAIN_TLS_CA" not in env
+    tls_aggregator = dataclasses.replace(observed.aggregator, tls=True)  # type: ignore[arg-type]
+    [weak] = [o for o in run(observed=dataclasses.replace(observed, aggregator=tls_aggregator)).create if o["kind"] == "Job"]
+    assert "FLEXTRAIN_TLS_CA" in {e["name"] for e in weak["spec"]["template"]["spec"]["containers"][0]["env"]}
