@@ -62,9 +62,10 @@ COMPONENT: Final[str] = "flextrain-operator"
 #: Connections kept to the API server. Each TLS connection holds a 256 KiB receive buffer;
 #: a burst of job creations queues behind these (in lanes, below) instead of opening one
 #: per pass in flight. Measured with 50 jobs created at once on 2 cores: 32 brought the
-#: median job's children 0.93 -> 0.77 s over 16 (the API server then completes 250-270
-#: creates/s either way), for 8 MiB more at the peak.
-CONNECTIONS: Final[int] = 32
+#: median job's children from 0.93 to 0.77 s (the API server completes 250-270 creates/s
+#: either way) but 8 MiB more, which the operator's 150 MB budget at 50 jobs does not have
+#: since every job's status is read over TLS.
+CONNECTIONS: Final[int] = 16
 
 
 class Lane(IntEnum):

@@ -593,6 +593,12 @@ class Runtime:
             memory.reading = AggregatorReading(status=result)
         except StatusUnavailable as exc:
             memory.reading = AggregatorReading(error=str(exc))
+            # Not kept while it fails: a TLS channel holds about 140 KiB (its own TLS
+            # context, resolver and reconnect state), and a job whose aggregator does not
+            # answer would keep one for nothing. The next read starts a fresh one.
+            client.close()
+            memory.client = None
+            memory.client_for = None
         memory.read_at = time.monotonic()
         return memory.reading
 
