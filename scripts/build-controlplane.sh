@@ -9,32 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS_DIR=${TOOLS_DIR:-.tools}
-out="$PWD/$TOOLS_DIR/bin/controlplane"
-if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
-  PATH="/usr/local/go/bin:$PATH"   # Go's default install location, when not on PATH
-fi
-if ! command -v go >/dev/null; then
-  echo "build-controlplane: Go is not installed (need Go >= 1.26 for k8s.io/kubernetes v1.37.2)" >&2
-  exit 1
-fi
 src=tests/cluster/controlplane
-if [ -x "$out" ] && [ "${FORCE:-0}" != 1 ] && [ -z "$(find "$src" -newer "$out" -type f)" ]; then
-  echo "==> $out is up to date (FORCE=1 rebuilds)"
-  exit 0
-fi
-mkdir -p "$(dirname "$out")"
-start=$(date +%s)
-# Several hundred modules are fetched at once on a cold cache; a DNS or proxy hiccup
-# fails only some of them, and a retry fetches the rest (the cache keeps what came).
-for attempt in 1 2 3 4 5; do
-  if (cd "$src" && go mod download); then break; fi
-  if [ "$attempt" = 5 ]; then
-    echo "build-controlplane: go mod download failed 5 times (is the Go module proxy reachable?)" >&2
-    exit 1
-  fi
-  echo "==> go mod download failed (attempt $attempt); retrying in $((attempt * 15)) s"
-  sleep $((attempt * 15))
-done
+. scripts/lib/go-tool.sh
+go_tool_start build-controlplane "$src" "$PWD/$TOOLS_DIR/bin/controlplane" "need Go >= 1.26 for k8s.io/kubernetes v1.37.2"
 echo "==> building the test control plane ($(go version | cut -d' ' -f3); first build: 5-8 minutes on 2 cores)"
 # -mod=readonly: go.sum is the pin; a module that does not match it fails the build.
 # The version the API server reports (kubectl version, helm's kubeVersion check) is
@@ -46,4 +23,4 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 done
 (cd "$src" && go build -mod=readonly -buildvcs=false -trimpath -ldflags "$ldflags" -o "$out" .)
-echo "==> $out built in $(( $(date +%s) - start )) s"
+go_tool_done
