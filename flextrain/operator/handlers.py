@@ -28,7 +28,7 @@ import logging
 import signal
 import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
 import kopf
@@ -101,18 +101,9 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.networking.request_timeout = 60
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660
-    for resource in (
-        ("batch", "v1", "jobs"),
-        ("apps", "v1", "deployments"),
-        ("", "v1", "services"),
-        ("networking.k8s.io", "v1", "networkpolicies"),
-        ("policy", "v1", "poddisruptionbudgets"),
-        ("", "v1", "persistentvolumeclaims"),
-        ("", "v1", "pods"),
-    ):
+    watched = CHILDREN + ((WORKLOAD_CHILD,) if _runtime(memo).settings.kueue else ())
+    for _, resource, _, _ in watched:
         settings.watching.label_selectors[resource] = names.JOB_LABEL
-    if _runtime(memo).settings.kueue:
-        settings.watching.label_selectors[WORKLOADS] = names.JOB_LABEL
 
 
 def _credentials(info: kopf.ConnectionInfo) -> kube.Credentials:
@@ -186,62 +177,54 @@ async def nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeInfo]:
     return {name: node_info(body)}
 
 
-@kopf.index("batch", "v1", "jobs", labels=HAS_JOB, registry=REGISTRY)
-async def tier_jobs(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace, labels[names.JOB_LABEL]): observed.tier_job_state(body)}
-
-
-@kopf.index("apps", "v1", "deployments", labels=HAS_JOB, registry=REGISTRY)
-async def aggregators(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace, labels[names.JOB_LABEL]): observed.aggregator_state(body)}
-
-
-@kopf.index("", "v1", "services", labels=HAS_JOB, registry=REGISTRY)
-async def services(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace, labels[names.JOB_LABEL]): observed.child_state(body)}
-
-
-@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=HAS_JOB, registry=REGISTRY)
-async def network_policies(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace, labels[names.JOB_LABEL]): observed.child_state(body)}
-
-
-@kopf.index("policy", "v1", "poddisruptionbudgets", labels=HAS_JOB, registry=REGISTRY)
-async def disruption_budgets(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace, labels[names.JOB_LABEL]): observed.child_state(body)}
-
-
-@kopf.index("", "v1", "persistentvolumeclaims", labels=HAS_JOB, registry=REGISTRY)
-async def checkpoint_claims(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace, labels[names.JOB_LABEL]): observed.claim_state(body)}
-
-
-@kopf.index(
-    "", "v1", "pods", labels={**HAS_JOB, names.COMPONENT_LABEL: names.TRAINER}, registry=REGISTRY
+#: The children of FlexTrainJobs the operator watches: (index id, resource, label
+#: selector, summary of one object). Each gets an index (job key -> summaries, handed to
+#: the job daemons by its id) and an event handler that wakes the job's daemon; their
+#: watches carry a server-side label selector (`configure`). Kueue's Workloads are
+#: watched the same way, only with the Kueue integration on (`watch_workloads`).
+CHILDREN: tuple[tuple[str, tuple[str, str, str], Mapping[str, Any], Callable[[Any], Any]], ...] = (
+    ("tier_jobs", ("batch", "v1", "jobs"), HAS_JOB, observed.tier_job_state),
+    ("aggregators", ("apps", "v1", "deployments"), HAS_JOB, observed.aggregator_state),
+    ("services", ("", "v1", "services"), HAS_JOB, observed.child_state),
+    ("network_policies", ("networking.k8s.io", "v1", "networkpolicies"), HAS_JOB, observed.child_state),
+    ("disruption_budgets", ("policy", "v1", "poddisruptionbudgets"), HAS_JOB, observed.child_state),
+    ("checkpoint_claims", ("", "v1", "persistentvolumeclaims"), HAS_JOB, observed.claim_state),
+    (
+        "trainer_pods",
+        ("", "v1", "pods"),
+        {**HAS_JOB, names.COMPONENT_LABEL: names.TRAINER},
+        observed.pod_state,
+    ),
 )
-async def trainer_pods(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(namespace, labels[names.JOB_LABEL]): observed.pod_state(body)}
+WORKLOAD_CHILD = ("workloads", WORKLOADS, HAS_JOB, observed.workload_state)
 
 
-async def workloads(
-    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    """Kueue Workloads of jobs with spec.queueName (registered by `watch_workloads`)."""
-    return {(namespace, labels[names.JOB_LABEL]): observed.workload_state(body)}
+# -- wake-ups ----------------------------------------------------------------------------
+
+
+async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    _runtime(memo).wake((namespace or "", labels[names.JOB_LABEL]))
+
+
+def _watch_child(
+    name: str, resource: tuple[str, str, str], labels: Mapping[str, Any], summary: Callable[[Any], Any]
+) -> None:
+    """Index one child kind under `name` (async: kopf runs plain functions in a thread)
+    and wake a job's daemon on its events."""
+
+    async def index(
+        namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+    ) -> dict[Any, Any]:
+        return {(namespace, labels[names.JOB_LABEL]): summary(body)}
+
+    kopf.index(*resource, id=name, labels=dict(labels), registry=REGISTRY)(index)
+    kopf.on.event(*resource, id=f"{name}_changed", labels=dict(labels), registry=REGISTRY)(
+        child_changed
+    )
+
+
+for _child in CHILDREN:
+    _watch_child(*_child)
 
 
 def watch_workloads() -> None:
@@ -249,28 +232,8 @@ def watch_workloads() -> None:
     operator on a cluster without Kueue neither watches nor needs RBAC for them (kopf
     serves a resource once its CRD exists, and warns until then). Registered once per
     process, before kopf starts."""
-    if any(h.id == "workloads" for h in REGISTRY._indexing.get_all_handlers()):
-        return
-    kopf.index(*WORKLOADS, id="workloads", labels=HAS_JOB, registry=REGISTRY)(workloads)
-    kopf.on.event(*WORKLOADS, id="workload_changed", labels=HAS_JOB, registry=REGISTRY)(
-        child_changed
-    )
-
-
-# -- wake-ups ----------------------------------------------------------------------------
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=HAS_JOB, registry=REGISTRY)
-@kopf.on.event("apps", "v1", "deployments", labels=HAS_JOB, registry=REGISTRY)
-@kopf.on.event("", "v1", "services", labels=HAS_JOB, registry=REGISTRY)
-@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=HAS_JOB, registry=REGISTRY)
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=HAS_JOB, registry=REGISTRY)
-@kopf.on.event("", "v1", "persistentvolumeclaims", labels=HAS_JOB, registry=REGISTRY)
-@kopf.on.event(
-    "", "v1", "pods", labels={**HAS_JOB, names.COMPONENT_LABEL: names.TRAINER}, registry=REGISTRY
-)
-async def child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
-    _runtime(memo).wake((namespace or "", labels[names.JOB_LABEL]))
+    if not any(h.id == "workloads" for h in REGISTRY._indexing.get_all_handlers()):
+        _watch_child(*WORKLOAD_CHILD)
 
 
 @kopf.on.event(*JOBS, registry=REGISTRY)
