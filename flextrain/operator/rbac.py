@@ -293,28 +293,19 @@ def role(
     labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A Role with the namespaced rules, for one watched namespace."""
-    meta: dict[str, Any] = {"name": name, "namespace": namespace}
-    if labels:
-        meta["labels"] = labels
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": meta,
-        "rules": rules("namespaced", kueue=kueue, cert_manager=cert_manager),
-    }
+    return _role(name, namespace, labels, rules("namespaced", kueue=kueue, cert_manager=cert_manager))
 
 
 def leader_election_role(name: str, namespace: str, *, labels: dict[str, str] | None = None) -> dict[str, Any]:
     """The Role in the operator's own namespace for its leader election (the Lease)."""
+    return _role(name, namespace, labels, rules("own-namespace"))
+
+
+def _role(name: str, namespace: str, labels: dict[str, str] | None, granted: list[dict[str, Any]]) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": namespace}
     if labels:
         meta["labels"] = labels
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": meta,
-        "rules": rules("own-namespace"),
-    }
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta, "rules": granted}
 
 
 # -- the chart's copy -------------------------------------------------------------------
