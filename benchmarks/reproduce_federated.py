@@ -66,7 +66,7 @@ import torch
 from flextrain.core.arch import ArchProfile, closest_depth_to_parameter_share, profile
 from flextrain.core.baselines import plan_devices
 from flextrain.core.centralised import evaluate
-from flextrain.core.losses import DEFAULT_BETA
+from flextrain.core.losses import ANCHOR_LOSSES, DEFAULT_BETA
 from flextrain.core.merge import (
     ROBUST_METHODS,
     STRATEGIES,
@@ -226,15 +226,20 @@ def parse_split(text: str, default_alpha: float) -> tuple[str, str, float | None
     return f"dir{alpha:g}", "dirichlet", alpha
 
 
-def variant_name(options: dict[str, int], beta: float = DEFAULT_BETA) -> str:
+def variant_name(
+    options: dict[str, int], beta: float = DEFAULT_BETA, anchor: str = "none"
+) -> str:
     """``paper`` for the paper's model and β, else the research options set (with their
-    value when it is not 1: ``stage_adapters2`` = affine adapters) and a ``beta<value>``
-    for another distillation weight, joined by ``+``."""
+    value when it is not 1: ``stage_adapters2`` = affine adapters), a ``beta<value>``
+    for another distillation weight and ``anchor-<loss>`` for ``--anchor``, joined by
+    ``+``."""
     on = sorted(
         name if value == 1 else f"{name}{value}" for name, value in options.items() if value
     )
     if beta != DEFAULT_BETA:
         on.append(f"beta{beta:g}")
+    if anchor != "none":
+        on.append(f"anchor-{anchor}")
     return "+".join(on) if on else "paper"
 
 
@@ -274,7 +279,7 @@ def run_split(
             label = f"{label[:-1]}: {robust_label(args)})"
         elif strategy == TierBalancedMerge.name:  # benchmark-only, not in the registry
             merger = TierBalancedMerge()
-        log(f"[{split}] {label} (merge {merger})")
+        log(f"[{split}] {label} (merge {strategy})")
         start = time.perf_counter()
 
         def progress(record: RoundRecord, key: str = key, start: float = start) -> None:
@@ -299,6 +304,7 @@ def run_split(
             partitions=shards,
             optimizer=PAPER_SGD,
             beta=args.beta,
+            anchor_loss=args.anchor if method == "flextrain" else "none",
             seed=seed,
             eval_batch_size=EVAL_BATCH_SIZE,
             progress=progress,
@@ -425,6 +431,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "0: no distillation); another value names the model directory",
     )
     p.add_argument(
+        "--anchor",
+        default="none",
+        choices=ANCHOR_LOSSES,
+        help="research option of the FlexTrain runs: every deeper device also trains the "
+        "weakest tier's prefix, by distillation from its own output (distill) or by that "
+        "and cross-entropy on its labels (ce); default none (the paper's loss); another "
+        "value names the model directory",
+    )
+    p.add_argument(
         "--skip-existing",
         action="store_true",
         help="skip a (seed, split) whose JSON file exists (resume an interrupted run)",
@@ -502,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pool_at_prefix": int(args.pool_at_prefix),
         "stage_adapters": {None: 0, "linear": 1, "affine": 2}[args.stage_adapters],
     }
-    variant = variant_name(options, args.beta)
+    variant = variant_name(options, args.beta, args.anchor)
     setup = begin(args, NAME)
     start, info, out, splits, base = setup.start, setup.machine, setup.out, setup.splits, setup.spec
     spec = ModelSpec(
@@ -554,6 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "batch_size": BATCH_SIZE,
                 "baseline_strategy": args.baseline_strategy,
                 "beta": args.beta,
+                "anchor_loss": args.anchor,
                 "args": {k: v for k, v in vars(args).items()},
                 "machine": info,
                 "loadavg_end": list(os.getloadavg()),

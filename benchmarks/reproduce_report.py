@@ -409,8 +409,9 @@ BASELINES = ("fedsmall", "fedclass")
 
 
 def _borrow_baselines(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
-    """A model variant that differs from the paper's only in β (no research option set)
-    has the paper model's baselines: FedSmall and FedClass do not distil. Where such a
+    """A model variant that differs from the paper's only in β or ``--anchor`` (no
+    research option of the model set) has the paper model's baselines: FedSmall and
+    FedClass neither distil nor take the anchor loss. Where such a
     run file lacks them, take them from the ``paper`` file of the same split and seed,
     labelled as taken. (Files are changed in memory only.)"""
     for (variant, split), group in groups.items():

@@ -58,6 +58,8 @@ def client_update(
     *,
     distill_target: str = DEFAULT_DISTILL_TARGET,
     max_steps_per_epoch: int | None = None,
+    anchor_depth: int | None = None,
+    anchor_loss: str = "none",
 ) -> ClientResult:
     """Train the depth-``depth`` sub-model locally and return its new prefix.
 
@@ -76,6 +78,8 @@ def client_update(
         distill_target: ``"probs"`` (default) or ``"logits"`` (see
             :mod:`flextrain.core.losses`).
         max_steps_per_epoch: stop each epoch early (``--dry-run``: 1).
+        anchor_depth, anchor_loss: research option, off by default: also train the
+            prefix of depth ``anchor_depth`` (see :func:`~flextrain.core.losses.client_loss`).
 
     Raises:
         PrefixMismatch: ``global_prefix_state`` is not exactly the prefix.
@@ -107,7 +111,17 @@ def client_update(
                 break
             x, y = xb.to(device), yb.to(device)  # (B, C, H, W), (B,)
             opt.zero_grad(set_to_none=True)  # blocks beyond depth keep grad None
-            parts = client_loss(model, x, y, depth, beta, distill, distill_target)
+            parts = client_loss(
+                model,
+                x,
+                y,
+                depth,
+                beta,
+                distill,
+                distill_target,
+                anchor_depth=anchor_depth,
+                anchor_loss=anchor_loss,
+            )
             torch.autograd.backward(parts.total)
             opt.step()
             loss = parts.total.detach()

@@ -128,6 +128,12 @@ def centralised_loss(
     return LossParts(total=ce + beta * dist, ce=ce.detach(), distill=dist.detach(), logits=z)
 
 
+#: What a device adds for the anchor prefix (the weakest tier's depth) in
+#: :func:`client_loss`: nothing (the paper), the distillation term, or cross-entropy
+#: plus the distillation term.
+ANCHOR_LOSSES: Final[tuple[str, ...]] = ("none", "distill", "ce")
+
+
 def client_loss(
     model: FlexModel,
     x: Tensor,
@@ -136,19 +142,51 @@ def client_loss(
     beta: float = DEFAULT_BETA,
     distill: bool = True,
     target: str = DEFAULT_DISTILL_TARGET,
+    *,
+    anchor_depth: int | None = None,
+    anchor_loss: str = "none",
 ) -> LossParts:
     """Algorithm 2 device loss at the device's depth ``depth`` (its tier k_j).
 
     The device's own output ``z_k`` is the teacher of ``z_{k-1}``. No term when
     ``distill`` is False (the weakest tier), ``beta == 0`` or ``depth < 2`` (the
     student would have no block of its own).
+
+    Research option (off by default; not the paper's): ``anchor_depth`` a (the
+    federation's weakest tier depth) with ``anchor_loss``
+
+    * ``"distill"``: ``z_k`` also teaches ``z_a`` (``+ beta * ||sg(z_k) - z_a||^2``, once
+      when a = k - 1);
+    * ``"ce"``: that and ``+ CE(z_a, y)``: every device also trains the weakest tier's
+      prefix on its own labels.
+
+    Nothing is added when a >= k. The extra head reads the same trunk pass (the
+    gradients of both outputs meet at block a), so the cost is one more head evaluation.
     """
     _check(beta, target)
+    if anchor_loss not in ANCHOR_LOSSES:
+        raise ValueError(f"anchor_loss must be one of {list(ANCHOR_LOSSES)}, got {anchor_loss!r}")
     k = model.check_depth(depth)
-    if not distill or beta == 0 or k < 2:
+    a = None
+    if anchor_loss != "none" and anchor_depth is not None and model.check_depth(anchor_depth) < k:
+        a = anchor_depth
+    teach = distill and beta != 0 and k >= 2
+    if a is None and not teach:
         return _plain(model, x, y, k)
-    zs = model.forward_multi(x, (k - 1, k))
-    z, student = zs[k], zs[k - 1]  # (B, classes) each
+    students = ({k - 1} if teach else set()) | ({a} if a is not None else set())
+    zs = model.forward_multi(x, (k, *students))
+    z = zs[k]  # (B, classes)
     ce = F.cross_entropy(z, y)
-    dist = distillation_term(student, z, target)
-    return LossParts(total=ce + beta * dist, ce=ce.detach(), distill=dist.detach(), logits=z)
+    total = ce
+    dist = torch.zeros_like(ce.detach())
+    if teach:
+        dist = distillation_term(zs[k - 1], z, target)
+        total = total + beta * dist
+    if a is not None:
+        if a != k - 1 or not teach:
+            extra = distillation_term(zs[a], z, target)
+            total = total + beta * extra
+            dist = dist + extra.detach()
+        if anchor_loss == "ce":
+            total = total + F.cross_entropy(zs[a], y)
+    return LossParts(total=total, ce=ce.detach(), distill=dist.detach(), logits=z)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from flextrain.core.baselines import DevicePlan, plan_devices
 from flextrain.core.centralised import evaluate
 from flextrain.core.federated import client_update
-from flextrain.core.losses import DEFAULT_BETA, DEFAULT_DISTILL_TARGET
+from flextrain.core.losses import ANCHOR_LOSSES, DEFAULT_BETA, DEFAULT_DISTILL_TARGET
 from flextrain.core.merge import DEFAULT_STRATEGY, MergeStrategy, get_strategy
 from flextrain.core.models import ModelSpec
 from flextrain.core.optim import OptimizerConfig
@@ -183,6 +183,7 @@ def simulate(
     eval_batch_size: int = 256,
     progress: RoundProgressFn | None = None,
     max_steps_per_epoch: int | None = None,
+    anchor_loss: str = "none",
 ) -> SimulationResult:
     """Simulate ``rounds`` federated rounds over ``tiers`` and measure every round.
 
@@ -211,6 +212,9 @@ def simulate(
         eval_batch_size: batch size of evaluation.
         progress: called with each :class:`RoundRecord`.
         max_steps_per_epoch: cap on client steps per local epoch (``--dry-run``: 1).
+        anchor_loss: research option for ``method="flextrain"``, off (``"none"``) by
+            default: every deeper device also trains the weakest tier's prefix
+            (``"distill"`` or ``"ce"``, :func:`flextrain.core.losses.client_loss`).
     """
     for name, value in (
         ("rounds", rounds),
@@ -220,6 +224,10 @@ def simulate(
     ):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if anchor_loss not in ANCHOR_LOSSES:
+        raise ValueError(f"anchor_loss must be one of {list(ANCHOR_LOSSES)}, got {anchor_loss!r}")
+    if anchor_loss != "none" and method != "flextrain":
+        raise ValueError(f"anchor_loss {anchor_loss!r} applies to method 'flextrain' only")
     plans = plan_devices(method, tiers)
     for depth, _ in tiers:
         if depth > model_spec.num_blocks:
@@ -270,6 +278,8 @@ def simulate(
                     device,
                     distill_target=distill_target,
                     max_steps_per_epoch=max_steps_per_epoch,
+                    anchor_depth=min(tier_depths),
+                    anchor_loss=anchor_loss,
                 )
                 acc.add(result.tensors, result.num_examples)
                 bytes_down[p.tier_depth] += tensor_bytes(sent)

@@ -136,3 +136,72 @@ def test_negative_beta_is_rejected() -> None:
         centralised_loss(model, x, y, 2, beta=-0.1)
     with pytest.raises(ValueError, match="beta"):
         client_loss(model, x, y, 2, beta=-0.1)
+
+
+# -- the anchor research option (every deeper device also trains the weakest prefix) -------
+
+
+@pytest.mark.parametrize("target", ["probs", "logits"])
+def test_anchor_distill_adds_the_weakest_prefix_as_a_second_student(target: str) -> None:
+    model = _model().eval()
+    x, y = _batch()
+    parts = client_loss(
+        model, x, y, 6, beta=0.2, target=target, anchor_depth=2, anchor_loss="distill"
+    )
+    z6, z5, z2 = model(x, 6), model(x, 5), model(x, 2)
+    expected = (
+        F.cross_entropy(z6, y)
+        + 0.2 * (_f(z5, target) - _f(z6, target)).pow(2).sum(1).mean()
+        + 0.2 * (_f(z2, target) - _f(z6, target)).pow(2).sum(1).mean()
+    )
+    torch.testing.assert_close(parts.total, expected)
+    torch.testing.assert_close(parts.logits, z6)
+
+
+def test_anchor_ce_adds_cross_entropy_at_the_weakest_prefix() -> None:
+    model = _model().eval()
+    x, y = _batch()
+    parts = client_loss(model, x, y, 6, beta=0.2, anchor_depth=2, anchor_loss="ce")
+    z6, z5, z2 = model(x, 6), model(x, 5), model(x, 2)
+    expected = (
+        F.cross_entropy(z6, y)
+        + 0.2 * (_f(z5, "probs") - _f(z6, "probs")).pow(2).sum(1).mean()
+        + 0.2 * (_f(z2, "probs") - _f(z6, "probs")).pow(2).sum(1).mean()
+        + F.cross_entropy(z2, y)
+    )
+    torch.testing.assert_close(parts.total, expected)
+
+
+def test_an_anchor_one_block_shorter_is_distilled_once() -> None:
+    model = _model().eval()
+    x, y = _batch()
+    paper = client_loss(model, x, y, 3, beta=0.2)
+    anchored = client_loss(model, x, y, 3, beta=0.2, anchor_depth=2, anchor_loss="distill")
+    torch.testing.assert_close(anchored.total, paper.total)
+    with_ce = client_loss(model, x, y, 3, beta=0.2, anchor_depth=2, anchor_loss="ce")
+    torch.testing.assert_close(with_ce.total, paper.total + F.cross_entropy(model(x, 2), y))
+
+
+@pytest.mark.parametrize("anchor_loss", ["distill", "ce"])
+def test_the_weakest_tier_itself_adds_nothing(anchor_loss: str) -> None:
+    model = _model().eval()
+    x, y = _batch()
+    parts = client_loss(
+        model, x, y, 2, beta=0.2, distill=False, anchor_depth=2, anchor_loss=anchor_loss
+    )
+    torch.testing.assert_close(parts.total, F.cross_entropy(model(x, 2), y))
+
+
+def test_the_anchor_off_is_the_papers_loss_bit_for_bit() -> None:
+    model = _model()
+    x, y = _batch()
+    a = client_loss(model, x, y, 5, beta=0.2).total
+    b = client_loss(model, x, y, 5, beta=0.2, anchor_depth=2, anchor_loss="none").total
+    assert torch.equal(a, b)
+
+
+def test_an_unknown_anchor_loss_is_rejected() -> None:
+    model = _model()
+    x, y = _batch()
+    with pytest.raises(ValueError, match="anchor_loss"):
+        client_loss(model, x, y, 5, anchor_depth=2, anchor_loss="features")

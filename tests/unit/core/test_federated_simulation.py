@@ -153,6 +153,26 @@ def test_bad_simulation_arguments_are_rejected(spec: ModelSpec, blobs: Any) -> N
         simulate(spec, train, test, [(4, 1)], 1, 1, 8)
     with pytest.raises(ValueError, match="rounds"):
         simulate(spec, train, test, TIERS, 0, 1, 8)
+    with pytest.raises(ValueError, match="anchor_loss"):
+        simulate(spec, train, test, TIERS, 1, 1, 8, anchor_loss="features")
+    with pytest.raises(ValueError, match="flextrain"):
+        simulate(spec, train, test, TIERS, 1, 1, 8, method="fedsmall", anchor_loss="ce")
+
+
+@pytest.mark.parametrize("anchor_loss", ["distill", "ce"])
+def test_the_anchor_option_changes_only_the_deeper_devices_training(
+    spec: ModelSpec, blobs: Any, anchor_loss: str
+) -> None:
+    """With one round and no deep device the option changes nothing; with one it does."""
+    train, test = blobs(n_train=64, n_test=16)
+    kw: dict[str, Any] = {"rounds": 1, "local_epochs": 1, "batch_size": 32, "seed": 5}
+    weak_only = [(1, 2)]
+    a = simulate(spec, train, test, weak_only, **kw).final_states[0]
+    b = simulate(spec, train, test, weak_only, anchor_loss=anchor_loss, **kw).final_states[0]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    c = simulate(spec, train, test, TIERS, **kw).final_states[0]
+    d = simulate(spec, train, test, TIERS, anchor_loss=anchor_loss, **kw).final_states[0]
+    assert not torch.equal(c["head.fc.weight"], d["head.fc.weight"])
 
 
 @pytest.mark.parametrize("method", ["flextrain", "fedsmall", "fedclass"])
