@@ -77,7 +77,7 @@ from flextrain.core.merge.robust import DEFAULT_CLIP_MULTIPLE
 from flextrain.core.merge.tier_balanced import TierBalancedMerge
 from flextrain.core.models import ModelSpec
 from flextrain.core.optim import PAPER_SGD
-from flextrain.core.simulator import RoundRecord, SimulationResult, simulate
+from flextrain.core.simulator import ANCHOR_TIERS, RoundRecord, SimulationResult, simulate
 from flextrain.data import (
     make_loader,
     partition,
@@ -227,19 +227,22 @@ def parse_split(text: str, default_alpha: float) -> tuple[str, str, float | None
 
 
 def variant_name(
-    options: dict[str, int], beta: float = DEFAULT_BETA, anchor: str = "none"
+    options: dict[str, int],
+    beta: float = DEFAULT_BETA,
+    anchor: str = "none",
+    anchor_tiers: str = "weakest",
 ) -> str:
     """``paper`` for the paper's model and β, else the research options set (with their
     value when it is not 1: ``stage_adapters2`` = affine adapters), a ``beta<value>``
-    for another distillation weight and ``anchor-<loss>`` for ``--anchor``, joined by
-    ``+``."""
+    for another distillation weight and ``anchor-<loss>`` for ``--anchor``
+    (``anchor-<loss>-all`` with ``--anchor-tiers all``), joined by ``+``."""
     on = sorted(
         name if value == 1 else f"{name}{value}" for name, value in options.items() if value
     )
     if beta != DEFAULT_BETA:
         on.append(f"beta{beta:g}")
     if anchor != "none":
-        on.append(f"anchor-{anchor}")
+        on.append(f"anchor-{anchor}" + ("-all" if anchor_tiers == "all" else ""))
     return "+".join(on) if on else "paper"
 
 
@@ -305,6 +308,7 @@ def run_split(
             optimizer=PAPER_SGD,
             beta=args.beta,
             anchor_loss=args.anchor if method == "flextrain" else "none",
+            anchor_tiers=args.anchor_tiers,
             seed=seed,
             eval_batch_size=EVAL_BATCH_SIZE,
             progress=progress,
@@ -440,6 +444,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "value names the model directory",
     )
     p.add_argument(
+        "--anchor-tiers",
+        default="weakest",
+        choices=ANCHOR_TIERS,
+        help="with --anchor: the weakest tier's depth (default) or every tier depth below "
+        "the device's own (all; the loss adds the mean of their terms)",
+    )
+    p.add_argument(
         "--skip-existing",
         action="store_true",
         help="skip a (seed, split) whose JSON file exists (resume an interrupted run)",
@@ -517,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pool_at_prefix": int(args.pool_at_prefix),
         "stage_adapters": {None: 0, "linear": 1, "affine": 2}[args.stage_adapters],
     }
-    variant = variant_name(options, args.beta, args.anchor)
+    variant = variant_name(options, args.beta, args.anchor, args.anchor_tiers)
     setup = begin(args, NAME)
     start, info, out, splits, base = setup.start, setup.machine, setup.out, setup.splits, setup.spec
     spec = ModelSpec(
@@ -570,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "baseline_strategy": args.baseline_strategy,
                 "beta": args.beta,
                 "anchor_loss": args.anchor,
+                "anchor_tiers": args.anchor_tiers,
                 "args": {k: v for k, v in vars(args).items()},
                 "machine": info,
                 "loadavg_end": list(os.getloadavg()),

@@ -13,7 +13,7 @@ the trainer process of a real deployment.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +58,7 @@ def client_update(
     *,
     distill_target: str = DEFAULT_DISTILL_TARGET,
     max_steps_per_epoch: int | None = None,
-    anchor_depth: int | None = None,
+    anchor_depths: Sequence[int] = (),
     anchor_loss: str = "none",
 ) -> ClientResult:
     """Train the depth-``depth`` sub-model locally and return its new prefix.
@@ -78,8 +78,9 @@ def client_update(
         distill_target: ``"probs"`` (default) or ``"logits"`` (see
             :mod:`flextrain.core.losses`).
         max_steps_per_epoch: stop each epoch early (``--dry-run``: 1).
-        anchor_depth, anchor_loss: research option, off by default: also train the
-            prefix of depth ``anchor_depth`` (see :func:`~flextrain.core.losses.client_loss`).
+        anchor_depths, anchor_loss: research option, off by default: also train the
+            prefixes of these depths below ``depth`` (see
+            :func:`~flextrain.core.losses.client_loss`).
 
     Raises:
         PrefixMismatch: ``global_prefix_state`` is not exactly the prefix.
@@ -119,7 +120,7 @@ def client_update(
                 beta,
                 distill,
                 distill_target,
-                anchor_depth=anchor_depth,
+                anchor_depths=anchor_depths,
                 anchor_loss=anchor_loss,
             )
             torch.autograd.backward(parts.total)

@@ -31,6 +31,7 @@ What ``z`` is, the paper leaves open. Two readings are implemented (``target``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -128,7 +129,7 @@ def centralised_loss(
     return LossParts(total=ce + beta * dist, ce=ce.detach(), distill=dist.detach(), logits=z)
 
 
-#: What a device adds for the anchor prefix (the weakest tier's depth) in
+#: What a device adds for each anchor prefix (a tier depth below its own) in
 #: :func:`client_loss`: nothing (the paper), the distillation term, or cross-entropy
 #: plus the distillation term.
 ANCHOR_LOSSES: Final[tuple[str, ...]] = ("none", "distill", "ce")
@@ -143,7 +144,7 @@ def client_loss(
     distill: bool = True,
     target: str = DEFAULT_DISTILL_TARGET,
     *,
-    anchor_depth: int | None = None,
+    anchor_depths: Sequence[int] = (),
     anchor_loss: str = "none",
 ) -> LossParts:
     """Algorithm 2 device loss at the device's depth ``depth`` (its tier k_j).
@@ -152,28 +153,30 @@ def client_loss(
     ``distill`` is False (the weakest tier), ``beta == 0`` or ``depth < 2`` (the
     student would have no block of its own).
 
-    Research option (off by default; not the paper's): ``anchor_depth`` a (the
-    federation's weakest tier depth) with ``anchor_loss``
+    Research option (off by default; not the paper's): anchor depths A (tier depths of
+    the federation, e.g. the weakest one) with ``anchor_loss``. For the anchors a < k
+    the device adds the mean over them of
 
-    * ``"distill"``: ``z_k`` also teaches ``z_a`` (``+ beta * ||sg(z_k) - z_a||^2``, once
-      when a = k - 1);
-    * ``"ce"``: that and ``+ CE(z_a, y)``: every device also trains the weakest tier's
-      prefix on its own labels.
+    * ``"distill"``: ``beta * ||sg(z_k) - z_a||^2`` (``z_k`` also teaches ``z_a``; not
+      twice when a = k - 1 already has the paper's term);
+    * ``"ce"``: that plus ``CE(z_a, y)``: the device also trains the anchor prefix on
+      its own labels.
 
-    Nothing is added when a >= k. The extra head reads the same trunk pass (the
-    gradients of both outputs meet at block a), so the cost is one more head evaluation.
+    Anchors at or above ``depth`` add nothing. The extra heads read the same trunk pass
+    (the gradients of all outputs meet in the shared blocks), so each anchor costs one
+    more head evaluation.
     """
     _check(beta, target)
     if anchor_loss not in ANCHOR_LOSSES:
         raise ValueError(f"anchor_loss must be one of {list(ANCHOR_LOSSES)}, got {anchor_loss!r}")
     k = model.check_depth(depth)
-    a = None
-    if anchor_loss != "none" and anchor_depth is not None and model.check_depth(anchor_depth) < k:
-        a = anchor_depth
+    anchors: list[int] = []
+    if anchor_loss != "none":
+        anchors = sorted({a for a in map(model.check_depth, anchor_depths) if a < k})
     teach = distill and beta != 0 and k >= 2
-    if a is None and not teach:
+    if not anchors and not teach:
         return _plain(model, x, y, k)
-    students = ({k - 1} if teach else set()) | ({a} if a is not None else set())
+    students = ({k - 1} if teach else set()) | set(anchors)
     zs = model.forward_multi(x, (k, *students))
     z = zs[k]  # (B, classes)
     ce = F.cross_entropy(z, y)
@@ -182,11 +185,19 @@ def client_loss(
     if teach:
         dist = distillation_term(zs[k - 1], z, target)
         total = total + beta * dist
-    if a is not None:
-        if a != k - 1 or not teach:
-            extra = distillation_term(zs[a], z, target)
-            total = total + beta * extra
-            dist = dist + extra.detach()
-        if anchor_loss == "ce":
-            total = total + F.cross_entropy(zs[a], y)
+    if anchors:
+        extra: Tensor | None = None
+        for a in anchors:
+            term: Tensor | None = None
+            if a != k - 1 or not teach:
+                d = distillation_term(zs[a], z, target)
+                dist = dist + d.detach() / len(anchors)
+                term = beta * d
+            if anchor_loss == "ce":
+                c = F.cross_entropy(zs[a], y)
+                term = c if term is None else term + c
+            if term is not None:
+                extra = term if extra is None else extra + term
+        if extra is not None:
+            total = total + extra / len(anchors)
     return LossParts(total=total, ce=ce.detach(), distill=dist.detach(), logits=z)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from flextrain.core.merge import DEFAULT_STRATEGY, MergeStrategy, get_strategy
 from flextrain.core.models import ModelSpec
 from flextrain.core.optim import OptimizerConfig
 from flextrain.core.partition import extract_prefix, tensor_bytes
+
+#: Which tier depths a device anchors with ``anchor_loss`` (research option).
+ANCHOR_TIERS: Final[tuple[str, ...]] = ("weakest", "all")
 
 
 @dataclass
@@ -184,6 +187,7 @@ def simulate(
     progress: RoundProgressFn | None = None,
     max_steps_per_epoch: int | None = None,
     anchor_loss: str = "none",
+    anchor_tiers: str = "weakest",
 ) -> SimulationResult:
     """Simulate ``rounds`` federated rounds over ``tiers`` and measure every round.
 
@@ -215,6 +219,8 @@ def simulate(
         anchor_loss: research option for ``method="flextrain"``, off (``"none"``) by
             default: every deeper device also trains the weakest tier's prefix
             (``"distill"`` or ``"ce"``, :func:`flextrain.core.losses.client_loss`).
+        anchor_tiers: with ``anchor_loss``, ``"weakest"`` (the weakest tier's depth)
+            or ``"all"`` (every tier depth below the device's own).
     """
     for name, value in (
         ("rounds", rounds),
@@ -226,6 +232,8 @@ def simulate(
             raise ValueError(f"{name} must be >= 1, got {value}")
     if anchor_loss not in ANCHOR_LOSSES:
         raise ValueError(f"anchor_loss must be one of {list(ANCHOR_LOSSES)}, got {anchor_loss!r}")
+    if anchor_tiers not in ANCHOR_TIERS:
+        raise ValueError(f"anchor_tiers must be one of {list(ANCHOR_TIERS)}, got {anchor_tiers!r}")
     if anchor_loss != "none" and method != "flextrain":
         raise ValueError(f"anchor_loss {anchor_loss!r} applies to method 'flextrain' only")
     plans = plan_devices(method, tiers)
@@ -246,6 +254,7 @@ def simulate(
         g: {k: v.clone() for k, v in initial.items()} for g in sorted({p.group for p in plans})
     }
     tier_depths = [d for d, _ in tiers]
+    anchors = tier_depths if anchor_tiers == "all" else [min(tier_depths)]
     records: list[RoundRecord] = []
     start = time.perf_counter()
     for r in range(1, rounds + 1):
@@ -278,7 +287,7 @@ def simulate(
                     device,
                     distill_target=distill_target,
                     max_steps_per_epoch=max_steps_per_epoch,
-                    anchor_depth=min(tier_depths),
+                    anchor_depths=anchors,
                     anchor_loss=anchor_loss,
                 )
                 acc.add(result.tensors, result.num_examples)

@@ -146,7 +146,7 @@ def test_anchor_distill_adds_the_weakest_prefix_as_a_second_student(target: str)
     model = _model().eval()
     x, y = _batch()
     parts = client_loss(
-        model, x, y, 6, beta=0.2, target=target, anchor_depth=2, anchor_loss="distill"
+        model, x, y, 6, beta=0.2, target=target, anchor_depths=(2,), anchor_loss="distill"
     )
     z6, z5, z2 = model(x, 6), model(x, 5), model(x, 2)
     expected = (
@@ -161,7 +161,7 @@ def test_anchor_distill_adds_the_weakest_prefix_as_a_second_student(target: str)
 def test_anchor_ce_adds_cross_entropy_at_the_weakest_prefix() -> None:
     model = _model().eval()
     x, y = _batch()
-    parts = client_loss(model, x, y, 6, beta=0.2, anchor_depth=2, anchor_loss="ce")
+    parts = client_loss(model, x, y, 6, beta=0.2, anchor_depths=(2,), anchor_loss="ce")
     z6, z5, z2 = model(x, 6), model(x, 5), model(x, 2)
     expected = (
         F.cross_entropy(z6, y)
@@ -176,9 +176,9 @@ def test_an_anchor_one_block_shorter_is_distilled_once() -> None:
     model = _model().eval()
     x, y = _batch()
     paper = client_loss(model, x, y, 3, beta=0.2)
-    anchored = client_loss(model, x, y, 3, beta=0.2, anchor_depth=2, anchor_loss="distill")
+    anchored = client_loss(model, x, y, 3, beta=0.2, anchor_depths=(2,), anchor_loss="distill")
     torch.testing.assert_close(anchored.total, paper.total)
-    with_ce = client_loss(model, x, y, 3, beta=0.2, anchor_depth=2, anchor_loss="ce")
+    with_ce = client_loss(model, x, y, 3, beta=0.2, anchor_depths=(2,), anchor_loss="ce")
     torch.testing.assert_close(with_ce.total, paper.total + F.cross_entropy(model(x, 2), y))
 
 
@@ -187,7 +187,7 @@ def test_the_weakest_tier_itself_adds_nothing(anchor_loss: str) -> None:
     model = _model().eval()
     x, y = _batch()
     parts = client_loss(
-        model, x, y, 2, beta=0.2, distill=False, anchor_depth=2, anchor_loss=anchor_loss
+        model, x, y, 2, beta=0.2, distill=False, anchor_depths=(2,), anchor_loss=anchor_loss
     )
     torch.testing.assert_close(parts.total, F.cross_entropy(model(x, 2), y))
 
@@ -196,7 +196,7 @@ def test_the_anchor_off_is_the_papers_loss_bit_for_bit() -> None:
     model = _model()
     x, y = _batch()
     a = client_loss(model, x, y, 5, beta=0.2).total
-    b = client_loss(model, x, y, 5, beta=0.2, anchor_depth=2, anchor_loss="none").total
+    b = client_loss(model, x, y, 5, beta=0.2, anchor_depths=(2,), anchor_loss="none").total
     assert torch.equal(a, b)
 
 
@@ -204,4 +204,21 @@ def test_an_unknown_anchor_loss_is_rejected() -> None:
     model = _model()
     x, y = _batch()
     with pytest.raises(ValueError, match="anchor_loss"):
-        client_loss(model, x, y, 5, anchor_depth=2, anchor_loss="features")
+        client_loss(model, x, y, 5, anchor_depths=(2,), anchor_loss="features")
+
+
+def test_several_anchors_add_the_mean_of_their_terms() -> None:
+    model = _model().eval()
+    x, y = _batch()
+    parts = client_loss(model, x, y, 6, beta=0.2, anchor_depths=(2, 4, 5, 6, 8), anchor_loss="ce")
+    z = {d: model(x, d) for d in (2, 4, 5, 6)}
+    p = {d: F.softmax(v, dim=1) for d, v in z.items()}
+    paper = F.cross_entropy(z[6], y) + 0.2 * (p[5] - p[6]).pow(2).sum(1).mean()
+    # anchors 2, 4, 5 (6 and 8 are not below the device's depth); 5 = k - 1 is not
+    # distilled twice
+    terms = [
+        0.2 * (p[2] - p[6]).pow(2).sum(1).mean() + F.cross_entropy(z[2], y),
+        0.2 * (p[4] - p[6]).pow(2).sum(1).mean() + F.cross_entropy(z[4], y),
+        F.cross_entropy(z[5], y),
+    ]
+    torch.testing.assert_close(parts.total, paper + sum(terms) / 3)

@@ -157,20 +157,23 @@ def test_bad_simulation_arguments_are_rejected(spec: ModelSpec, blobs: Any) -> N
         simulate(spec, train, test, TIERS, 1, 1, 8, anchor_loss="features")
     with pytest.raises(ValueError, match="flextrain"):
         simulate(spec, train, test, TIERS, 1, 1, 8, method="fedsmall", anchor_loss="ce")
+    with pytest.raises(ValueError, match="anchor_tiers"):
+        simulate(spec, train, test, TIERS, 1, 1, 8, anchor_loss="ce", anchor_tiers="some")
 
 
-@pytest.mark.parametrize("anchor_loss", ["distill", "ce"])
+@pytest.mark.parametrize(("anchor_loss", "anchor_tiers"), [("distill", "weakest"), ("ce", "all")])
 def test_the_anchor_option_changes_only_the_deeper_devices_training(
-    spec: ModelSpec, blobs: Any, anchor_loss: str
+    spec: ModelSpec, blobs: Any, anchor_loss: str, anchor_tiers: str
 ) -> None:
     """With one round and no deep device the option changes nothing; with one it does."""
     train, test = blobs(n_train=64, n_test=16)
     kw: dict[str, Any] = {"rounds": 1, "local_epochs": 1, "batch_size": 32, "seed": 5}
+    kw["anchor_tiers"] = anchor_tiers
     weak_only = [(1, 2)]
     a = simulate(spec, train, test, weak_only, **kw).final_states[0]
     b = simulate(spec, train, test, weak_only, anchor_loss=anchor_loss, **kw).final_states[0]
     assert all(torch.equal(a[key], b[key]) for key in a)
-    c = simulate(spec, train, test, TIERS, **kw).final_states[0]
+    c = simulate(spec, train, test, TIERS, **kw | {"anchor_tiers": "weakest"}).final_states[0]
     d = simulate(spec, train, test, TIERS, anchor_loss=anchor_loss, **kw).final_states[0]
     assert not torch.equal(c["head.fc.weight"], d["head.fc.weight"])
 
