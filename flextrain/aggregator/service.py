@@ -317,4 +317,16 @@ def _training_config(plan: JobPlan, tier: TierPlan, wire_dtype: torch.dtype) -> 
         distillation_target=training.distillation.target,
         distill=tier.depth > plan.weakest_depth,
         wire_dtype=wire_dtype,
+        anchor_depths=anchor_depths(plan, tier),
+        anchor_loss=training.distillation.anchor.loss,
     )
+
+
+def anchor_depths(plan: JobPlan, tier: TierPlan) -> tuple[int, ...]:
+    """The tier depths below ``tier``'s whose prefixes its devices also train
+    (``spec.training.distillation.anchor``); empty when the option is off."""
+    anchor = plan.job.spec.training.distillation.anchor
+    if anchor.loss == "none":
+        return ()
+    below = sorted({t.depth for t in plan.tiers if t.depth < tier.depth})
+    return tuple(below if anchor.tiers == "all" else below[:1])

@@ -242,6 +242,24 @@ class OptimizerSpec(ApiModel):
     )
 
 
+class AnchorSpec(ApiModel):
+    """Research option, off by default: deeper devices also train shallower tiers' prefixes."""
+
+    loss: Literal["none", "distill", "ce"] = Field(
+        default="none",
+        description="loss: none (the paper's loss), distill (each device's output also "
+        "teaches the anchor prefixes, weighted by beta) or ce (that plus cross-entropy "
+        "on the device's labels at each anchor prefix). Costs one head evaluation per "
+        "anchor; see docs/results.md for what each measured.",
+    )
+    tiers: Literal["weakest", "all"] = Field(
+        default="weakest",
+        description="tiers: which tier depths below a device's own are its anchors: "
+        "weakest (the job's shallowest tier) or all (every tier below; the loss adds "
+        "the mean of their terms).",
+    )
+
+
 class DistillationSpec(ApiModel):
     """Auto-distillation: each device's depth teaches the prefix one block shorter."""
 
@@ -256,6 +274,11 @@ class DistillationSpec(ApiModel):
         description="target: what the squared distance compares: probs (softmax outputs; "
         "stable) or logits (the paper's literal reading; diverged at beta 0.2, lr 0.05 in "
         "our runs, see docs/results.md).",
+    )
+    anchor: AnchorSpec = Field(
+        default_factory=AnchorSpec,
+        description="anchor: research option, off by default: every deeper device also "
+        "trains the prefix of the weakest tier (or of every shallower tier).",
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from flextrain.core.federated import client_update
-from flextrain.core.losses import TrainingDiverged
+from flextrain.core.losses import ANCHOR_LOSSES, TrainingDiverged
 from flextrain.core.models import ModelSpec
 from flextrain.core.optim import OptimizerConfig
 from flextrain.trainer.client import (
@@ -89,12 +89,16 @@ class Trainer:
     def join(self) -> Joined:
         joined: Joined = self._with_retry("join", self.client.join)
         self._check_partition(joined)
+        self._check_anchors(joined)
         self._joined = joined
         log.info(
             "joined as %s: round %d of %d, depth %d, shard %d of %d",
             joined.client_id, joined.round, joined.total_rounds, self.config.depth, joined.data.shard_index, joined.data.num_shards,
             extra={"client": joined.client_id},
         )
+        t = joined.training
+        if t.anchor_loss != "none" and t.anchor_depths:
+            log.info("anchor option: also training the prefixes of depth %s (%s)", list(t.anchor_depths), t.anchor_loss, extra={"client": joined.client_id})
         return joined
 
     def _check_partition(self, joined: Joined) -> None:
@@ -102,6 +106,15 @@ class Trainer:
         have = partition_label(joined.data.scheme, joined.data.alpha)
         if want and want != have:
             raise ConfigError(f"FLEXTRAIN_PARTITION={want} but the job partitions the data as {have}")
+
+    def _check_anchors(self, joined: Joined) -> None:
+        """The aggregator's anchor option must name a known loss and shallower depths."""
+        t = joined.training
+        if t.anchor_loss not in ANCHOR_LOSSES:
+            raise ConfigError(f"the aggregator asks for anchor loss {t.anchor_loss!r}; this trainer knows {list(ANCHOR_LOSSES)}")
+        bad = [a for a in t.anchor_depths if not 1 <= a < self.config.depth]
+        if bad:
+            raise ConfigError(f"the aggregator's anchor depths {bad} are not in [1, {self.config.depth - 1}] (this trainer's depth is {self.config.depth})")
 
     def _data(self, joined: Joined) -> Any:
         if self._loader is None:
@@ -153,6 +166,7 @@ class Trainer:
                         pulled.tensors, spec, self.config.depth, loader, t.local_epochs, optimizer,
                         beta=t.distillation_beta, distill=t.distill, device=self.device,
                         distill_target=t.distillation_target or "probs", max_steps_per_epoch=self.max_steps,
+                        anchor_depths=t.anchor_depths, anchor_loss=t.anchor_loss,
                     )
             except TrainingDiverged as exc:
                 # Nothing sensible to send: skip this round (it closes by quorum) and retry

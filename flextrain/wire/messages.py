@@ -76,6 +76,11 @@ class TrainingConfig:
     distill: bool
     #: dtype of floating tensors in PullModel / PushUpdate.
     wire_dtype: torch.dtype
+    #: Research option: tier depths below the device's own whose prefixes it also
+    #: trains (:func:`flextrain.core.losses.client_loss`); empty: the paper's loss.
+    anchor_depths: tuple[int, ...] = ()
+    #: "none", "distill" or "ce".
+    anchor_loss: str = "none"
 
 
 @dataclass(frozen=True)

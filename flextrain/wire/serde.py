@@ -131,7 +131,12 @@ def joined_from_proto(message: pb.JoinResponse) -> Joined:
         model=ModelDescription(**{**_values(m, _names(ModelDescription)), "options": dict(m.options)}),
         data=DataAssignment(**_values(d, _names(DataAssignment))),
         training=TrainingConfig(
-            **{**_values(t, _names(TrainingConfig)), "wire_dtype": dtype_from_proto(t.wire_dtype)}
+            **{
+                **_values(t, _names(TrainingConfig)),
+                "wire_dtype": dtype_from_proto(t.wire_dtype),
+                "anchor_depths": tuple(t.anchor_depths),
+                "anchor_loss": t.anchor_loss or "none",
+            }
         ),
     )
 

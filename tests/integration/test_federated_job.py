@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from flextrain.core.export import load_submodel
 from flextrain.core.models import ModelSpec
 from flextrain.core.partition import prefix_keys
 from tests.integration.conftest import Status
-from tests.integration.procs import Cluster, wait_for
+from tests.integration.procs import Cluster, make_cluster, tiny_job, wait_for
 
 
 def _prefix_bytes(depth: int) -> int:
@@ -75,3 +77,21 @@ def test_trainer_waits_for_an_aggregator_that_starts_late(cluster: Cluster) -> N
     cluster.start_aggregator(port=port)
     for proc in trainers:
         assert proc.wait(timeout=180) == 0, cluster.logs()
+
+
+def test_the_anchor_option_reaches_every_deeper_trainer(tmp_path: Path) -> None:
+    """spec.training.distillation.anchor travels from the manifest through the
+    aggregator's Join answer to the trainers' loss: each deeper trainer names the
+    shallower tiers it also trains, the weakest names none, and the job completes."""
+    job = tiny_job("anchored", training={"rounds": 2, "distillation": {"anchor": {"loss": "ce", "tiers": "all"}}})
+    made = make_cluster(tmp_path / "cluster", job)
+    try:
+        made.start_aggregator(checkpoints=False)
+        trainers = {name: made.start_trainer(name, 0) for name in ("shallow", "middle", "deep")}
+        for proc in trainers.values():
+            assert proc.wait(timeout=180) == 0, made.logs()
+        assert "anchor option" not in trainers["shallow"].output()
+        assert "also training the prefixes of depth [1] (ce)" in trainers["middle"].output()
+        assert "also training the prefixes of depth [1, 2] (ce)" in trainers["deep"].output()
+    finally:
+        made.close()

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66lextrain/v1/aggregator.proto\x12\x0c\x66lextrain.v1\"M\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\"\n\x05\x64type\x18\x03 \x01(\x0e\x32\x13.flextrain.v1.DType\"\xa5\x02\n\x10ModelDescription\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x0e\n\x06layers\x18\x02 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\x12\x13\n\x0bin_channels\x18\x04 \x01(\x05\x12\x12\n\nimage_size\x18\x05 \x01(\x05\x12\x12\n\nnum_blocks\x18\x06 \x01(\x05\x12\x16\n\x0enum_parameters\x18\x07 \x01(\x03\x12\x19\n\x11prefix_parameters\x18\x08 \x01(\x03\x12<\n\x07options\x18\t \x03(\x0b\x32+.flextrain.v1.ModelDescription.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x86\x01\n\x0e\x44\x61taAssignment\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06scheme\x18\x02 \x01(\t\x12\r\n\x05\x61lpha\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x13\n\x0bshard_index\x18\x05 \x01(\x05\x12\x12\n\nnum_shards\x18\x06 \x01(\x05\x12\r\n\x05limit\x18\x07 \x01(\x03\"\xfe\x01\n\x0eTrainingConfig\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x11\n\toptimizer\x18\x03 \x01(\t\x12\x15\n\rlearning_rate\x18\x04 \x01(\x01\x12\x10\n\x08momentum\x18\x05 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x06 \x01(\x01\x12\x19\n\x11\x64istillation_beta\x18\x07 \x01(\x01\x12\x0f\n\x07\x64istill\x18\x08 \x01(\x08\x12\'\n\nwire_dtype\x18\t \x01(\x0e\x32\x13.flextrain.v1.DType\x12\x1b\n\x13\x64istillation_target\x18\n \x01(\t\"N\n\x0bJoinRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x15\n\rreplica_index\x18\x03 \x01(\x05\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\x05\"\xdf\x01\n\x0cJoinResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_rounds\x18\x03 \x01(\x03\x12-\n\x05model\x18\x04 \x01(\x0b\x32\x1e.flextrain.v1.ModelDescription\x12*\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x1c.flextrain.v1.DataAssignment\x12.\n\x08training\x18\x06 \x01(\x0b\x32\x1c.flextrain.v1.TrainingConfig\x12\x0c\n\x04\x64one\x18\x07 \x01(\x08\"N\n\x10PullModelRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\tmin_round\x18\x02 \x01(\x03\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\"y\n\x0bModelHeader\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\r\n\x05round\x18\x03 \x01(\x03\x12)\n\x07tensors\x18\x04 \x03(\x0b\x32\x18.flextrain.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x03\"R\n\nModelChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.flextrain.v1.ModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x63hunk\"\x9c\x01\n\x0cUpdateHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12)\n\x07tensors\x18\x04 \x03(\x0b\x32\x18.flextrain.v1.TensorSpec\x12\x12\n\ntrain_loss\x18\x05 \x01(\x01\x12\x15\n\rtrain_seconds\x18\x06 \x01(\x01\"T\n\x0bUpdateChunk\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.flextrain.v1.UpdateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x63hunk\"M\n\x12PushUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x03\"\x12\n\x10GetStatusRequest\"\xaf\x01\n\x0cTierProgress\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\x12\x10\n\x08replicas\x18\x03 \x01(\x05\x12\x0e\n\x06joined\x18\x04 \x01(\x05\x12\x19\n\x11pushed_this_round\x18\x05 \x01(\x05\x12\x19\n\x11last_round_pushed\x18\x06 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x07 \x01(\x03\x12\x12\n\nbytes_sent\x18\x08 \x01(\x03\"?\n\rDepthAccuracy\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\x05\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\r\n\x05round\x18\x03 \x01(\x03\"\xa3\x03\n\x11GetStatusResponse\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_rounds\x18\x03 \x01(\x03\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12)\n\x05tiers\x18\x05 \x03(\x0b\x32\x1a.flextrain.v1.TierProgress\x12-\n\x08\x61\x63\x63uracy\x18\x06 \x03(\x0b\x32\x1b.flextrain.v1.DepthAccuracy\x12N\n\x10updates_rejected\x18\x07 \x03(\x0b\x32\x34.flextrain.v1.GetStatusResponse.UpdatesRejectedEntry\x12\x18\n\x10updates_accepted\x18\x08 \x01(\x03\x12\x19\n\x11\x63lients_connected\x18\t \x01(\x05\x12\x1a\n\x12round_started_unix\x18\n \x01(\x01\x12\x1b\n\x13round_deadline_unix\x18\x0b \x01(\x01\x1a\x36\n\x14UpdatesRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*i\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x0f\n\x0b\x44TYPE_INT64\x10\x04\x32\xaf\x02\n\nAggregator\x12=\n\x04Join\x12\x19.flextrain.v1.JoinRequest\x1a\x1a.flextrain.v1.JoinResponse\x12G\n\tPullModel\x12\x1e.flextrain.v1.PullModelRequest\x1a\x18.flextrain.v1.ModelChunk0\x01\x12K\n\nPushUpdate\x12\x19.flextrain.v1.UpdateChunk\x1a .flextrain.v1.PushUpdateResponse(\x01\x12L\n\tGetStatus\x12\x1e.flextrain.v1.GetStatusRequest\x1a\x1f.flextrain.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66lextrain/v1/aggregator.proto\x12\x0c\x66lextrain.v1\"M\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\"\n\x05\x64type\x18\x03 \x01(\x0e\x32\x13.flextrain.v1.DType\"\xa5\x02\n\x10ModelDescription\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x0e\n\x06layers\x18\x02 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\x12\x13\n\x0bin_channels\x18\x04 \x01(\x05\x12\x12\n\nimage_size\x18\x05 \x01(\x05\x12\x12\n\nnum_blocks\x18\x06 \x01(\x05\x12\x16\n\x0enum_parameters\x18\x07 \x01(\x03\x12\x19\n\x11prefix_parameters\x18\x08 \x01(\x03\x12<\n\x07options\x18\t \x03(\x0b\x32+.flextrain.v1.ModelDescription.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x86\x01\n\x0e\x44\x61taAssignment\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06scheme\x18\x02 \x01(\t\x12\r\n\x05\x61lpha\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x13\n\x0bshard_index\x18\x05 \x01(\x05\x12\x12\n\nnum_shards\x18\x06 \x01(\x05\x12\r\n\x05limit\x18\x07 \x01(\x03\"\xaa\x02\n\x0eTrainingConfig\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\x05\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x11\n\toptimizer\x18\x03 \x01(\t\x12\x15\n\rlearning_rate\x18\x04 \x01(\x01\x12\x10\n\x08momentum\x18\x05 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x06 \x01(\x01\x12\x19\n\x11\x64istillation_beta\x18\x07 \x01(\x01\x12\x0f\n\x07\x64istill\x18\x08 \x01(\x08\x12\'\n\nwire_dtype\x18\t \x01(\x0e\x32\x13.flextrain.v1.DType\x12\x1b\n\x13\x64istillation_target\x18\n \x01(\t\x12\x15\n\ranchor_depths\x18\x0b \x03(\x05\x12\x13\n\x0b\x61nchor_loss\x18\x0c \x01(\t\"N\n\x0bJoinRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x15\n\rreplica_index\x18\x03 \x01(\x05\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\x05\"\xdf\x01\n\x0cJoinResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_rounds\x18\x03 \x01(\x03\x12-\n\x05model\x18\x04 \x01(\x0b\x32\x1e.flextrain.v1.ModelDescription\x12*\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x1c.flextrain.v1.DataAssignment\x12.\n\x08training\x18\x06 \x01(\x0b\x32\x1c.flextrain.v1.TrainingConfig\x12\x0c\n\x04\x64one\x18\x07 \x01(\x08\"N\n\x10PullModelRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\tmin_round\x18\x02 \x01(\x03\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\"y\n\x0bModelHeader\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\r\n\x05round\x18\x03 \x01(\x03\x12)\n\x07tensors\x18\x04 \x03(\x0b\x32\x18.flextrain.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x03\"R\n\nModelChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.flextrain.v1.ModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x63hunk\"\x9c\x01\n\x0cUpdateHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12)\n\x07tensors\x18\x04 \x03(\x0b\x32\x18.flextrain.v1.TensorSpec\x12\x12\n\ntrain_loss\x18\x05 \x01(\x01\x12\x15\n\rtrain_seconds\x18\x06 \x01(\x01\"T\n\x0bUpdateChunk\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.flextrain.v1.UpdateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x07\n\x05\x63hunk\"M\n\x12PushUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x03\"\x12\n\x10GetStatusRequest\"\xaf\x01\n\x0cTierProgress\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\x12\x10\n\x08replicas\x18\x03 \x01(\x05\x12\x0e\n\x06joined\x18\x04 \x01(\x05\x12\x19\n\x11pushed_this_round\x18\x05 \x01(\x05\x12\x19\n\x11last_round_pushed\x18\x06 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x07 \x01(\x03\x12\x12\n\nbytes_sent\x18\x08 \x01(\x03\"?\n\rDepthAccuracy\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\x05\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\r\n\x05round\x18\x03 \x01(\x03\"\xa3\x03\n\x11GetStatusResponse\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_rounds\x18\x03 \x01(\x03\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12)\n\x05tiers\x18\x05 \x03(\x0b\x32\x1a.flextrain.v1.TierProgress\x12-\n\x08\x61\x63\x63uracy\x18\x06 \x03(\x0b\x32\x1b.flextrain.v1.DepthAccuracy\x12N\n\x10updates_rejected\x18\x07 \x03(\x0b\x32\x34.flextrain.v1.GetStatusResponse.UpdatesRejectedEntry\x12\x18\n\x10updates_accepted\x18\x08 \x01(\x03\x12\x19\n\x11\x63lients_connected\x18\t \x01(\x05\x12\x1a\n\x12round_started_unix\x18\n \x01(\x01\x12\x1b\n\x13round_deadline_unix\x18\x0b \x01(\x01\x1a\x36\n\x14UpdatesRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*i\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x0f\n\x0b\x44TYPE_INT64\x10\x04\x32\xaf\x02\n\nAggregator\x12=\n\x04Join\x12\x19.flextrain.v1.JoinRequest\x1a\x1a.flextrain.v1.JoinResponse\x12G\n\tPullModel\x12\x1e.flextrain.v1.PullModelRequest\x1a\x18.flextrain.v1.ModelChunk0\x01\x12K\n\nPushUpdate\x12\x19.flextrain.v1.UpdateChunk\x1a .flextrain.v1.PushUpdateResponse(\x01\x12L\n\tGetStatus\x12\x1e.flextrain.v1.GetStatusRequest\x1a\x1f.flextrain.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELDESCRIPTION_OPTIONSENTRY']._serialized_options = b'8\001'
   _globals['_GETSTATUSRESPONSE_UPDATESREJECTEDENTRY']._loaded_options = None
   _globals['_GETSTATUSRESPONSE_UPDATESREJECTEDENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=2418
-  _globals['_DTYPE']._serialized_end=2523
+  _globals['_DTYPE']._serialized_start=2462
+  _globals['_DTYPE']._serialized_end=2567
   _globals['_TENSORSPEC']._serialized_start=47
   _globals['_TENSORSPEC']._serialized_end=124
   _globals['_MODELDESCRIPTION']._serialized_start=127
@@ -47,33 +47,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATAASSIGNMENT']._serialized_start=423
   _globals['_DATAASSIGNMENT']._serialized_end=557
   _globals['_TRAININGCONFIG']._serialized_start=560
-  _globals['_TRAININGCONFIG']._serialized_end=814
-  _globals['_JOINREQUEST']._serialized_start=816
-  _globals['_JOINREQUEST']._serialized_end=894
-  _globals['_JOINRESPONSE']._serialized_start=897
-  _globals['_JOINRESPONSE']._serialized_end=1120
-  _globals['_PULLMODELREQUEST']._serialized_start=1122
-  _globals['_PULLMODELREQUEST']._serialized_end=1200
-  _globals['_MODELHEADER']._serialized_start=1202
-  _globals['_MODELHEADER']._serialized_end=1323
-  _globals['_MODELCHUNK']._serialized_start=1325
-  _globals['_MODELCHUNK']._serialized_end=1407
-  _globals['_UPDATEHEADER']._serialized_start=1410
-  _globals['_UPDATEHEADER']._serialized_end=1566
-  _globals['_UPDATECHUNK']._serialized_start=1568
-  _globals['_UPDATECHUNK']._serialized_end=1652
-  _globals['_PUSHUPDATERESPONSE']._serialized_start=1654
-  _globals['_PUSHUPDATERESPONSE']._serialized_end=1731
-  _globals['_GETSTATUSREQUEST']._serialized_start=1733
-  _globals['_GETSTATUSREQUEST']._serialized_end=1751
-  _globals['_TIERPROGRESS']._serialized_start=1754
-  _globals['_TIERPROGRESS']._serialized_end=1929
-  _globals['_DEPTHACCURACY']._serialized_start=1931
-  _globals['_DEPTHACCURACY']._serialized_end=1994
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1997
-  _globals['_GETSTATUSRESPONSE']._serialized_end=2416
-  _globals['_GETSTATUSRESPONSE_UPDATESREJECTEDENTRY']._serialized_start=2362
-  _globals['_GETSTATUSRESPONSE_UPDATESREJECTEDENTRY']._serialized_end=2416
-  _globals['_AGGREGATOR']._serialized_start=2526
-  _globals['_AGGREGATOR']._serialized_end=2829
+  _globals['_TRAININGCONFIG']._serialized_end=858
+  _globals['_JOINREQUEST']._serialized_start=860
+  _globals['_JOINREQUEST']._serialized_end=938
+  _globals['_JOINRESPONSE']._serialized_start=941
+  _globals['_JOINRESPONSE']._serialized_end=1164
+  _globals['_PULLMODELREQUEST']._serialized_start=1166
+  _globals['_PULLMODELREQUEST']._serialized_end=1244
+  _globals['_MODELHEADER']._serialized_start=1246
+  _globals['_MODELHEADER']._serialized_end=1367
+  _globals['_MODELCHUNK']._serialized_start=1369
+  _globals['_MODELCHUNK']._serialized_end=1451
+  _globals['_UPDATEHEADER']._serialized_start=1454
+  _globals['_UPDATEHEADER']._serialized_end=1610
+  _globals['_UPDATECHUNK']._serialized_start=1612
+  _globals['_UPDATECHUNK']._serialized_end=1696
+  _globals['_PUSHUPDATERESPONSE']._serialized_start=1698
+  _globals['_PUSHUPDATERESPONSE']._serialized_end=1775
+  _globals['_GETSTATUSREQUEST']._serialized_start=1777
+  _globals['_GETSTATUSREQUEST']._serialized_end=1795
+  _globals['_TIERPROGRESS']._serialized_start=1798
+  _globals['_TIERPROGRESS']._serialized_end=1973
+  _globals['_DEPTHACCURACY']._serialized_start=1975
+  _globals['_DEPTHACCURACY']._serialized_end=2038
+  _globals['_GETSTATUSRESPONSE']._serialized_start=2041
+  _globals['_GETSTATUSRESPONSE']._serialized_end=2460
+  _globals['_GETSTATUSRESPONSE_UPDATESREJECTEDENTRY']._serialized_start=2406
+  _globals['_GETSTATUSRESPONSE_UPDATESREJECTEDENTRY']._serialized_end=2460
+  _globals['_AGGREGATOR']._serialized_start=2570
+  _globals['_AGGREGATOR']._serialized_end=2873
 # @@protoc_insertion_point(module_scope)

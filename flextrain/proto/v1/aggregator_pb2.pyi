@@ -79,7 +79,7 @@ class DataAssignment(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., scheme: _Optional[str] = ..., alpha: _Optional[float] = ..., seed: _Optional[int] = ..., shard_index: _Optional[int] = ..., num_shards: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("local_epochs", "batch_size", "optimizer", "learning_rate", "momentum", "weight_decay", "distillation_beta", "distill", "wire_dtype", "distillation_target")
+    __slots__ = ("local_epochs", "batch_size", "optimizer", "learning_rate", "momentum", "weight_decay", "distillation_beta", "distill", "wire_dtype", "distillation_target", "anchor_depths", "anchor_loss")
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,8 @@ class TrainingConfig(_message.Message):
     DISTILL_FIELD_NUMBER: _ClassVar[int]
     WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     DISTILLATION_TARGET_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_DEPTHS_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_LOSS_FIELD_NUMBER: _ClassVar[int]
     local_epochs: int
     batch_size: int
     optimizer: str
@@ -100,7 +102,9 @@ class TrainingConfig(_message.Message):
     distill: bool
     wire_dtype: DType
     distillation_target: str
-    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., distillation_beta: _Optional[float] = ..., distill: _Optional[bool] = ..., wire_dtype: _Optional[_Union[DType, str]] = ..., distillation_target: _Optional[str] = ...) -> None: ...
+    anchor_depths: _containers.RepeatedScalarFieldContainer[int]
+    anchor_loss: str
+    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., distillation_beta: _Optional[float] = ..., distill: _Optional[bool] = ..., wire_dtype: _Optional[_Union[DType, str]] = ..., distillation_target: _Optional[str] = ..., anchor_depths: _Optional[_Iterable[int]] = ..., anchor_loss: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("job", "tier", "replica_index", "depth")

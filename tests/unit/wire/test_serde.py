@@ -33,7 +33,9 @@ SPECS = [
 ]
 
 
-def make_joined(wire_dtype: torch.dtype = torch.bfloat16) -> Joined:
+def make_joined(
+    wire_dtype: torch.dtype = torch.bfloat16, anchors: tuple[int, ...] = (), anchor_loss: str = "none"
+) -> Joined:
     return Joined(
         client_id="deep-1",
         round=3,
@@ -41,7 +43,7 @@ def make_joined(wire_dtype: torch.dtype = torch.bfloat16) -> Joined:
         done=False,
         model=ModelDescription("resnet", 20, 10, 1, 8, 9, num_parameters=270_000, prefix_parameters=80_000),
         data=DataAssignment("digits", "dirichlet", 0.5, 7, 2, 5, 1000),
-        training=TrainingConfig(2, 32, "sgd", 0.05, 0.9, 5e-4, 0.5, "logits", True, wire_dtype),
+        training=TrainingConfig(2, 32, "sgd", 0.05, 0.9, 5e-4, 0.5, "logits", True, wire_dtype, anchors, anchor_loss),
     )
 
 
@@ -53,6 +55,7 @@ CASES: list[tuple[Any, Callable[[Any], Any], Callable[[Any], Any]]] = [
     (JoinRequest("job", "deep", 1, 3), serde.join_request_to_proto, serde.join_request_from_proto),
     (make_joined(), serde.joined_to_proto, serde.joined_from_proto),
     (make_joined(torch.float32), serde.joined_to_proto, serde.joined_from_proto),
+    (make_joined(anchors=(3, 5), anchor_loss="ce"), serde.joined_to_proto, serde.joined_from_proto),
     (PullRequest("deep-1", 4, 12.5), serde.pull_request_to_proto, serde.pull_request_from_proto),
     (ModelHeader(True, False, 4, SPECS, 1234), serde.model_header_to_proto, lambda m: serde.model_header_from_proto(m.header)),
     (ModelHeader(False, True, 9, [], 0), serde.model_header_to_proto, lambda m: serde.model_header_from_proto(m.header)),
@@ -109,3 +112,12 @@ def test_a_known_spec_list_is_answered_with_the_same_object() -> None:
     assert first == SPECS and again is first, "a pull's list is remembered for the next pull"
     with pytest.raises(WireFormatError, match="unknown wire dtype"):
         serde.update_header_from_proto(pb.UpdateHeader(tensors=[pb.TensorSpec(name="x", shape=[1])]), decoder)
+
+
+def test_a_join_answer_without_the_anchor_fields_means_the_papers_loss() -> None:
+    """An aggregator that predates the anchor option sends neither field."""
+    message = serde.joined_to_proto(make_joined())
+    message.training.ClearField("anchor_loss")
+    joined = serde.joined_from_proto(_through_bytes(message))
+    assert joined.training.anchor_depths == ()
+    assert joined.training.anchor_loss == "none"
