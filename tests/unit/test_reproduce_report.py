@@ -71,8 +71,18 @@ def test_one_seed_makes_no_claim_however_large_the_gap() -> None:
 
 
 def _run(label: str, mean: float, tiers: dict[int, float]) -> dict[str, Any]:
+    # A curve of four rounds whose last three average to the final values minus 0.1.
+    rounds = [
+        {
+            "round": r,
+            "mean_device_accuracy": mean - 0.1 + step,
+            "accuracy": {str(k): v - 0.1 + step for k, v in tiers.items()},
+        }
+        for r, step in enumerate((-0.2, -0.05, 0.0, 0.05), start=1)
+    ]
     return {
         "label": label,
+        "simulation": {"rounds": rounds},
         "final_mean_device_accuracy": mean,
         "final_accuracy": {str(k): v for k, v in tiers.items()},
         "bytes_up_share_of_fedavg": 0.5,
@@ -139,6 +149,11 @@ def test_federated_report_aggregates_seeds_and_states_the_goal(tmp_path: Path) -
     assert "| IID | pool_at_prefix | FedFlexTrain (pad) | 56.0 ± 1.0 |" in text
     assert "above beyond noise (gap +15.00, spread 2.00)" in text
     assert "commit `abc123`, `python -m x`" in text
+    # Each seed paired with the paper model's run of the same seed.
+    assert "0: +15.0 / +7.5; 1: +15.0 / +7.5; 2: +15.0 / +7.5" in text
+    # The steadier reading: the mean of the last three rounds of each curve.
+    assert "## A steadier reading: the mean of the last 3 rounds" in text
+    assert "| paper | FedFlexTrain (pad) | 51.0 ± 1.0 | 31.0 ± 1.0 | 71.0 ± 1.0 |" in text
 
 
 def test_goal_is_undecided_with_one_seed(tmp_path: Path) -> None:
