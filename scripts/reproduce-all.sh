@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Every run behind docs/results.md's seeded reproductions, as one-thread processes
+# JOBS at a time (default: one per core), then the report.
+#
+#   scripts/reproduce-all.sh                 # everything (~5.5 h on 2 cores)
+#   scripts/reproduce-all.sh paper anchor    # only these groups (names below)
+#   JOBS=8 scripts/reproduce-all.sh          # on a bigger machine
+#   LIST=1 scripts/reproduce-all.sh anchor   # print the tasks, run nothing
+#
+# Each task is one (seed, split) of one model variant or one centralised seed, with
+# --skip-existing: a task whose JSON file exists is skipped, so an interrupted run
+# resumes where it stopped. Per-task logs: benchmarks/out/logs/. Groups:
+#   centralised  Table 1 analogue (3 seeds, both Independent baselines)
+#   paper        Table 4 analogue: the paper's model, 5 runs per (seed, split)
+#   anchor       --anchor ce, and ce on every shallower tier (FlexTrain runs only)
+#   pool         --pool-at-prefix (every run repeated: the option changes the baselines)
+#   adapters     --pool-at-prefix --stage-adapters linear / affine
+#   beta0        no distillation (FlexTrain runs only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+JOBS=${JOBS:-$(nproc)}
+OUT=benchmarks/out
+LOGS=$OUT/logs
+mkdir -p "$LOGS"
+groups=("$@")
+[ ${#groups[@]} -eq 0 ] && groups=(centralised paper anchor pool adapters beta0)
+
+SEEDS=(0 1 2)
+SPLITS=(iid dir0.5 dir0.1)
+FLEX=flextrain-pad,flextrain-holder
+ALL=flextrain-pad,flextrain-holder,fedsmall,fedclass
+
+tasks() {
+    local group seed split
+    for group in "${groups[@]}"; do
+        case $group in
+            centralised)
+                for seed in "${SEEDS[@]}"; do
+                    echo "centralised-$seed reproduce_centralised --seeds $seed, --timing-repeats 0"
+                done ;;
+            paper|anchor|pool|adapters|beta0)
+                local variants=()
+                case $group in
+                    paper) variants=("--runs $ALL,flextrain-tier") ;;
+                    anchor) variants=("--runs flextrain-pad --anchor ce"
+                                      "--runs flextrain-pad --anchor ce --anchor-tiers all") ;;
+                    pool) variants=("--runs $ALL --pool-at-prefix") ;;
+                    adapters) variants=("--runs $ALL --pool-at-prefix --stage-adapters linear"
+                                        "--runs $ALL --pool-at-prefix --stage-adapters affine") ;;
+                    beta0) variants=("--runs $FLEX --beta 0") ;;
+                esac
+                local i=0 v
+                for v in "${variants[@]}"; do
+                    for seed in "${SEEDS[@]}"; do
+                        for split in "${SPLITS[@]}"; do
+                            echo "$group$i-$seed-$split reproduce_federated --seeds $seed, --split $split $v"
+                        done
+                    done
+                    i=$((i + 1))
+                done ;;
+            *) echo "unknown group '$group'; groups: centralised paper anchor pool adapters beta0" >&2
+               exit 2 ;;
+        esac
+    done
+}
+
+run_task() {
+    local name=$1 module=$2
+    shift 2
+    local start=$SECONDS
+    if "$PY" -m "benchmarks.$module" "$@" --threads 1 --skip-existing >"$LOGS/$name.log" 2>&1; then
+        echo "$(date -u +%H:%M:%S) done   $name ($((SECONDS - start)) s)"
+    else
+        echo "$(date -u +%H:%M:%S) FAILED $name ($((SECONDS - start)) s): see $LOGS/$name.log"
+        return 1
+    fi
+}
+export -f run_task
+export PY LOGS
+
+if [ -n "${LIST:-}" ]; then tasks; exit 0; fi
+count=$(tasks | wc -l)
+echo "==> $count tasks, $JOBS at a time; logs in $LOGS"
+status=0
+tasks | xargs -P "$JOBS" -L 1 bash -c 'run_task "$@"' _ || status=$?
+"$PY" -m benchmarks.reproduce_report --centralised "$OUT/centralised" --federated "$OUT/federated" \
+    --out "$OUT/reproduction.md" >/dev/null
+echo "==> report: $OUT/reproduction.md"
+exit $status
