@@ -6,6 +6,7 @@
 #   scripts/reproduce-all.sh paper anchor    # only these groups (names below)
 #   JOBS=8 scripts/reproduce-all.sh          # on a bigger machine
 #   LIST=1 scripts/reproduce-all.sh anchor   # print the tasks, run nothing
+#   OUT=/tmp/r ARGS="--quick --limit 300" scripts/reproduce-all.sh   # a smoke run elsewhere
 #
 # Each task is one (seed, split) of one model variant or one centralised seed, with
 # --skip-existing: a task whose JSON file exists is skipped, so an interrupted run
@@ -20,7 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-$(nproc)}
-OUT=benchmarks/out
+OUT=${OUT:-benchmarks/out}
+ARGS=${ARGS:-}
 LOGS=$OUT/logs
 mkdir -p "$LOGS"
 groups=("$@")
@@ -37,7 +39,7 @@ tasks() {
         case $group in
             centralised)
                 for seed in "${SEEDS[@]}"; do
-                    echo "centralised-$seed reproduce_centralised --seeds $seed, --timing-repeats 0"
+                    echo "centralised-$seed reproduce_centralised --out $OUT/centralised --seeds $seed, --timing-repeats 0"
                 done ;;
             paper|anchor|pool|adapters|beta0)
                 local variants=()
@@ -54,7 +56,7 @@ tasks() {
                 for v in "${variants[@]}"; do
                     for seed in "${SEEDS[@]}"; do
                         for split in "${SPLITS[@]}"; do
-                            echo "$group$i-$seed-$split reproduce_federated --seeds $seed, --split $split $v"
+                            echo "$group$i-$seed-$split reproduce_federated --out $OUT/federated --seeds $seed, --split $split $v"
                         done
                     done
                     i=$((i + 1))
@@ -69,7 +71,8 @@ run_task() {
     local name=$1 module=$2
     shift 2
     local start=$SECONDS
-    if "$PY" -m "benchmarks.$module" "$@" --threads 1 --skip-existing >"$LOGS/$name.log" 2>&1; then
+    # shellcheck disable=SC2086  # ARGS is a list of flags
+    if "$PY" -m "benchmarks.$module" "$@" --threads 1 --skip-existing $ARGS >"$LOGS/$name.log" 2>&1; then
         echo "$(date -u +%H:%M:%S) done   $name ($((SECONDS - start)) s)"
     else
         echo "$(date -u +%H:%M:%S) FAILED $name ($((SECONDS - start)) s): see $LOGS/$name.log"
@@ -77,7 +80,7 @@ run_task() {
     fi
 }
 export -f run_task
-export PY LOGS
+export PY LOGS ARGS
 
 if [ -n "${LIST:-}" ]; then tasks; exit 0; fi
 count=$(tasks | wc -l)
