@@ -82,7 +82,12 @@ def write_report(
         + f", seed {job.dataset.seed}" + (f", limit {job.dataset.limit}" if job.dataset.limit else ""),
         f"- training: {checkpoint.completed_rounds}/{job.training.rounds} rounds, {job.training.local_epochs} local epochs, "
         f"batch {job.training.batch_size}, {job.training.optimizer.name} lr {job.training.optimizer.learning_rate}, "
-        f"distillation beta {job.training.distillation.beta} ({job.training.distillation.target})",
+        f"distillation beta {job.training.distillation.beta} ({job.training.distillation.target})"
+        + (
+            f", anchor {job.training.distillation.anchor.loss} (tiers: {job.training.distillation.anchor.tiers})"
+            if job.training.distillation.anchor.loss != "none"
+            else ""
+        ),
         f"- aggregation: {job.aggregation.strategy}, quorum {job.aggregation.quorum}, compression {job.aggregation.compression}",
         f"- wall time: {wall_seconds:.1f} s",
         "",

@@ -165,6 +165,8 @@ def test_a_vit_job_runs_end_to_end_and_exports_its_prefixes(tmp_path: Path) -> N
                 "localEpochs": 3,
                 "batchSize": 32,
                 "optimizer": {"name": "adam", "learningRate": 0.005},
+                # the anchor option through `flextrain run`, on the other family
+                "distillation": {"anchor": {"loss": "ce", "tiers": "all"}},
             },
             "tiers": [
                 {"name": "weak", "deviceTierRef": "box", "replicas": 1, "depth": "auto"},
@@ -183,6 +185,7 @@ def test_a_vit_job_runs_end_to_end_and_exports_its_prefixes(tmp_path: Path) -> N
     run = tmp_path / "runs" / "vit"
     report = (run / "report.md").read_text()
     assert "- model: vit-3 (embed_dim 16, heads 2, mlp_ratio 2, patch_size 4)" in report
+    assert "distillation beta 0.2 (probs), anchor ce (tiers: all)" in report
     assert "| weak | 1 (auto) | 1 | 2,762 (" in report
     meta = json.loads((run / "models" / "weak.json").read_text())
     assert (meta["family"], meta["depth"], meta["parameters"]) == ("vit", 1, 2762)
