@@ -66,7 +66,7 @@ import torch
 from flextrain.core.arch import ArchProfile, closest_depth_to_parameter_share, profile
 from flextrain.core.baselines import plan_devices
 from flextrain.core.centralised import evaluate
-from flextrain.core.losses import ANCHOR_LOSSES, DEFAULT_BETA
+from flextrain.core.losses import ANCHOR_LOSSES, ANCHOR_TIERS, DEFAULT_BETA
 from flextrain.core.merge import (
     ROBUST_METHODS,
     STRATEGIES,
@@ -77,7 +77,7 @@ from flextrain.core.merge.robust import DEFAULT_CLIP_MULTIPLE
 from flextrain.core.merge.tier_balanced import TierBalancedMerge
 from flextrain.core.models import ModelSpec
 from flextrain.core.optim import PAPER_SGD
-from flextrain.core.simulator import ANCHOR_TIERS, RoundRecord, SimulationResult, simulate
+from flextrain.core.simulator import RoundRecord, SimulationResult, simulate
 from flextrain.data import (
     make_loader,
     partition,

@@ -41,6 +41,7 @@ from flextrain.aggregator.state import MAX_EXAMPLES
 from flextrain.aggregator.store import CheckpointStore
 from flextrain.aggregator.worker import Worker
 from flextrain.contract.refusals import Reason
+from flextrain.core import losses
 from flextrain.core.models import ModelSpec
 from flextrain.jobplan import JobPlan, TierPlan
 from flextrain.wire.messages import DataAssignment, Joined, ModelDescription, TrainingConfig
@@ -328,5 +329,4 @@ def anchor_depths(plan: JobPlan, tier: TierPlan) -> tuple[int, ...]:
     anchor = plan.job.spec.training.distillation.anchor
     if anchor.loss == "none":
         return ()
-    below = sorted({t.depth for t in plan.tiers if t.depth < tier.depth})
-    return tuple(below if anchor.tiers == "all" else below[:1])
+    return losses.anchor_depths((t.depth for t in plan.tiers), tier.depth, anchor.tiers)

@@ -31,7 +31,7 @@ What ``z`` is, the paper leaves open. Two readings are implemented (``target``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -133,6 +133,19 @@ def centralised_loss(
 #: :func:`client_loss`: nothing (the paper), the distillation term, or cross-entropy
 #: plus the distillation term.
 ANCHOR_LOSSES: Final[tuple[str, ...]] = ("none", "distill", "ce")
+
+#: Which tier depths below its own a device anchors: the weakest, or all of them.
+ANCHOR_TIERS: Final[tuple[str, ...]] = ("weakest", "all")
+
+
+def anchor_depths(tier_depths: Iterable[int], depth: int, tiers: str) -> tuple[int, ...]:
+    """The anchors of a device at ``depth`` in a federation with ``tier_depths``: the
+    tier depths below its own, all of them or only the weakest (``tiers``); the one rule
+    for the simulator and the aggregator."""
+    if tiers not in ANCHOR_TIERS:
+        raise ValueError(f"anchor tiers must be one of {list(ANCHOR_TIERS)}, got {tiers!r}")
+    below = sorted({d for d in tier_depths if d < depth})
+    return tuple(below if tiers == "all" else below[:1])
 
 
 def client_loss(

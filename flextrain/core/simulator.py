@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,14 +28,17 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from flextrain.core.baselines import DevicePlan, plan_devices
 from flextrain.core.centralised import evaluate
 from flextrain.core.federated import client_update
-from flextrain.core.losses import ANCHOR_LOSSES, DEFAULT_BETA, DEFAULT_DISTILL_TARGET
+from flextrain.core.losses import (
+    ANCHOR_LOSSES,
+    ANCHOR_TIERS,
+    DEFAULT_BETA,
+    DEFAULT_DISTILL_TARGET,
+    anchor_depths,
+)
 from flextrain.core.merge import DEFAULT_STRATEGY, MergeStrategy, get_strategy
 from flextrain.core.models import ModelSpec
 from flextrain.core.optim import OptimizerConfig
 from flextrain.core.partition import extract_prefix, tensor_bytes
-
-#: Which tier depths a device anchors with ``anchor_loss`` (research option).
-ANCHOR_TIERS: Final[tuple[str, ...]] = ("weakest", "all")
 
 
 @dataclass
@@ -254,7 +257,6 @@ def simulate(
         g: {k: v.clone() for k, v in initial.items()} for g in sorted({p.group for p in plans})
     }
     tier_depths = [d for d, _ in tiers]
-    anchors = tier_depths if anchor_tiers == "all" else [min(tier_depths)]
     records: list[RoundRecord] = []
     start = time.perf_counter()
     for r in range(1, rounds + 1):
@@ -287,7 +289,7 @@ def simulate(
                     device,
                     distill_target=distill_target,
                     max_steps_per_epoch=max_steps_per_epoch,
-                    anchor_depths=anchors,
+                    anchor_depths=anchor_depths(tier_depths, p.train_depth, anchor_tiers),
                     anchor_loss=anchor_loss,
                 )
                 acc.add(result.tensors, result.num_examples)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flextrain.core.losses import centralised_loss, client_loss, distillation_term
+from flextrain.core.losses import anchor_depths, centralised_loss, client_loss, distillation_term
 from flextrain.core.models import FlexResNet, build_model
 
 
@@ -222,3 +222,12 @@ def test_several_anchors_add_the_mean_of_their_terms() -> None:
         F.cross_entropy(z[5], y),
     ]
     torch.testing.assert_close(parts.total, paper + sum(terms) / 3)
+
+
+def test_anchor_depths_are_the_tier_depths_below_the_devices_own() -> None:
+    tiers = [9, 3, 5, 3, 7]
+    assert anchor_depths(tiers, 7, "all") == (3, 5)
+    assert anchor_depths(tiers, 7, "weakest") == (3,)
+    assert anchor_depths(tiers, 3, "all") == ()  # the weakest tier has none
+    with pytest.raises(ValueError, match="anchor tiers"):
+        anchor_depths(tiers, 7, "deepest")

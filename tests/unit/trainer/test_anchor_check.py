@@ -9,7 +9,8 @@ import torch
 
 from flextrain.trainer.config import ConfigError, TrainerConfig
 from flextrain.trainer.loop import Trainer
-from flextrain.wire.messages import DataAssignment, Joined, ModelDescription, TrainingConfig
+from flextrain.wire.messages import Joined
+from tests.unit.wire.test_serde import make_joined
 
 CONFIG = TrainerConfig.from_env(
     {
@@ -20,15 +21,7 @@ CONFIG = TrainerConfig.from_env(
         "FLEXTRAIN_DEPTH": "3",
     }
 )
-JOINED = Joined(
-    client_id="deep-0",
-    round=1,
-    total_rounds=2,
-    done=False,
-    model=ModelDescription("resnet", 8, 10, 1, 8, 3, num_parameters=1, prefix_parameters=1),
-    data=DataAssignment("synthetic", "iid", 0.0, 1, 0, 1, 0),
-    training=TrainingConfig(1, 32, "sgd", 0.05, 0.9, 1e-3, 0.2, "probs", True, torch.float32),
-)
+JOINED = make_joined(torch.float32)
 
 
 class _Answers:
