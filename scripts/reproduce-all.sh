@@ -2,7 +2,7 @@
 # Every run behind docs/results.md's seeded reproductions, as one-thread processes
 # JOBS at a time (default: one per core), then the report.
 #
-#   scripts/reproduce-all.sh                 # everything (~5.5 h on 2 cores)
+#   scripts/reproduce-all.sh                 # everything (~4 h on 2 cores)
 #   scripts/reproduce-all.sh paper anchor    # only these groups (names below)
 #   JOBS=8 scripts/reproduce-all.sh          # on a bigger machine
 #   LIST=1 scripts/reproduce-all.sh anchor   # print the tasks, run nothing
@@ -14,9 +14,9 @@
 #   centralised  Table 1 analogue (3 seeds, both Independent baselines)
 #   paper        Table 4 analogue: the paper's model, 5 runs per (seed, split)
 #   anchor       --anchor ce, and ce on every shallower tier (FlexTrain runs only)
-#   pool         --pool-at-prefix (every run repeated: the option changes the baselines)
+#   pool         --pool-at-prefix (the baselines repeated: the option changes them too)
 #   adapters     --pool-at-prefix --stage-adapters linear / affine
-#   beta0        no distillation (FlexTrain runs only)
+#   beta0        no distillation (the FlexTrain run only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -30,8 +30,10 @@ groups=("$@")
 
 SEEDS=(0 1 2)
 SPLITS=(iid dir0.5 dir0.1)
-FLEX=flextrain-pad,flextrain-holder
 ALL=flextrain-pad,flextrain-holder,fedsmall,fedclass
+# the model options: FlexTrain with the paper's merge and the two baselines (they take
+# the option too); the holder-weighted merge is measured on the paper's model only
+OPT=flextrain-pad,fedsmall,fedclass
 
 tasks() {
     local group seed split
@@ -47,10 +49,10 @@ tasks() {
                     paper) variants=("--runs $ALL,flextrain-tier") ;;
                     anchor) variants=("--runs flextrain-pad --anchor ce"
                                       "--runs flextrain-pad --anchor ce --anchor-tiers all") ;;
-                    pool) variants=("--runs $ALL --pool-at-prefix") ;;
-                    adapters) variants=("--runs $ALL --pool-at-prefix --stage-adapters linear"
-                                        "--runs $ALL --pool-at-prefix --stage-adapters affine") ;;
-                    beta0) variants=("--runs $FLEX --beta 0") ;;
+                    pool) variants=("--runs $OPT --pool-at-prefix") ;;
+                    adapters) variants=("--runs $OPT --pool-at-prefix --stage-adapters linear"
+                                        "--runs $OPT --pool-at-prefix --stage-adapters affine") ;;
+                    beta0) variants=("--runs flextrain-pad --beta 0") ;;
                 esac
                 local i=0 v
                 for v in "${variants[@]}"; do

@@ -33,6 +33,15 @@ def test_every_group_lists_one_task_per_seed_and_split() -> None:
         "anchor1-1-dir0.1 reproduce_federated --out /tmp/x/federated --seeds 1, --split dir0.1 "
         "--runs flextrain-pad --anchor ce --anchor-tiers all"
     ) in tasks
+    # a model option is repeated for the baselines, which take it too
+    assert (
+        "adapters1-2-iid reproduce_federated --out /tmp/x/federated --seeds 2, --split iid "
+        "--runs flextrain-pad,fedsmall,fedclass --pool-at-prefix --stage-adapters affine"
+    ) in tasks
+    assert (
+        "beta00-0-dir0.5 reproduce_federated --out /tmp/x/federated --seeds 0, --split dir0.5 "
+        "--runs flextrain-pad --beta 0"
+    ) in tasks
 
 
 def test_an_unknown_group_is_refused_with_the_list() -> None:
