@@ -461,7 +461,6 @@ def _last_rounds(
     for split in splits:
         rows = []
         goals = []
-        fedsmall = None
         for variant in variants:
             group = groups.get((variant, split))
             if not group:
@@ -470,8 +469,6 @@ def _last_rounds(
                 mine = runs_of(group, key)
                 if not mine or mine[0]["label"].endswith("(paper run)"):
                     continue
-                if key == "fedsmall" and fedsmall is None:
-                    fedsmall = group
                 rows.append(
                     [variant, mine[0]["label"], mean_last(group, key).text()]
                     + [tier_last(group, key, k).text() for k, _ in tiers]
